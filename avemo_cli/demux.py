@@ -1,0 +1,193 @@
+"""Stage 1 — demux: probe a media file and stream its frames and audio through ffmpeg.
+
+Frames are resampled to the analysis rate and scaled by ffmpeg itself (``fps`` and ``scale``
+filters), so Python only ever sees the few frames the analysis needs, one at a time. Audio comes
+out as 16 kHz mono float32. ffmpeg is driven through ``ffmpeg-python``; the binary is a system
+``ffmpeg`` on PATH when present, else the one shipped in the ``imageio-ffmpeg`` wheel.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import ffmpeg  # ffmpeg-python
+import numpy as np
+
+from .errors import MediaError
+
+AUDIO_RATE = 16000
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary: $AVEMO_FFMPEG, a system ffmpeg on PATH, or imageio-ffmpeg's."""
+    env = os.environ.get("AVEMO_FFMPEG")
+    if env:
+        return env
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What the analysis needs to know about a file before decoding it."""
+
+    path: Path
+    duration: float  # seconds
+    has_video: bool
+    has_audio: bool
+    width: int = 0  # display size, after rotation
+    height: int = 0
+    fps: float = 0.0
+    rotation: int = 0  # degrees, as stored in the file's display matrix
+    n_frames: int = 0  # video frames (one CSV row each)
+
+    def frame_times(self) -> np.ndarray:
+        """Presentation time of every video frame (constant frame rate assumed)."""
+        return np.arange(self.n_frames, dtype=np.float64) / self.fps
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_STREAM = re.compile(r"Stream #\d+:\d+.*?: (Video|Audio): (.*)")
+_SIZE = re.compile(r", (\d{2,5})x(\d{2,5})")
+_FPS = re.compile(r"([\d.]+)(k?) fps")
+_TBR = re.compile(r"([\d.]+)(k?) tbr")
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
+_FRAME_COUNT = re.compile(r"frame=\s*(\d+)")
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _short_reason(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error opening input" in ln or "Invalid data" in ln or "moov atom" in ln:
+            return ln.split(": ", 1)[-1] if ln.startswith("[") else ln
+    return lines[-1] if lines else "ffmpeg could not read it"
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Read duration, streams, size, frame rate, rotation and frame count of ``path``.
+
+    Uses ``ffmpeg -i`` (the imageio-ffmpeg wheel ships no ffprobe), and counts video frames by a
+    stream copy to the null muxer, which reads packets without decoding them.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a folder, not a media file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    proc = _run(["-i", str(path)])
+    err = proc.stderr.decode("utf-8", "replace")
+    dur = _DURATION.search(err)
+    streams = [(m.group(1), m.group(2)) for m in _STREAM.finditer(err)]
+    if dur is None or not streams:
+        raise MediaError(f"{path}: unreadable media ({_short_reason(err)})")
+    duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))
+    video = next((d for kind, d in streams if kind == "Video" and "attached pic" not in d), None)
+    has_audio = any(kind == "Audio" for kind, _ in streams)
+    if video is None:
+        if not has_audio:
+            raise MediaError(f"{path}: no video or audio stream")
+        return MediaInfo(path, duration, has_video=False, has_audio=True)
+    size = _SIZE.search(video)
+    rate = _FPS.search(video) or _TBR.search(video)
+    if size is None or rate is None:
+        raise MediaError(f"{path}: cannot read the video stream's size or frame rate")
+    fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
+    width, height = int(size.group(1)), int(size.group(2))
+    rot = _ROTATION.search(err)
+    rotation = int(round(float(rot.group(1) or rot.group(2)))) % 360 if rot else 0
+    if rotation in (90, 270):
+        width, height = height, width
+    count = _run(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"])
+    counts = _FRAME_COUNT.findall(count.stderr.decode("utf-8", "replace"))
+    n_frames = int(counts[-1]) if counts else int(round(duration * fps))
+    if n_frames == 0:
+        raise MediaError(f"{path}: the video stream has no frames")
+    return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames)
+
+
+def analysis_size(info: MediaInfo, max_side: int) -> tuple[int, int]:
+    """(width, height) of analysis frames: the display size scaled so its long side is at most
+    ``max_side``, rounded to even numbers."""
+    scale = min(1.0, max_side / max(info.width, info.height))
+    w = max(2, int(round(info.width * scale / 2)) * 2)
+    h = max(2, int(round(info.height * scale / 2)) * 2)
+    return w, h
+
+
+def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
+                gray: bool = True) -> Iterator[np.ndarray]:
+    """Yield analysis frames (``H x W`` uint8, or ``H x W x 3`` RGB) at ``rate`` per second.
+
+    ffmpeg resamples (``fps`` filter: the input frame nearest each step time k / rate), rotates
+    per the display matrix (ffmpeg's autorotate) and scales; one frame is in memory at a time.
+    """
+    w, h = analysis_size(info, max_side)
+    channels = 1 if gray else 3
+    stream = (
+        ffmpeg.input(str(info.path))
+        .video.filter("fps", fps=rate, start_time=0)
+        .filter("scale", w, h)
+        .output("pipe:", format="rawvideo", pix_fmt="gray" if gray else "rgb24")
+        .global_args("-nostdin", "-v", "error")
+    )
+    args = stream.compile(cmd=ffmpeg_exe())
+    frame_bytes = w * h * channels
+    with tempfile.TemporaryFile() as errf:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf)
+        finished = False
+        try:
+            while True:
+                buf = proc.stdout.read(frame_bytes)
+                if len(buf) < frame_bytes:
+                    break
+                frame = np.frombuffer(buf, np.uint8)
+                yield frame.reshape(h, w) if gray else frame.reshape(h, w, 3)
+            finished = True
+        finally:
+            if not finished:  # the consumer stopped early (or failed): stop ffmpeg too
+                proc.kill()
+            proc.stdout.close()
+            code = proc.wait()
+        if finished and code != 0:
+            errf.seek(0)
+            raise MediaError(f"{info.path}: video decoding failed "
+                             f"({_short_reason(errf.read().decode('utf-8', 'replace'))})")
+
+
+def read_audio(info: MediaInfo, sample_rate: int = AUDIO_RATE) -> np.ndarray:
+    """The first audio stream as mono float32 at ``sample_rate`` (whole file; ~4 MB per minute)."""
+    if not info.has_audio:
+        raise MediaError(f"{info.path}: no audio track")
+    args = (
+        ffmpeg.input(str(info.path))
+        .audio.output("pipe:", format="f32le", ac=1, ar=sample_rate)
+        .global_args("-nostdin", "-v", "error")
+        .compile(cmd=ffmpeg_exe())
+    )
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise MediaError(f"{info.path}: audio decoding failed "
+                         f"({_short_reason(proc.stderr.decode('utf-8', 'replace'))})")
+    samples = np.frombuffer(proc.stdout, np.float32).copy()
+    if samples.size == 0:
+        raise MediaError(f"{info.path}: the audio track is empty")
+    return samples

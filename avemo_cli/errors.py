@@ -1,0 +1,22 @@
+"""Errors a user can cause. Each carries a one-line message naming the file and the cause."""
+from __future__ import annotations
+
+
+class AvemoError(Exception):
+    """Base class: ``str(err)`` is the one line shown to the user."""
+
+
+class MediaError(AvemoError):
+    """Missing, unreadable or unsupported media."""
+
+
+class NoFaceError(AvemoError):
+    """The model needs a face and none was found."""
+
+
+class CheckpointError(AvemoError):
+    """A missing, corrupt or incompatible checkpoint."""
+
+
+class ModalityError(AvemoError):
+    """The input lacks what the checkpoint needs, or the checkpoint lacks a needed branch."""

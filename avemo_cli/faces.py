@@ -1,0 +1,229 @@
+"""Stage 3 — faces: detect, take 68 landmarks, track between steps, align and crop.
+
+Backends share one small interface (``FaceBackend``): ``detect`` returns face boxes in a frame,
+``landmarks`` returns the 68 iBUG points for a box. ``dlib`` (default; the paper's detector) runs
+offline from the dlib-bin and face-recognition-models wheels. ``fan`` (face-alignment) is
+optional; its weights come from ``$TORCH_HOME/hub/checkpoints`` or are downloaded on first use.
+
+Tracking: at every step the landmarks are predicted inside the previous step's box and the box is
+moved onto them; the full-frame detector runs only when there is no track, when the tracked box
+jumps implausibly (tracking lost), or every ``detect_every`` steps to confirm the face is still
+there. One face per video: a new track starts on the largest face; a re-detection keeps the face
+that overlaps the current track.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from .align import align_face
+from .errors import AvemoError
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
+
+
+class FaceBackend(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Box]: ...
+
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray: ...
+
+
+def _predictor_path() -> str:
+    """The 68-point model inside face-recognition-models, found without importing the package
+    (its ``__init__`` needs pkg_resources, which current setuptools no longer ships)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise AvemoError("the dlib face backend needs face-recognition-models: "
+                         "pip install face-recognition-models")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "models",
+                        "shape_predictor_68_face_landmarks.dat")
+    if not os.path.exists(path):
+        raise AvemoError(f"{path}: dlib 68-point landmark model missing")
+    return path
+
+
+class DlibBackend:
+    """dlib's HOG face detector and its 68-point shape predictor (both CPU, offline)."""
+
+    name = "dlib"
+
+    def __init__(self, upsample: int = 0):
+        import dlib
+
+        self._dlib = dlib
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(_predictor_path())
+        self.upsample = upsample
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        rects = self._detector(np.ascontiguousarray(image), self.upsample)
+        return [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
+        rect = self._dlib.rectangle(*(int(round(v)) for v in box))
+        shape = self._predictor(np.ascontiguousarray(image), rect)
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+
+
+class FanBackend:
+    """face-alignment's FAN landmarks and its S3FD detector (optional; GPU-friendly)."""
+
+    name = "fan"
+
+    def __init__(self, device: str = "cpu"):
+        try:
+            import face_alignment
+        except ImportError as exc:
+            raise AvemoError("--faces fan needs the face-alignment package: "
+                             "pip install 'avemo[fan]'") from exc
+        kind = getattr(face_alignment.LandmarksType, "TWO_D", None) or \
+            getattr(face_alignment.LandmarksType, "_2D")
+        try:
+            self._fa = face_alignment.FaceAlignment(kind, device=device, face_detector="sfd")
+        except Exception as exc:  # weights missing and no network, or a corrupt file
+            raise AvemoError(f"face-alignment could not load its models "
+                             f"(TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}): "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _rgb(image: np.ndarray) -> np.ndarray:
+        return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        dets = self._fa.face_detector.detect_from_image(self._rgb(image).copy())
+        return [tuple(float(v) for v in d[:4]) for d in dets]
+
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
+        out = self._fa.get_landmarks_from_image(self._rgb(image), detected_faces=[list(box)])
+        return np.asarray(out[0], dtype=np.float64)[:, :2]
+
+
+BACKENDS = {"dlib": DlibBackend, "fan": FanBackend}
+
+
+def make_backend(name: str, device: str = "cpu") -> FaceBackend:
+    if name not in BACKENDS:
+        raise AvemoError(f"unknown face backend {name!r} (choose from {', '.join(BACKENDS)})")
+    return BACKENDS[name](device=device) if name == "fan" else BACKENDS[name]()
+
+
+@dataclass
+class FaceTrack:
+    """Per analysis step: the aligned crop, whether a face was found, and where."""
+
+    crops: np.ndarray  # (K, S, S) or (K, S, S, 3) uint8; zeros where no face
+    found: np.ndarray  # (K,) bool
+    boxes: np.ndarray  # (K, 4) float, analysis-frame pixels; NaN where no face
+    landmarks: np.ndarray  # (K, 68, 2) float32, analysis-frame pixels; NaN where no face
+    matrices: np.ndarray  # (K, 2, 3) analysis frame -> crop; NaN where no face
+    frame_size: tuple[int, int] = (0, 0)  # analysis frame (width, height)
+    detections: int = 0  # full-frame detector runs
+    stats: dict = field(default_factory=dict)
+
+
+def _area(b: Box) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def iou(a: Box, b: Box) -> float:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _lm_frame(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = lm.min(0), lm.max(0)
+    return (lo + hi) / 2, np.maximum(hi - lo, 1.0)
+
+
+def _relation(box: Box, lm: np.ndarray) -> np.ndarray:
+    """The detector box expressed relative to the landmarks' bounding box (centre offset and size,
+    in units of the landmark box), so tracking can place a detector-like box on new landmarks."""
+    c, s = _lm_frame(lm)
+    bc = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+    bs = np.array([box[2] - box[0], box[3] - box[1]])
+    return np.concatenate([(bc - c) / s, bs / s])
+
+
+def _box_on(lm: np.ndarray, rel: np.ndarray) -> Box:
+    c, s = _lm_frame(lm)
+    bc = c + rel[:2] * s
+    half = rel[2:] * s / 2
+    return (bc[0] - half[0], bc[1] - half[1], bc[0] + half[0], bc[1] + half[1])
+
+
+def _plausible(new: Box, old: Box, shape: tuple[int, ...]) -> bool:
+    h, w = shape[:2]
+    cx, cy = (new[0] + new[2]) / 2, (new[1] + new[3]) / 2
+    ratio = (_area(new) / _area(old)) ** 0.5 if _area(old) > 0 else 0.0
+    return 0 <= cx < w and 0 <= cy < h and 0.8 <= ratio <= 1.25 and iou(new, old) >= 0.5
+
+
+def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: int,
+                detect_every: int = 8) -> FaceTrack:
+    """Run detection, landmarks, tracking and alignment over a stream of analysis frames.
+
+    Memory holds one frame at a time plus the small per-step crops.
+    """
+    crops, found, boxes, lms, mats = [], [], [], [], []
+    box: Box | None = None
+    rel = None
+    last_detect = -10 ** 9
+    detections = tracked = 0
+    frame_size = (0, 0)
+    for k, frame in enumerate(frames):
+        frame_size = (frame.shape[1], frame.shape[0])
+        lm = None
+        if box is not None and k - last_detect < detect_every:
+            lm = backend.landmarks(frame, box)
+            new_box = _box_on(lm, rel)
+            if _plausible(new_box, box, frame.shape):
+                box = new_box
+                tracked += 1
+            else:
+                lm = None
+        if lm is None:
+            candidates = backend.detect(frame)
+            detections += 1
+            last_detect = k
+            if box is not None:
+                keep = [b for b in candidates if iou(b, box) >= 0.3]
+                candidates = keep or candidates
+            if candidates:
+                box = max(candidates, key=_area)
+                lm = backend.landmarks(frame, box)
+                rel = _relation(box, lm)
+            else:
+                box = None
+        if lm is None:
+            shape = (crop_size, crop_size) + frame.shape[2:]
+            crops.append(np.zeros(shape, np.uint8))
+            found.append(False)
+            boxes.append((np.nan,) * 4)
+            lms.append(np.full((68, 2), np.nan))
+            mats.append(np.full((2, 3), np.nan))
+            continue
+        crop, m = align_face(frame, lm, crop_size)
+        crops.append(crop)
+        found.append(True)
+        boxes.append(box)
+        lms.append(lm)
+        mats.append(m)
+    k = len(found)
+    empty_shape = (0, crop_size, crop_size)
+    return FaceTrack(
+        crops=np.stack(crops) if crops else np.zeros(empty_shape, np.uint8),
+        found=np.array(found, bool),
+        boxes=np.array(boxes, np.float64).reshape(k, 4),
+        landmarks=np.array(lms, np.float32).reshape(k, 68, 2),
+        matrices=np.array(mats, np.float64).reshape(k, 2, 3),
+        frame_size=frame_size,
+        detections=detections,
+        stats={"steps": k, "detections": detections, "tracked": tracked},
+    )
