@@ -1,0 +1,137 @@
+"""Stage 4b — checkpoints: one ``.safetensors`` file per model.
+
+Tensors are the model's state dict; the file's metadata holds one JSON document (key ``avemo``)
+with the architecture, feature settings, targets, post-processing parameters and provenance.
+Loading never unpickles anything. ``resolve_weights`` turns ``--weights NAME|PATH`` into a file:
+a path, or a name shipped in the package's ``weights/`` folder (``default`` when none is given).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .model import AVModel, ModelConfig
+
+FORMAT = "avemo-checkpoint"
+VERSION = 1
+DEFAULT_NAME = "default"
+
+
+@dataclass
+class Checkpoint:
+    model: AVModel
+    config: ModelConfig
+    postprocess: dict = field(default_factory=dict)  # target -> parameters (postprocess.py)
+    provenance: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_checkpoint(path: str | os.PathLike, model: AVModel, postprocess: dict | None = None,
+                    provenance: dict | None = None) -> Path:
+    """Write ``model`` and its settings to ``path`` (atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.cfg.to_dict(),
+        "postprocess": postprocess or {},
+        "provenance": provenance or {},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata={"avemo": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The checkpoint's JSON settings, without loading tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("avemo")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint "
+                              f"(expected a .safetensors file: {exc})") from None
+    if raw is None:
+        raise CheckpointError(f"{path}: a safetensors file, but not an avemo checkpoint")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: corrupt avemo settings in the checkpoint") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an avemo checkpoint")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {meta['version']} is newer than this "
+                              f"avemo understands ({VERSION}); upgrade avemo")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint file into an ``AVModel`` in eval mode on ``device``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    meta = read_metadata(path)
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model settings ({exc})") from None
+    model = AVModel(cfg)
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: tensors do not match the model settings ({first})") \
+            from None
+    model.eval().to(device)
+    return Checkpoint(model, cfg, meta.get("postprocess", {}), meta.get("provenance", {}), path)
+
+
+def shipped_weights() -> dict[str, Path]:
+    """Checkpoints shipped in the package's weights folder, by name (file stem)."""
+    try:
+        folder = resources.files("avemo_cli.weights")
+    except ModuleNotFoundError:
+        return {}
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir()
+            if p.name.endswith(".safetensors")}
+
+
+def resolve_weights(name_or_path: str | None) -> Path:
+    """A checkpoint path from ``--weights`` (a path, or a shipped name; None = default)."""
+    if name_or_path is None:
+        name_or_path = os.environ.get("AVEMO_WEIGHTS") or DEFAULT_NAME
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".safetensors" or os.sep in name_or_path or p.exists():
+        if not p.exists():
+            raise CheckpointError(f"{p}: no such checkpoint file")
+        if p.is_dir():
+            raise CheckpointError(f"{p}: is a folder; pass the checkpoint file inside it")
+        return p
+    shipped = shipped_weights()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    if name_or_path == DEFAULT_NAME:
+        raise CheckpointError("no default model is installed in this avemo yet; "
+                              "pass --weights PATH (a checkpoint file)")
+    known = ", ".join(sorted(shipped)) or "none"
+    raise CheckpointError(f"{name_or_path}: no such checkpoint file or shipped model "
+                          f"(shipped: {known})")

@@ -1,0 +1,311 @@
+"""Stage 4a — the networks of Lee et al. (2018): audio temporal attention + LSTM, visual
+ConvLSTM spatiotemporal attention over a 3D CNN, and concatenation fusion.
+
+Shapes (defaults): a clip is T = 16 analysis steps (4 per second) and predicts its LAST step.
+
+Audio branch  S (B, T, 88) z-scored eGeMAPS
+  scores = MLP(S) (B, T); A = softmax over T (eq. 1); Y = T * A * S (eq. 4, mean weight 1)
+  4-layer LSTM over Y; its last hidden state is Z^S.
+Visual branch I (B, T, C, 64, 64)
+  spatial encoder: shared 2D CNN (3x3 conv + ReLU + 2x2 max pool) x 3 -> (T, 32, 8, 8)
+  temporal decoder: peephole ConvLSTM (3x3, eq. 2) over T, x2 deconvolution + tanh -> 16x16,
+  1x1 projection, spatial softmax per step (eq. 3) -> A^I (B, T, 16, 16)
+  recognition 3D CNN: conv3d 32 -> pool(1,2,2) -> conv3d 64 -> pool(1,2,2) -> conv3d 128 at
+  16x16, multiplied by A^I (eq. 5, rescaled by H'W') -> pool(2,2,2) -> conv3d 256 -> global
+  average -> FC -> FC = Z^I.
+Fusion        Z = cat(Z^S, Z^I) (eq. 6) -> FC -> [valence, arousal]. Each branch also has its own
+  head, used by single-modality models and when one modality is missing from an input.
+
+The 3D convolutions before the temporal pooling are "valid" in time (no temporal padding): a
+conv output at time j depends on frames j..j+6 only, whichever clip it is computed in. So at
+annotation they are computed once per frame over a long span and sliced into the 16-step clips
+that end at every step, which is exactly what a per-clip forward computes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODALITIES = ("av", "audio", "video")
+
+
+@dataclass
+class ModelConfig:
+    modality: str = "av"  # av | audio | video
+    targets: list[str] = field(default_factory=lambda: ["valence", "arousal"])
+    clip_steps: int = 16  # T
+    rate: float = 4.0  # analysis steps per second
+    # audio branch
+    audio_features: int = 88
+    audio_window: float = 6.0  # seconds of audio summarised at each step
+    audio_hidden: int = 64
+    audio_layers: int = 4
+    audio_attention: bool = True
+    audio_attention_hidden: int = 32
+    # visual branch
+    channels: int = 1  # 1 greyscale or 3 RGB
+    input_size: int = 64
+    encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    convlstm_hidden: int = 32
+    c3d_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    fc_hidden: int = 256
+    visual_z: int = 128
+    visual_attention: bool = True
+    visual_backbone: str = "3d"  # 3d | 2d (per-frame 2D convolutions, the paper's ablation)
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, not {self.modality!r}")
+        if self.visual_backbone not in ("3d", "2d"):
+            raise ValueError("visual_backbone must be '3d' or '2d'")
+        if self.has_visual:
+            if len(self.c3d_channels) != 4:
+                raise ValueError("c3d_channels must list four widths")
+            if self.input_size % 8:
+                raise ValueError("input_size must be a multiple of 8")
+            if not 2 <= len(self.encoder_channels) <= 3:
+                raise ValueError("the encoder needs 2 or 3 blocks (input_size / 4 or / 8)")
+            if self.visual_backbone == "3d" and self.clip_steps < 12:
+                raise ValueError("the 3D backbone needs clips of at least 12 steps")
+
+    @property
+    def has_audio(self) -> bool:
+        return self.modality in ("av", "audio")
+
+    @property
+    def has_visual(self) -> bool:
+        return self.modality in ("av", "video")
+
+    @property
+    def temporal_kernel(self) -> int:
+        return 3 if self.visual_backbone == "3d" else 1
+
+    @property
+    def shared_context(self) -> int:
+        """Frames consumed by the valid temporal convolutions before pooling (6 for 3D)."""
+        return 3 * (self.temporal_kernel - 1)
+
+    @property
+    def attention_size(self) -> int:
+        return self.input_size // 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class AudioBranch(nn.Module):
+    """Temporal attention (eq. 1, 4) over eGeMAPS steps followed by a stacked LSTM."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.use_attention = cfg.audio_attention
+        self.register_buffer("mean", torch.zeros(cfg.audio_features))
+        self.register_buffer("std", torch.ones(cfg.audio_features))
+        self.score = nn.Sequential(
+            nn.Linear(cfg.audio_features, cfg.audio_attention_hidden), nn.Tanh(),
+            nn.Linear(cfg.audio_attention_hidden, 1))
+        self.lstm = nn.LSTM(cfg.audio_features, cfg.audio_hidden, cfg.audio_layers,
+                            batch_first=True)
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.mean) / self.std
+
+    def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """s: (B, T, F) normalised features -> Z^S (B, H), attention weights (B, T)."""
+        t = s.shape[1]
+        if self.use_attention:
+            weights = torch.softmax(self.score(s).squeeze(-1), dim=1)
+            s = s * (weights * t).unsqueeze(-1)
+        else:
+            weights = torch.full(s.shape[:2], 1.0 / t, dtype=s.dtype, device=s.device)
+        _, (h, _) = self.lstm(s)
+        return h[-1], weights
+
+
+class ConvLSTMCell(nn.Module):
+    """Convolutional LSTM with peephole connections (Shi et al. 2015; the paper's eq. 2)."""
+
+    def __init__(self, cin: int, hidden: int, size: int):
+        super().__init__()
+        self.hidden = hidden
+        self.conv = nn.Conv2d(cin + hidden, 4 * hidden, 3, padding=1)
+        self.w_ci = nn.Parameter(torch.zeros(1, hidden, size, size))
+        self.w_cf = nn.Parameter(torch.zeros(1, hidden, size, size))
+        self.w_co = nn.Parameter(torch.zeros(1, hidden, size, size))
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
+        if state is None:
+            z = x.new_zeros(x.shape[0], self.hidden, x.shape[2], x.shape[3])
+            state = (z, z)
+        h, c = state
+        i, f, g, o = self.conv(torch.cat([x, h], 1)).chunk(4, 1)
+        i = torch.sigmoid(i + self.w_ci * c)
+        f = torch.sigmoid(f + self.w_cf * c)
+        c = f * c + i * torch.tanh(g)
+        o = torch.sigmoid(o + self.w_co * c)
+        h = o * torch.tanh(c)
+        return h, (h, c)
+
+
+class VisualBranch(nn.Module):
+    """ConvLSTM spatiotemporal attention (eq. 2, 3) applied to a 3D CNN's feature map (eq. 5)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        blocks, cin = [], cfg.channels
+        for c in cfg.encoder_channels:
+            blocks += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            cin = c
+        self.encoder = nn.Sequential(*blocks)
+        enc_size = cfg.input_size // 2 ** len(cfg.encoder_channels)
+        self.use_attention = cfg.visual_attention
+        self.convlstm = ConvLSTMCell(cin, cfg.convlstm_hidden, enc_size)
+        ups, size = [], enc_size
+        while size < cfg.attention_size:
+            ups += [nn.ConvTranspose2d(cfg.convlstm_hidden, cfg.convlstm_hidden, 2, stride=2),
+                    nn.Tanh()]
+            size *= 2
+        self.decoder = nn.Sequential(*ups)
+        self.project = nn.Conv2d(cfg.convlstm_hidden, 1, 1)
+
+        kt = cfg.temporal_kernel
+        c1, c2, c3, c4 = cfg.c3d_channels
+        k = (kt, 3, 3)
+        pad = (0, 1, 1)  # valid in time (see the module docstring), same in space
+        self.conv1 = nn.Conv3d(cfg.channels, c1, k, padding=pad)
+        self.conv2 = nn.Conv3d(c1, c2, k, padding=pad)
+        self.conv3 = nn.Conv3d(c2, c3, k, padding=pad)
+        self.pool3 = nn.MaxPool3d((2, 2, 2) if kt > 1 else (1, 2, 2))
+        self.conv4 = nn.Conv3d(c3, c4, k, padding=pad)
+        self.fc1 = nn.Linear(c4, cfg.fc_hidden)
+        self.fc2 = nn.Linear(cfg.fc_hidden, cfg.visual_z)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @staticmethod
+    def prepare(crops: torch.Tensor) -> torch.Tensor:
+        """uint8 crops (..., S, S) or (..., S, S, 3) -> float (..., C, S, S) in [-1, 1]."""
+        x = crops.float() / 127.5 - 1.0
+        return x.unsqueeze(-3) if x.shape[-1] != 3 else x.movedim(-1, -3)
+
+    def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame work, shareable between overlapping clips.
+
+        frames: (B, N, C, S, S) -> encoder maps (B, N, E, s, s) and the conv3 map
+        (B, N - ctx, C3, S/4, S/4), where element j of the latter depends on frames j..j+ctx.
+        """
+        b, n = frames.shape[:2]
+        enc = self.encoder(frames.flatten(0, 1)).unflatten(0, (b, n))
+        x = frames.transpose(1, 2)  # (B, C, N, S, S)
+        x = F.max_pool3d(F.relu(self.conv1(x)), (1, 2, 2))
+        x = F.max_pool3d(F.relu(self.conv2(x)), (1, 2, 2))
+        x = F.relu(self.conv3(x))
+        return enc, x.transpose(1, 2)
+
+    def attention(self, enc: torch.Tensor) -> torch.Tensor:
+        """enc: (B, T, E, s, s) -> A^I (B, T, S/4, S/4), each step summing to 1 (eq. 3)."""
+        state, maps = None, []
+        for t in range(enc.shape[1]):
+            h, state = self.convlstm(enc[:, t], state)
+            maps.append(self.project(self.decoder(h)))
+        logits = torch.cat(maps, 1)  # (B, T, h, w)
+        b, t, hh, ww = logits.shape
+        return torch.softmax(logits.flatten(2), -1).view(b, t, hh, ww)
+
+    def clip_forward(self, enc: torch.Tensor, feat: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-clip work: enc (B, T, ...), feat (B, T - ctx, C3, h, w) -> Z^I (B, z), A^I."""
+        b, t = enc.shape[:2]
+        hh, ww = feat.shape[-2:]
+        if self.use_attention:
+            att = self.attention(enc)
+            # a conv3 output spans ctx + 1 frames: weight it by their mean attention map
+            span = t - feat.shape[1] + 1
+            a = F.avg_pool1d(att.flatten(2).transpose(1, 2), span, stride=1)  # (B, hw, T')
+            a = a.transpose(1, 2).reshape(b, -1, 1, hh, ww) * (hh * ww)
+            feat = feat * a
+        else:
+            att = torch.full((b, t, hh, ww), 1.0 / (hh * ww), device=feat.device,
+                             dtype=feat.dtype)
+        x = self.pool3(feat.transpose(1, 2))
+        x = F.relu(self.conv4(x)).mean(dim=(2, 3, 4))
+        x = self.dropout(F.relu(self.fc1(x)))
+        z = F.relu(self.fc2(x))
+        return z, att
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames: (B, T, C, S, S) float -> Z^I (B, z), A^I (B, T, h, w)."""
+        enc, feat = self.frame_features(frames)
+        return self.clip_forward(enc, feat)
+
+
+class AVModel(nn.Module):
+    """The audio-visual network with a head per branch and a fusion head (modality "av")."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        n = len(cfg.targets)
+        self.audio = AudioBranch(cfg) if cfg.has_audio else None
+        self.visual = VisualBranch(cfg) if cfg.has_visual else None
+        self.audio_head = nn.Linear(cfg.audio_hidden, n) if cfg.has_audio else None
+        self.visual_head = nn.Linear(cfg.visual_z, n) if cfg.has_visual else None
+        self.fusion = nn.Linear(cfg.audio_hidden + cfg.visual_z, n) \
+            if cfg.modality == "av" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights, zero biases (the paper's initialisation)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LSTM):
+                for name, p in m.named_parameters():
+                    (nn.init.xavier_uniform_ if "weight" in name else nn.init.zeros_)(p)
+
+    def heads(self, z_audio: torch.Tensor | None, z_visual: torch.Tensor | None
+              ) -> torch.Tensor:
+        """The prediction from whatever branch outputs there are (fusion when both)."""
+        if z_audio is not None and z_visual is not None:
+            return self.fusion(self.dropout(torch.cat([z_audio, z_visual], 1)))
+        if z_audio is not None:
+            return self.audio_head(self.dropout(z_audio))
+        if z_visual is not None:
+            return self.visual_head(self.dropout(z_visual))
+        raise ValueError("no input")
+
+    def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """audio: (B, T, 88) raw eGeMAPS; video: (B, T, C, S, S) prepared frames.
+
+        Returns ``pred`` (B, targets) from the fusion head when both are given, else from the
+        given branch's head, plus each branch's own prediction and attention when it ran.
+        """
+        out: dict[str, torch.Tensor] = {}
+        za = zv = None
+        if audio is not None:
+            if self.audio is None:
+                raise ValueError("this model has no audio branch")
+            za, out["audio_attention"] = self.audio(self.audio.normalise(audio))
+            out["audio_pred"] = self.audio_head(self.dropout(za))
+        if video is not None:
+            if self.visual is None:
+                raise ValueError("this model has no visual branch")
+            zv, out["visual_attention"] = self.visual(video)
+            out["visual_pred"] = self.visual_head(self.dropout(zv))
+        out["pred"] = self.heads(za, zv)
+        return out

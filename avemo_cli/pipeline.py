@@ -1,0 +1,217 @@
+"""The annotation pipeline: a media file in, a per-frame valence/arousal table out.
+
+    demux.probe -> faces.track_faces(demux.iter_frames) -> audio.egemaps(demux.read_audio)
+    -> predict.predict_steps -> postprocess.apply_postprocess -> writer.frame_table
+
+``Annotator`` holds the loaded model and the face backend, so a batch pays for them once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import audio as audio_stage
+from . import demux, faces, postprocess, predict, writer
+from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
+from .errors import ModalityError, NoFaceError
+
+STAGES = ("demux", "audio", "faces", "model", "postprocess", "write")
+
+
+@dataclass
+class Annotation:
+    """Everything one input produced; ``table`` is what the CSV holds."""
+
+    path: Path
+    info: demux.MediaInfo
+    table: pd.DataFrame
+    source: str  # what the prediction used: "av", "audio" or "video"
+    steps: predict.StepPredictions  # raw per-step model output and attention
+    step_values: np.ndarray  # (K, targets) after face-gap interpolation and post-processing
+    face: np.ndarray  # (K,) bool
+    voice: np.ndarray  # (K,) bool
+    track: faces.FaceTrack | None = None
+    audio_features: audio_stage.AudioFeatures | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` (or None): CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Replace rows where ``ok`` is False by linear interpolation between the nearest ok rows
+    (held constant beyond the first/last); the paper's rule for steps with no face."""
+    if ok.all() or not ok.any():
+        return values.copy()
+    steps = np.arange(len(values))
+    out = values.copy()
+    for j in range(values.shape[1]):
+        out[~ok, j] = np.interp(steps[~ok], steps[ok], values[ok, j])
+    return out
+
+
+def _hold_nearest(crops: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Crops where no face was found replaced by the nearest step's face (model input only)."""
+    if ok.all():
+        return crops
+    steps = np.arange(len(ok))
+    idx = np.flatnonzero(ok)
+    pos = np.searchsorted(idx, steps)
+    left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
+    right = idx[np.clip(pos, 0, len(idx) - 1)]
+    return crops[np.where(np.abs(steps - left) <= np.abs(right - steps), left, right)]
+
+
+class _Timed:
+    """Wraps an iterator and adds the time spent inside it to ``timings[key]``."""
+
+    def __init__(self, it: Iterator, timings: dict, key: str):
+        self.it, self.timings, self.key = it, timings, key
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.timings[self.key] += time.perf_counter() - t0
+
+
+class Annotator:
+    """Annotates media files with a loaded checkpoint.
+
+    >>> ann = Annotator("weights.safetensors")          # doctest: +SKIP
+    >>> result = ann.annotate("talk.mp4")              # doctest: +SKIP
+    >>> result.table.head()                            # doctest: +SKIP
+    """
+
+    def __init__(self, weights: str | Path | Checkpoint | None = None, device: str | None = "auto",
+                 faces_backend: str = "dlib", stride: int = 1, batch_size: int = 32,
+                 detect_every: int = 8, max_side: int = 480):
+        self.device = resolve_device(device)
+        self.checkpoint = weights if isinstance(weights, Checkpoint) else \
+            load_checkpoint(resolve_weights(None if weights is None else str(weights)),
+                            self.device)
+        self.checkpoint.model.to(self.device).eval()
+        self.cfg = self.checkpoint.config
+        self.faces_backend = faces_backend
+        self._backend: faces.FaceBackend | None = None
+        self.stride = max(1, int(stride))
+        self.batch_size = batch_size
+        self.detect_every = detect_every
+        self.max_side = max_side
+
+    @property
+    def backend(self) -> faces.FaceBackend:
+        if self._backend is None:
+            self._backend = faces.make_backend(self.faces_backend, str(self.device))
+        return self._backend
+
+    def annotate(self, path: str | Path,
+                 progress: Callable[[str], None] | None = None) -> Annotation:
+        """Annotate one file. ``progress(stage)`` is called as each stage starts."""
+        say = progress or (lambda stage: None)
+        cfg, ckpt = self.cfg, self.checkpoint
+        timings = dict.fromkeys(STAGES, 0.0)
+        t0 = time.perf_counter()
+        say("demux")
+        info = demux.probe(path)
+        timings["demux"] += time.perf_counter() - t0
+        name = ckpt.path or "the checkpoint"
+        use_audio = info.has_audio and cfg.has_audio
+        use_visual = info.has_video and cfg.has_visual
+        if not info.has_video and not cfg.has_audio:
+            raise ModalityError(f"{info.path}: audio-only input, but {name} has no audio branch "
+                                f"(a video-only model)")
+        if info.has_video and not use_audio and not use_visual:
+            raise ModalityError(f"{info.path}: no audio track, and {name} has no visual branch "
+                                f"(an audio-only model)")
+
+        if info.has_video:
+            last = (info.n_frames - 1) / info.fps
+            n_steps = int(np.floor(last * cfg.rate + 1e-6)) + 1
+            frame_times = info.frame_times()
+        else:
+            n_steps = max(1, int(np.ceil(info.duration * cfg.rate - 1e-6)))
+            frame_times = None
+
+        track = None
+        face = np.zeros(n_steps, bool)
+        crops = None
+        if use_visual:
+            say("faces")
+            t1, decode_before = time.perf_counter(), timings["demux"]
+            frames = _Timed(demux.iter_frames(info, cfg.rate, self.max_side,
+                                              gray=cfg.channels == 1), timings, "demux")
+            track = faces.track_faces(frames, self.backend, cfg.input_size, self.detect_every)
+            timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
+            face = _fit_length(track.found, n_steps, False)
+            if not face.any():
+                if not use_audio:
+                    why = "no audio track" if not info.has_audio else f"{name} has no audio branch"
+                    raise NoFaceError(f"{info.path}: no face found in the video ({why})")
+                use_visual = False
+            else:
+                crops = _hold_nearest(_fit_length(track.crops, n_steps), face)
+
+        feats = None
+        voice = np.zeros(n_steps, bool)
+        if use_audio:
+            say("audio")
+            t1 = time.perf_counter()
+            samples = demux.read_audio(info)
+            timings["demux"] += time.perf_counter() - t1
+            t1 = time.perf_counter()
+            feats = audio_stage.egemaps(samples, demux.AUDIO_RATE, n_steps, cfg.rate,
+                                        cfg.audio_window)
+            voice = feats.valid
+            timings["audio"] += time.perf_counter() - t1
+
+        say("model")
+        t1 = time.perf_counter()
+        steps = predict.predict_steps(ckpt.model, feats.values if feats is not None else None,
+                                      crops, self.stride, self.batch_size, self.device)
+        timings["model"] += time.perf_counter() - t1
+
+        say("postprocess")
+        t1 = time.perf_counter()
+        values = fill_gaps(steps.values, face) if use_visual else steps.values
+        values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
+        table = writer.frame_table(values, cfg.targets, cfg.rate, face, voice, frame_times)
+        timings["postprocess"] += time.perf_counter() - t1
+        source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
+        return Annotation(info.path, info, table, source, steps, values, face, voice, track,
+                          feats, timings)
+
+
+def _fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:
+    """``a`` cut or extended to ``n`` rows (extension repeats the last row, or ``fill``)."""
+    if len(a) >= n:
+        return a[:n]
+    if len(a) == 0:
+        return np.full((n,) + a.shape[1:], fill if fill is not None else 0, a.dtype)
+    pad = np.repeat(a[-1:], n - len(a), axis=0)
+    if fill is not None:
+        pad[:] = fill
+    return np.concatenate([a, pad])
+
+
+def annotate(path: str | Path, weights: str | Path | Checkpoint | None = None,
+             **options) -> Annotation:
+    """One-call API: ``avemo_cli.annotate("talk.mp4", weights="model.safetensors").table``."""
+    return Annotator(weights, **options).annotate(path)

@@ -1,0 +1,106 @@
+"""Stage 4c — batched inference over a whole input: one clip ends at every ``stride``-th step.
+
+The first T-1 steps are padded by repeating step 0 (so every step has a full clip). Audio clips
+are gathered from the per-step features. For video, the per-frame work (2D encoder and the 3D
+convolutions before temporal pooling) is computed once over a span of frames and sliced into
+the overlapping clips; only the ConvLSTM attention and the layers after it run per clip. Memory
+is bounded by the span (about 150 frames of 64x64 feature maps), whatever the input's length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import AVModel
+
+MAX_SPAN_CLIPS = 128  # clip ends per shared-feature span
+
+
+@dataclass
+class StepPredictions:
+    values: np.ndarray  # (K, targets) raw model output at every step
+    predicted: np.ndarray  # (K,) bool: a clip ended here (others are interpolated, --stride)
+    audio_attention: np.ndarray | None  # (K, T) temporal weights of the clip ending at a step
+    visual_attention: np.ndarray | None  # (K, h, w) spatial map at a clip's newest step
+
+
+def clip_ends(n_steps: int, stride: int) -> np.ndarray:
+    """Steps at which a clip ends: every ``stride``-th step, and always the last one."""
+    ends = np.arange(0, n_steps, max(1, stride))
+    if ends[-1] != n_steps - 1:
+        ends = np.append(ends, n_steps - 1)
+    return ends
+
+
+def clip_steps(ends: np.ndarray, t: int) -> np.ndarray:
+    """(len(ends), T) step indices of each clip, repeating step 0 before the start."""
+    return np.maximum(ends[:, None] - (t - 1) + np.arange(t)[None, :], 0)
+
+
+def _spans(ends: np.ndarray, t: int):
+    """Group consecutive clip ends so that each group's frames form one bounded span."""
+    i = 0
+    while i < len(ends):
+        j = i + 1
+        while j < len(ends) and j - i < MAX_SPAN_CLIPS and ends[j] - ends[j - 1] < t:
+            j += 1
+        yield ends[i:j]
+        i = j
+
+
+def _fill(values: np.ndarray, at: np.ndarray, n: int, nan_shape=()) -> np.ndarray:
+    out = np.full((n,) + values.shape[1:], np.nan, np.float32)
+    out[at] = values
+    return out
+
+
+@torch.inference_mode()
+def predict_steps(model: AVModel, audio: np.ndarray | None = None,
+                  crops: np.ndarray | None = None, stride: int = 1, batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> StepPredictions:
+    """Predict every step of an input from its per-step eGeMAPS ``audio`` (K, 88) and/or aligned
+    face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both are given."""
+    if audio is None and crops is None:
+        raise ValueError("predict_steps needs audio features, face crops, or both")
+    n = len(audio) if audio is not None else len(crops)
+    t = model.cfg.clip_steps
+    ends = clip_ends(n, stride)
+    z_audio = z_visual = None
+    att_a = att_v = None
+    if audio is not None:
+        feats = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).to(device)
+        idx = torch.from_numpy(clip_steps(ends, t)).to(device)
+        zs, ws = [], []
+        for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
+            z, w = model.audio(model.audio.normalise(feats[idx[b:b + batch_size * 8]]))
+            zs.append(z)
+            ws.append(w)
+        z_audio = torch.cat(zs)
+        att_a = _fill(torch.cat(ws).float().cpu().numpy(), ends, n)
+    if crops is not None:
+        vis = model.visual
+        ctx = model.cfg.shared_context
+        zs, maps = [], []
+        for group in _spans(ends, t):
+            q0 = int(group[0])  # padded index q = step + T - 1; clip ending at e is [e, e + T)
+            steps = np.maximum(np.arange(q0, int(group[-1]) + t) - (t - 1), 0)
+            frames = vis.prepare(torch.from_numpy(crops[steps]).to(device)).unsqueeze(0)
+            enc, feat = vis.frame_features(frames)
+            for b in range(0, len(group), batch_size):
+                off = torch.from_numpy(group[b:b + batch_size] - q0).to(device)
+                win = off[:, None] + torch.arange(t, device=device)[None, :]
+                z, att = vis.clip_forward(enc[0][win], feat[0][win[:, : t - ctx]])
+                zs.append(z)
+                maps.append(att[:, -1])
+        z_visual = torch.cat(zs)
+        att_v = _fill(torch.cat(maps).float().cpu().numpy(), ends, n)
+    pred = model.heads(z_audio, z_visual).float().cpu().numpy()
+    values = np.empty((n, pred.shape[1]), np.float32)
+    steps = np.arange(n)
+    for j in range(pred.shape[1]):
+        values[:, j] = np.interp(steps, ends, pred[:, j])
+    predicted = np.zeros(n, bool)
+    predicted[ends] = True
+    return StepPredictions(values, predicted, att_a, att_v)
