@@ -1,0 +1,70 @@
+"""Shared fixtures: real media from ../shared/data (skipped when absent, as in a user's clone),
+tiny videos generated with ffmpeg, and tiny randomly initialised checkpoints."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from avemo_cli.demux import ffmpeg_exe
+from avemo_cli.testing.tiny_checkpoint import make_tiny_checkpoint
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+VIDEOS = SHARED / "videos"
+
+
+def shared_file(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not available: the ../shared/data media sit beside the project "
+                    f"checkout in development and CI, not in a user's clone")
+    return p
+
+
+@pytest.fixture(scope="session")
+def videos_dir() -> Path:
+    return shared_file("videos")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_audio.safetensors",
+                                modality="audio")
+
+
+@pytest.fixture(scope="session")
+def tiny_video_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_video.safetensors",
+                                modality="video")
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-v", "error", "-y", *args], check=True)
+
+
+def make_synthetic_video(path: Path, seconds: float = 3.0, size: str = "160x120",
+                         fps: int = 25, audio: bool = True, extra: tuple[str, ...] = ()) -> Path:
+    """A test-pattern video (no face) with an optional 440 Hz tone."""
+    args = ["-f", "lavfi", "-i", f"testsrc=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+    args += [*extra, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest"]
+    if audio:
+        args += ["-c:a", "aac"]
+    ffmpeg(*args, str(path))
+    return path
+
+
+def decoded_frame_count(path: Path) -> int:
+    """Frames counted by fully decoding the video stream (independent of demux.probe)."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map",
+                           "0:v:0", "-f", "null", "-"], capture_output=True, text=True)
+    import re
+
+    return int(re.findall(r"frame=\s*(\d+)", proc.stderr)[-1])

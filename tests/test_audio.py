@@ -1,0 +1,36 @@
+import numpy as np
+
+from avemo_cli import audio, demux
+
+from conftest import shared_file
+
+
+def test_windows_end_at_each_step_and_handle_the_start():
+    w = audio.step_windows(n_steps=40, rate=4, duration=9.0, window=6.0)
+    assert np.allclose(w[0], [0.0, 1.0])  # start of file: the minimum window, reaching forward
+    assert np.allclose(w[8], [0.0, 2.0])  # fewer than 6 s so far: what there is
+    assert np.allclose(w[30], [1.5, 7.5])  # steady state: the 6 s ending at the step
+    assert np.allclose(w[39], [3.0, 9.0])  # past the end of the audio: clipped to the file
+    short = audio.step_windows(n_steps=8, rate=4, duration=0.5, window=6.0)
+    assert np.all(short[:, 0] == 0) and np.all(short[:, 1] == 0.5)  # shorter than the minimum
+
+
+def test_egemaps_one_pass_on_real_speech():
+    info = demux.probe(shared_file("emodb", "03a01Fa.wav"))
+    x = demux.read_audio(info)
+    feats = audio.egemaps(x, 16000, n_steps=8, rate=4, window=6.0)
+    assert feats.values.shape == (8, audio.N_FEATURES)
+    assert np.isfinite(feats.values).all()
+    assert feats.valid.all()
+    # steps 0-4 share the 1 s minimum window [0, 1]; later windows grow, so features change
+    change = np.abs(np.diff(feats.values, axis=0)).sum(axis=1)
+    assert np.all(change[:4] == 0) and np.all(change[4:] > 0)
+
+
+def test_features_follow_the_signal_within_a_file():
+    """Loudness functionals are high in windows over speech and low over silence."""
+    speech = demux.read_audio(demux.probe(shared_file("emodb", "03a01Fa.wav")))
+    x = np.concatenate([speech, speech, np.zeros(16000 * 4, np.float32)])
+    feats = audio.egemaps(x, 16000, n_steps=32, rate=4, window=2.0)
+    loud = feats.values[:, 10]  # loudness_sma3_amean in eGeMAPSv02's order
+    assert loud[14] > 5 * max(loud[28], 1e-3)  # window 1.5-3.5 s (speech) vs 5-7 s (silence)

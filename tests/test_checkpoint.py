@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+
+from avemo_cli.checkpoint import load_checkpoint, read_metadata, resolve_weights, save_checkpoint
+from avemo_cli.errors import CheckpointError
+from avemo_cli.predict import predict_steps
+from avemo_cli.testing.tiny_checkpoint import tiny_model
+
+
+def test_round_trip_keeps_predictions_and_settings(tmp_path):
+    model = tiny_model("av", seed=3)
+    model.audio.mean.fill_(1.5)
+    post = {"valence": {"median_window": 5, "bias": 0.1, "scale": 1.2}}
+    path = save_checkpoint(tmp_path / "m.safetensors", model, post, {"data": "unit test"})
+    ck = load_checkpoint(path)
+    assert ck.config == model.cfg and ck.postprocess == post
+    assert ck.provenance["data"] == "unit test"
+    rng = np.random.default_rng(0)
+    audio = rng.normal(size=(20, 88)).astype(np.float32)
+    crops = rng.integers(0, 255, (20, 64, 64), dtype=np.uint8)
+    assert np.array_equal(predict_steps(model, audio, crops).values,
+                          predict_steps(ck.model, audio, crops).values)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_bad_files_name_the_file(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    pickled = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(3)}, pickled)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    for path, cause in [(garbage, "not a readable checkpoint"), (pickled, "not a readable"),
+                        (foreign, "not an avemo checkpoint"),
+                        (tmp_path / "none.safetensors", "no such checkpoint")]:
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        assert str(path) in str(err.value) and cause in str(err.value)
+
+
+def test_mismatched_tensors_are_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "a.safetensors", tiny_model("av"))
+    from safetensors.torch import load_file, save_file
+
+    meta = {"avemo": __import__("json").dumps(read_metadata(path))}
+    state = load_file(str(path))
+    state.pop("fusion.weight")
+    save_file(state, str(tmp_path / "b.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="b.safetensors: tensors do not match"):
+        load_checkpoint(tmp_path / "b.safetensors")
+
+
+def test_resolve_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
+    p = save_checkpoint(tmp_path / "x.safetensors", tiny_model("audio"))
+    assert resolve_weights(str(p)) == p
+    with pytest.raises(CheckpointError, match="no default model is installed"):
+        resolve_weights(None)
+    with pytest.raises(CheckpointError, match="no such checkpoint file or shipped model"):
+        resolve_weights("nonexistent-name")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        resolve_weights(str(tmp_path) + "/")

@@ -1,0 +1,153 @@
+"""The whole CLI with a tiny random checkpoint, on the real media in ../shared/data."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from avemo_cli.cli import main
+from avemo_cli.demux import probe
+from avemo_cli.writer import COLUMNS
+
+from conftest import decoded_frame_count, make_synthetic_video, shared_file
+
+NAMES = ["WDA_AlexandriaOcasioCortez_000", "WDA_KatieHill_000", "subj01_timepoint01",
+         "subj02_timepoint01", "woman2_noaudio"]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory, videos_dir, tiny_ckpt):
+    out = tmp_path_factory.mktemp("out")
+    code, stdout, stderr = run("annotate", videos_dir, "-o", out, "--weights", tiny_ckpt)
+    return out, code, stdout, stderr
+
+
+def test_annotates_a_folder_of_real_videos(annotated, videos_dir):
+    out, code, stdout, stderr = annotated
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(n + ".avemo.csv" for n in NAMES)
+    assert stdout.split() == [str(out / (n + ".avemo.csv")) for n in NAMES]  # results only
+    for name in NAMES:
+        table = pd.read_csv(out / f"{name}.avemo.csv")
+        assert list(table.columns) == COLUMNS
+        assert len(table) == decoded_frame_count(videos_dir / f"{name}.mp4")
+        assert (table.frame == np.arange(len(table))).all()
+        assert np.all(np.diff(table.time) > 0)
+        for col in ("valence", "arousal"):
+            assert np.isfinite(table[col]).all() and table[col].abs().max() <= 1
+        if name.startswith("WDA_"):
+            assert table.face.mean() >= 0.95
+        if name == "woman2_noaudio":
+            assert (table.voice == 0).all() and table.face.mean() > 0.9
+        else:
+            assert table.voice.mean() > 0.9
+
+
+def test_second_run_skips_and_overwrite_redoes(annotated, videos_dir, tiny_ckpt):
+    out, *_ = annotated
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, stdout, stderr = run("annotate", videos_dir, "-o", out, "--weights", tiny_ckpt)
+    assert code == 0 and stdout == ""
+    assert stderr.count("exists") == 5
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    code, stdout, stderr = run("annotate", videos_dir / "WDA_KatieHill_000.mp4", "-o", out,
+                               "--weights", tiny_ckpt, "--overwrite")
+    assert code == 0 and stdout.strip().endswith("WDA_KatieHill_000.avemo.csv")
+    assert (out / "WDA_KatieHill_000.avemo.csv").stat().st_mtime_ns > \
+        before["WDA_KatieHill_000.avemo.csv"]
+
+
+def test_bad_files_in_a_folder_are_reported_and_the_rest_written(tmp_path, tiny_ckpt):
+    src = tmp_path / "in"
+    (src / "nested").mkdir(parents=True)
+    good = shared_file("videos", "WDA_KatieHill_000.mp4")
+    shutil.copy(good, src / "nested" / "good.mp4")
+    (src / "zero.mp4").write_bytes(b"")
+    (src / "text.mp4").write_text("not a video at all\n" * 20)
+    (src / "cut.mp4").write_bytes(good.read_bytes()[:100_000])
+    out = tmp_path / "out"
+    code, stdout, stderr = run("annotate", src, "-o", out, "--weights", tiny_ckpt, "-q")
+    assert code == 1
+    assert (out / "nested" / "good.avemo.csv").exists()  # the tree is mirrored
+    assert sorted(p.name for p in out.rglob("*.csv")) == ["good.avemo.csv"]
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("avemo: error:")]
+    assert len(errors) == 3
+    for name, cause in [("zero.mp4", "empty file"), ("text.mp4", "unreadable media"),
+                        ("cut.mp4", "unreadable media")]:
+        assert any(name in ln and cause in ln for ln in errors), stderr
+    assert "Traceback" not in stderr and "3 inputs failed" in stderr
+
+
+def test_audio_only_inputs(tmp_path, tiny_ckpt):
+    wav = shared_file("emodb", "03a01Fa.wav")
+    mp3 = shared_file("crema-d", "1002_DFA_HAP_XX.mp3")
+    code, stdout, stderr = run("annotate", wav, mp3, "-o", tmp_path, "--weights", tiny_ckpt)
+    assert code == 0, stderr
+    for path in (wav, mp3):
+        t = pd.read_csv(tmp_path / f"{path.stem}.avemo.csv")
+        assert len(t) == int(np.ceil(probe(path).duration * 4))  # one row per analysis step
+        assert np.allclose(t.time, t.frame / 4)
+        assert (t.face == 0).all() and (t.voice == 1).all()
+        assert np.isfinite(t.valence).all() and np.isfinite(t.arousal).all()
+
+
+def test_missing_branch_and_missing_face_are_one_line_errors(tmp_path, tiny_audio_ckpt,
+                                                             tiny_video_ckpt, tiny_ckpt):
+    noaudio = shared_file("videos", "woman2_noaudio.mp4")
+    wav = shared_file("emodb", "03a01Fa.wav")
+    code, _, err = run("annotate", noaudio, "-o", tmp_path, "--weights", tiny_audio_ckpt)
+    assert code == 1 and "woman2_noaudio.mp4: no audio track" in err and "no visual branch" in err
+    code, _, err = run("annotate", wav, "-o", tmp_path, "--weights", tiny_video_ckpt)
+    assert code == 1 and "03a01Fa.wav: audio-only input" in err and "no audio branch" in err
+    pattern = make_synthetic_video(tmp_path / "pattern.mp4", seconds=2, audio=False)
+    code, _, err = run("annotate", pattern, "-o", tmp_path, "--weights", tiny_ckpt)
+    assert code == 1 and "pattern.mp4: no face found" in err
+    assert not list(tmp_path.glob("*.csv"))
+
+
+def test_no_face_falls_back_to_audio(tmp_path, tiny_ckpt):
+    pattern = make_synthetic_video(tmp_path / "tone.mp4", seconds=3, audio=True)
+    code, _, err = run("annotate", pattern, "-o", tmp_path, "--weights", tiny_ckpt)
+    assert code == 0, err
+    t = pd.read_csv(tmp_path / "tone.avemo.csv")
+    assert len(t) == 75 and (t.face == 0).all() and (t.voice == 1).all()
+
+
+def test_weights_errors_exit_2(tmp_path, monkeypatch):
+    monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
+    wav = shared_file("emodb", "03a01Fa.wav")
+    code, _, err = run("annotate", wav, "-o", tmp_path)
+    assert code == 2 and "no default model is installed" in err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("nope")
+    code, _, err = run("annotate", wav, "-o", tmp_path, "--weights", bad)
+    assert code == 2 and str(bad) in err and len(err.strip().splitlines()) == 1
+
+
+def test_profile_stride_and_missing_input(tmp_path, tiny_ckpt):
+    video = shared_file("videos", "WDA_KatieHill_000.mp4")
+    code, stdout, err = run("annotate", video, tmp_path / "missing.mp4", "-o", tmp_path,
+                            "--weights", tiny_ckpt, "--profile", "--stride", "4")
+    assert code == 1 and "missing.mp4: no such file or folder" in err
+    for stage in ("demux", "audio", "faces", "model", "postprocess", "write", "real-time"):
+        assert stage in err
+    assert len(pd.read_csv(tmp_path / "WDA_KatieHill_000.avemo.csv")) == 200
+
+
+def test_console_script_entry_point(tmp_path, tiny_ckpt):
+    wav = shared_file("emodb", "03a01Fa.wav")
+    proc = subprocess.run([sys.executable, "-m", "avemo_cli", "annotate", str(wav), "-o",
+                           str(tmp_path), "--weights", str(tiny_ckpt), "--quiet"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "03a01Fa.avemo.csv")
+    assert "Usage" in subprocess.run([sys.executable, "-m", "avemo_cli", "annotate"],
+                                     capture_output=True, text=True).stderr

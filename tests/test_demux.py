@@ -1,0 +1,75 @@
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from avemo_cli import demux
+from avemo_cli.errors import MediaError
+
+from conftest import decoded_frame_count, ffmpeg, make_synthetic_video, shared_file
+
+
+@pytest.mark.parametrize("name", ["WDA_KatieHill_000.mp4", "subj01_timepoint01.mp4",
+                                  "woman2_noaudio.mp4"])
+def test_probe_real_videos(name):
+    path = shared_file("videos", name)
+    info = demux.probe(path)
+    assert info.has_video
+    assert info.n_frames == decoded_frame_count(path)
+    if shutil.which("ffprobe"):
+        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames",
+                              "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0",
+                              str(path)], capture_output=True, text=True).stdout
+        assert info.n_frames == int(out.strip())
+    assert info.has_audio == (name != "woman2_noaudio.mp4")
+    assert info.fps > 20 and info.duration > 4
+
+
+def test_frames_are_resampled_and_scaled_by_ffmpeg():
+    info = demux.probe(shared_file("videos", "subj01_timepoint01.mp4"))  # 1080x720, 30 fps
+    frames = list(demux.iter_frames(info, rate=4, max_side=480))
+    assert abs(len(frames) - info.duration * 4) <= 1
+    assert frames[0].shape == (320, 480) and frames[0].dtype == np.uint8
+    rgb = next(iter(demux.iter_frames(info, rate=4, max_side=240, gray=False)))
+    assert rgb.shape == (160, 240, 3)
+
+
+def test_audio_is_16k_mono_float():
+    info = demux.probe(shared_file("crema-d", "1002_DFA_HAP_XX.mp3"))
+    assert not info.has_video and info.has_audio
+    x = demux.read_audio(info)
+    assert x.dtype == np.float32 and abs(len(x) / 16000 - info.duration) < 0.1
+    assert 0.001 < np.abs(x).max() <= 1.0
+
+
+def test_no_audio_track_is_reported():
+    info = demux.probe(shared_file("videos", "woman2_noaudio.mp4"))
+    with pytest.raises(MediaError, match="woman2_noaudio.mp4: no audio track"):
+        demux.read_audio(info)
+
+
+def test_rotation_metadata_is_honoured(tmp_path):
+    src = make_synthetic_video(tmp_path / "land.mp4", seconds=1, size="160x96", audio=False)
+    rotated = tmp_path / "rot.mp4"
+    ffmpeg("-display_rotation", "90", "-i", str(src), "-c", "copy", str(rotated))
+    info = demux.probe(rotated)
+    assert info.rotation in (90, 270)
+    assert (info.width, info.height) == (96, 160)
+    frame = next(iter(demux.iter_frames(info, rate=4, max_side=480)))
+    assert frame.shape == (160, 96)  # portrait, as displayed
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(shared_file("videos", "WDA_KatieHill_000.mp4").read_bytes()[:100_000])
+    for path, cause in [(tmp_path / "missing.mp4", "no such file"), (empty, "empty file"),
+                        (text, "unreadable media"), (cut, "unreadable media")]:
+        with pytest.raises(MediaError) as err:
+            demux.probe(path)
+        msg = str(err.value)
+        assert str(path) in msg and cause in msg and "\n" not in msg

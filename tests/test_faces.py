@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from avemo_cli import align, demux, faces
+
+from conftest import make_synthetic_video, shared_file
+
+
+@pytest.fixture(scope="module")
+def dlib_backend():
+    return faces.make_backend("dlib")
+
+
+def test_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    ang, scale, shift = 0.3, 1.7, np.array([12.0, -4.0])
+    rot = scale * np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    m = align.similarity(src, src @ rot.T + shift)
+    assert np.allclose(m[:, :2], rot) and np.allclose(m[:, 2], shift)
+
+
+def test_warp_resamples_through_the_matrix():
+    img = np.arange(100 * 100, dtype=np.float64).reshape(100, 100) % 251
+    img = img.astype(np.uint8)
+    m = np.array([[1.0, 0, -20], [0, 1.0, -30]])  # crop origin at (20, 30)
+    crop = align.warp(img, m, 16)
+    assert np.array_equal(crop, img[30:46, 20:36])
+    assert align.warp(img, np.array([[1.0, 0, 200], [0, 1.0, 0]]), 8).max() == 0  # outside
+
+
+def test_tracking_and_alignment_on_a_real_talking_face(dlib_backend):
+    info = demux.probe(shared_file("videos", "WDA_KatieHill_000.mp4"))
+    track = faces.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64,
+                              detect_every=8)
+    n = len(track.found)
+    assert n == 32 and track.found.mean() >= 0.95
+    assert track.detections <= n // 8 + 2  # tracked between detections, not detected each step
+    assert track.crops.shape == (n, 64, 64)
+    # the aligned crop puts the eyes on the template (level: no roll), the nose tip near it
+    for k in np.flatnonzero(track.found):
+        pts = align.anchor_points(track.landmarks[k].astype(np.float64))
+        mapped = pts @ track.matrices[k][:, :2].T + track.matrices[k][:, 2]
+        assert np.abs(mapped[:2] - align.TEMPLATE[:2] * 64).max() < 1.5
+        assert np.abs(mapped[2] - align.TEMPLATE[2] * 64).max() < 8.0
+    # and the crop is a face: dlib finds 68 landmarks whose eyes sit near the template again
+    up = np.kron(track.crops[0], np.ones((4, 4), np.uint8))  # 256 px for the detector
+    boxes = dlib_backend.detect(up)
+    assert boxes, "no face found in the aligned crop"
+    lm = dlib_backend.landmarks(up, boxes[0]) / 4
+    assert np.abs(align.anchor_points(lm) - align.TEMPLATE * 64).max() < 6.0
+
+
+def test_no_face_in_a_test_pattern(tmp_path, dlib_backend):
+    path = make_synthetic_video(tmp_path / "pattern.mp4", seconds=2, audio=False)
+    info = demux.probe(path)
+    track = faces.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64)
+    assert not track.found.any() and track.detections == len(track.found) == 8
+    assert np.isnan(track.boxes).all() and (track.crops == 0).all()
+
+
+def test_unknown_backend_and_missing_fan():
+    with pytest.raises(Exception, match="unknown face backend"):
+        faces.make_backend("opencv")

@@ -1,0 +1,55 @@
+import numpy as np
+import pandas as pd
+
+from avemo_cli.pipeline import fill_gaps
+from avemo_cli.postprocess import apply_chain, apply_postprocess, median_filter, shift_forward
+from avemo_cli.writer import COLUMNS, frame_table, read_csv, write_csv
+
+
+def test_median_filter_removes_spikes_and_keeps_steps():
+    x = np.array([0, 0, 9, 0, 0, 1, 1, 1, 1], np.float32)
+    assert np.array_equal(median_filter(x, 3), [0, 0, 0, 0, 0, 1, 1, 1, 1])
+    assert np.array_equal(median_filter(x, 1), x)
+
+
+def test_chain_order_filter_center_scale_shift():
+    x = np.array([1, 5, 1, 1, 1], np.float32)
+    y = apply_chain(x, {"median_window": 3, "bias": 1.0, "scale": 0.5, "shift": 1})
+    assert np.allclose(y, [1.0, 1.0, 1.0, 1.0, 1.0])  # (median 1 + 1) * 0.5 = 1, shifted
+    z = apply_chain(np.array([0, 1, 2, 3], np.float32), {"bias": -1.0, "scale": 2.0})
+    assert np.allclose(z, [-2, 0, 2, 4])  # centre first, then scale
+    assert np.allclose(shift_forward(np.array([1, 2, 3.0]), 2), [1, 1, 1])
+    both = apply_postprocess(np.ones((3, 2), np.float32), ["valence", "arousal"],
+                             {"arousal": {"scale": 0.5}})
+    assert np.allclose(both[:, 0], 1) and np.allclose(both[:, 1], 0.5)
+
+
+def test_face_gaps_are_interpolated_from_neighbouring_steps():
+    v = np.array([[0.0], [9.0], [9.0], [3.0], [9.0]], np.float32)
+    ok = np.array([True, False, False, True, False])
+    assert np.allclose(fill_gaps(v, ok)[:, 0], [0, 1, 2, 3, 3])
+
+
+def test_frame_table_interpolates_to_frames_and_takes_nearest_flags():
+    values = np.array([[0.0, 0.5], [1.0, 0.5], [2.0, 0.5]], np.float32)  # 3 steps at 4 Hz
+    face = np.array([True, False, True])
+    voice = np.array([True, True, False])
+    times = np.arange(13) / 25.0  # 0 .. 0.48 s at 25 fps
+    t = frame_table(values, ["valence", "arousal"], 4.0, face, voice, times)
+    assert list(t.columns) == COLUMNS and len(t) == 13
+    assert t.valence.max() == 1.0  # clipped to [-1, 1]
+    assert np.isclose(t.valence[3], 0.48)  # 0.12 s between steps 0 and 1
+    assert list(t.face[:5]) == [1, 1, 1, 1, 0] and t.voice.iloc[-1] == 0
+    audio_only = frame_table(values[:, :1], ["valence"], 4.0, ~face, voice)
+    assert len(audio_only) == 3 and audio_only.arousal.isna().all()
+
+
+def test_write_is_atomic_and_formatted(tmp_path):
+    t = frame_table(np.zeros((2, 1), np.float32), ["valence"], 4.0, np.ones(2, bool),
+                    np.ones(2, bool))
+    out = write_csv(t, tmp_path / "sub" / "a.avemo.csv")
+    assert out.read_text().splitlines()[:2] == ["frame,time,valence,arousal,face,voice",
+                                                "0,0.000,0.0000,,1,1"]
+    assert [p.name for p in out.parent.iterdir()] == ["a.avemo.csv"]
+    back = read_csv(out)
+    assert isinstance(back, pd.DataFrame) and back.valence.tolist() == [0.0, 0.0]
