@@ -84,8 +84,13 @@ class FanBackend:
                              "pip install 'avemo[fan]'") from exc
         kind = getattr(face_alignment.LandmarksType, "TWO_D", None) or \
             getattr(face_alignment.LandmarksType, "_2D")
+        import inspect
+
+        options = {"device": device, "face_detector": "sfd"}
+        if "compile" in inspect.signature(face_alignment.FaceAlignment).parameters:
+            options["compile"] = False  # torch.compile costs minutes on first use; not worth it
         try:
-            self._fa = face_alignment.FaceAlignment(kind, device=device, face_detector="sfd")
+            self._fa = face_alignment.FaceAlignment(kind, **options)
         except Exception as exc:  # weights missing and no network, or a corrupt file
             raise AvemoError(f"face-alignment could not load its models "
                              f"(TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}): "
