@@ -109,8 +109,10 @@ def shipped_weights() -> dict[str, Path]:
     """Checkpoints shipped in the package's weights folder, by name (file stem)."""
     try:
         folder = resources.files("avemo_cli.weights")
-    except ModuleNotFoundError:
-        return {}
+    except ModuleNotFoundError:  # running from a source checkout without installing
+        folder = Path(__file__).resolve().parent.parent / "weights"
+        if not folder.is_dir():
+            return {}
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir()
             if p.name.endswith(".safetensors")}
 

@@ -63,3 +63,14 @@ def test_resolve_weights(tmp_path, monkeypatch):
         resolve_weights("nonexistent-name")
     with pytest.raises(CheckpointError, match="is a folder"):
         resolve_weights(str(tmp_path) + "/")
+
+
+def test_shipped_names_resolve(tmp_path, monkeypatch):
+    import avemo_cli.checkpoint as ck
+
+    p = save_checkpoint(tmp_path / "default.safetensors", tiny_model("audio"))
+    monkeypatch.setattr(ck, "shipped_weights", lambda: {"default": p})
+    monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
+    assert resolve_weights(None) == p and resolve_weights("default") == p
+    monkeypatch.setenv("AVEMO_WEIGHTS", str(p))
+    assert resolve_weights(None) == p
