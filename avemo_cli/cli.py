@@ -63,7 +63,7 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     with _Progress(console, enabled=not quiet) as prog:
         def on_done(job, status, detail):
             if status == "written":
-                click.echo(detail)
+                print(detail, flush=True)  # stdout: results only (rich keeps it off its display)
             elif status == "skipped":
                 if not quiet:
                     prog.print(f"skip: {detail}")
@@ -71,8 +71,13 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
                 prog.print(f"avemo: error: {detail}")
             prog.advance()
 
-        report = annotate_files(inputs, annotator, output_dir, overwrite,
-                                on_start=prog.start, on_stage=prog.stage, on_done=on_done)
+        try:
+            report = annotate_files(inputs, annotator, output_dir, overwrite,
+                                    on_start=prog.start, on_stage=prog.stage, on_done=on_done)
+        except KeyboardInterrupt:
+            prog.print("avemo: interrupted; outputs already written are complete, "
+                       "the one in progress was not written (re-run to resume)")
+            sys.exit(130)
     if profile:
         _print_profile(console, report, loaded - _START, time.perf_counter() - _START)
     if report.failed:
@@ -82,7 +87,7 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
 
 
 class _Progress:
-    """rich progress on stderr: overall files and the current file's stage."""
+    """rich progress on stderr: files done of all, and the current file's pipeline stage."""
 
     def __init__(self, console, enabled: bool):
         self.console = console
@@ -99,7 +104,7 @@ class _Progress:
                                      console=self.console, transient=True)
             self.progress.__enter__()
             self.task = self.progress.add_task("files", total=None)
-            self.file_task = self.progress.add_task("", total=None)
+            self.file_task = self.progress.add_task("", total=5)  # stages reported per file
         return self
 
     def __exit__(self, *exc):
@@ -110,11 +115,14 @@ class _Progress:
         if self.progress is not None:
             self.progress.update(self.task, total=n)
             self.name = job.source.name
-            self.progress.update(self.file_task, description=f"{self.name}")
+            self.done_stages = 0
+            self.progress.update(self.file_task, description=self.name, completed=0)
 
     def stage(self, stage):
         if self.progress is not None:
-            self.progress.update(self.file_task, description=f"{self.name}: {stage}")
+            self.progress.update(self.file_task, description=f"{self.name}: {stage}",
+                                 completed=self.done_stages)
+            self.done_stages += 1
 
     def advance(self):
         if self.progress is not None:

@@ -151,3 +151,28 @@ def test_console_script_entry_point(tmp_path, tiny_ckpt):
     assert proc.stdout.strip() == str(tmp_path / "03a01Fa.avemo.csv")
     assert "Usage" in subprocess.run([sys.executable, "-m", "avemo_cli", "annotate"],
                                      capture_output=True, text=True).stderr
+
+
+def test_interrupt_keeps_finished_outputs_and_no_partial_file(tmp_path, tiny_ckpt):
+    import signal
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    good = shared_file("videos", "WDA_KatieHill_000.mp4")
+    for i in range(12):
+        (src / f"take{i:02d}.mp4").symlink_to(good)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "avemo_cli", "annotate", str(src), "-o",
+                             str(out), "--weights", str(tiny_ckpt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # the first finished output
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert first.strip().endswith("take00.avemo.csv")
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    written = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(written) < 12 and all(n.endswith(".avemo.csv") for n in written)
+    for name in written:  # complete files only, no temporary leftovers
+        assert len(pd.read_csv(out / name)) == 200
