@@ -122,6 +122,11 @@ class Annotator:
             self._backend = faces.make_backend(self.faces_backend, str(self.device))
         return self._backend
 
+    @property
+    def settings(self) -> "FeatureSettings":
+        return FeatureSettings.for_model(self.cfg, self.faces_backend, self.max_side,
+                                         self.detect_every)
+
     def annotate(self, path: str | Path,
                  progress: Callable[[str], None] | None = None) -> Annotation:
         """Annotate one file. ``progress(stage)`` is called as each stage starts."""
@@ -141,62 +146,111 @@ class Annotator:
         if info.has_video and not use_audio and not use_visual:
             raise ModalityError(f"{info.path}: no audio track, and {name} has no visual branch "
                                 f"(an audio-only model)")
-
-        if info.has_video:
-            last = (info.n_frames - 1) / info.fps
-            n_steps = int(np.floor(last * cfg.rate + 1e-6)) + 1
-            frame_times = info.frame_times()
-        else:
-            n_steps = max(1, int(np.ceil(info.duration * cfg.rate - 1e-6)))
-            frame_times = None
-
-        track = None
-        face = np.zeros(n_steps, bool)
-        crops = None
-        if use_visual:
-            say("faces")
-            t1, decode_before = time.perf_counter(), timings["demux"]
-            frames = _Timed(demux.iter_frames(info, cfg.rate, self.max_side,
-                                              gray=cfg.channels == 1), timings, "demux")
-            track = faces.track_faces(frames, self.backend, cfg.input_size, self.detect_every)
-            timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
-            face = _fit_length(track.found, n_steps, False)
-            if not face.any():
-                if not use_audio:
-                    why = "no audio track" if not info.has_audio else f"{name} has no audio branch"
-                    raise NoFaceError(f"{info.path}: no face found in the video ({why})")
-                use_visual = False
-            else:
-                crops = _hold_nearest(_fit_length(track.crops, n_steps), face)
-
-        feats = None
-        voice = np.zeros(n_steps, bool)
-        if use_audio:
-            say("audio")
-            t1 = time.perf_counter()
-            samples = demux.read_audio(info)
-            timings["demux"] += time.perf_counter() - t1
-            t1 = time.perf_counter()
-            feats = audio_stage.egemaps(samples, demux.AUDIO_RATE, n_steps, cfg.rate,
-                                        cfg.audio_window)
-            voice = feats.valid
-            timings["audio"] += time.perf_counter() - t1
+        feats = extract(info, self.settings, use_audio, use_visual,
+                        lambda: self.backend, timings, say)
+        if use_visual and not feats.face.any():
+            if not use_audio:
+                why = "no audio track" if not info.has_audio else f"{name} has no audio branch"
+                raise NoFaceError(f"{info.path}: no face found in the video ({why})")
+            use_visual = False
 
         say("model")
         t1 = time.perf_counter()
-        steps = predict.predict_steps(ckpt.model, feats.values if feats is not None else None,
-                                      crops, self.stride, self.batch_size, self.device)
+        steps = predict.predict_steps(
+            ckpt.model, feats.audio.values if use_audio else None,
+            feats.model_crops() if use_visual else None, self.stride, self.batch_size,
+            self.device)
         timings["model"] += time.perf_counter() - t1
 
         say("postprocess")
         t1 = time.perf_counter()
-        values = fill_gaps(steps.values, face) if use_visual else steps.values
+        values = fill_gaps(steps.values, feats.face) if use_visual else steps.values
         values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
-        table = writer.frame_table(values, cfg.targets, cfg.rate, face, voice, frame_times)
+        table = writer.frame_table(values, cfg.targets, cfg.rate, feats.face, feats.voice,
+                                   feats.frame_times)
         timings["postprocess"] += time.perf_counter() - t1
         source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
-        return Annotation(info.path, info, table, source, steps, values, face, voice, track,
-                          feats, timings)
+        return Annotation(info.path, info, table, source, steps, values, feats.face,
+                          feats.voice, feats.track, feats.audio, timings)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Everything that decides what the audio and face stages produce for a file."""
+
+    rate: float = 4.0
+    audio_window: float = 6.0
+    crop_size: int = 64
+    channels: int = 1
+    max_side: int = 480
+    faces_backend: str = "dlib"
+    detect_every: int = 8
+
+    @classmethod
+    def for_model(cls, cfg, faces_backend: str = "dlib", max_side: int = 480,
+                  detect_every: int = 8) -> "FeatureSettings":
+        return cls(cfg.rate, cfg.audio_window, cfg.input_size, cfg.channels, max_side,
+                   faces_backend, detect_every)
+
+
+@dataclass
+class Features:
+    """Per-step inputs of one file, as the model stage consumes them."""
+
+    info: demux.MediaInfo
+    n_steps: int
+    frame_times: np.ndarray | None  # video frame times; None for audio-only files
+    audio: audio_stage.AudioFeatures | None = None
+    track: faces.FaceTrack | None = None
+
+    @property
+    def face(self) -> np.ndarray:
+        if self.track is None:
+            return np.zeros(self.n_steps, bool)
+        return _fit_length(self.track.found, self.n_steps, False)
+
+    @property
+    def voice(self) -> np.ndarray:
+        return self.audio.valid if self.audio is not None else np.zeros(self.n_steps, bool)
+
+    def model_crops(self) -> np.ndarray:
+        """(K, S, S[, 3]) crops, steps without a face holding the nearest face (model input)."""
+        return _hold_nearest(_fit_length(self.track.crops, self.n_steps), self.face)
+
+
+def step_count(info: demux.MediaInfo, rate: float) -> int:
+    """Analysis steps of a file: up to the last video frame's time, or the audio's end."""
+    if info.has_video:
+        return int(np.floor((info.n_frames - 1) / info.fps * rate + 1e-6)) + 1
+    return max(1, int(np.ceil(info.duration * rate - 1e-6)))
+
+
+def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
+            want_visual: bool, backend: Callable[[], faces.FaceBackend],
+            timings: dict | None = None, say: Callable[[str], None] | None = None) -> Features:
+    """Run the demux, face and audio stages for one probed file."""
+    timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
+    say = say or (lambda stage: None)
+    n_steps = step_count(info, settings.rate)
+    feats = Features(info, n_steps, info.frame_times() if info.has_video else None)
+    if want_visual and info.has_video:
+        say("faces")
+        t1, decode_before = time.perf_counter(), timings["demux"]
+        frames = _Timed(demux.iter_frames(info, settings.rate, settings.max_side,
+                                          gray=settings.channels == 1), timings, "demux")
+        feats.track = faces.track_faces(frames, backend(), settings.crop_size,
+                                        settings.detect_every)
+        timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
+    if want_audio and info.has_audio:
+        say("audio")
+        t1 = time.perf_counter()
+        samples = demux.read_audio(info)
+        timings["demux"] += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        feats.audio = audio_stage.egemaps(samples, demux.AUDIO_RATE, n_steps, settings.rate,
+                                          settings.audio_window)
+        timings["audio"] += time.perf_counter() - t1
+    return feats
 
 
 def _fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:
