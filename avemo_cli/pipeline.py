@@ -148,30 +148,45 @@ class Annotator:
                                 f"(an audio-only model)")
         feats = extract(info, self.settings, use_audio, use_visual,
                         lambda: self.backend, timings, say)
-        if use_visual and not feats.face.any():
-            if not use_audio:
-                why = "no audio track" if not info.has_audio else f"{name} has no audio branch"
-                raise NoFaceError(f"{info.path}: no face found in the video ({why})")
-            use_visual = False
+        if use_visual and not feats.face.any() and not use_audio:
+            why = "no audio track" if not info.has_audio else f"{name} has no audio branch"
+            raise NoFaceError(f"{info.path}: no face found in the video ({why})")
 
         say("model")
         t1 = time.perf_counter()
-        steps = predict.predict_steps(
-            ckpt.model, feats.audio.values if use_audio else None,
-            feats.model_crops() if use_visual else None, self.stride, self.batch_size,
-            self.device)
+        steps, values, source = predict_features(ckpt.model, feats, self.stride,
+                                                 self.batch_size, self.device)
         timings["model"] += time.perf_counter() - t1
 
         say("postprocess")
         t1 = time.perf_counter()
-        values = fill_gaps(steps.values, feats.face) if use_visual else steps.values
         values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
-        table = writer.frame_table(values, cfg.targets, cfg.rate, feats.face, feats.voice,
+        face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
+        table = writer.frame_table(values, cfg.targets, cfg.rate, face, feats.voice,
                                    feats.frame_times)
         timings["postprocess"] += time.perf_counter() - t1
-        source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
-        return Annotation(info.path, info, table, source, steps, values, feats.face,
+        return Annotation(info.path, info, table, source, steps, values, face,
                           feats.voice, feats.track, feats.audio, timings)
+
+
+def predict_features(model, feats: "Features", stride: int = 1, batch_size: int = 32,
+                     device="cpu") -> tuple[predict.StepPredictions, np.ndarray, str]:
+    """Model output for one file's features: fusion when the model and the file have both
+    modalities and a face was found somewhere, else the available branch. Steps without a face
+    are interpolated from neighbouring face steps (the paper's rule). Returns the raw step
+    predictions, the gap-filled values (before post-processing) and the source used."""
+    cfg = model.cfg
+    use_audio = cfg.has_audio and feats.audio is not None
+    use_visual = cfg.has_visual and feats.track is not None and feats.face.any()
+    if not (use_audio or use_visual):
+        raise NoFaceError(f"{feats.info.path}: nothing this model can use (no face found"
+                          f"{'' if cfg.has_audio else ' and no audio branch'})")
+    steps = predict.predict_steps(model, feats.audio.values if use_audio else None,
+                                  feats.model_crops() if use_visual else None, stride,
+                                  batch_size, device)
+    values = fill_gaps(steps.values, feats.face) if use_visual else steps.values
+    source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
+    return steps, values, source
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,44 @@ def apply_postprocess(values: np.ndarray, targets: list[str], params: dict) -> n
     for j, name in enumerate(targets):
         out[:, j] = apply_chain(values[:, j], params.get(name))
     return out
+
+
+def fit_chain(preds: list[np.ndarray], golds: list[np.ndarray], rate: float = 4.0,
+              max_window_s: float = 8.0) -> dict:
+    """Fit one target's chain on development sequences (Ringeval's procedure): each step is
+    kept only if it raises the development CCC (sequences concatenated). Gold may hold NaN.
+
+    Returns the parameters plus ``dev_ccc_raw`` and ``dev_ccc`` (after the kept steps)."""
+    from .metrics import ccc
+
+    def score(seqs):
+        return ccc(np.concatenate(seqs), np.concatenate(golds))
+
+    preds = [np.asarray(p, np.float32) for p in preds]
+    best = raw = score(preds)
+    params: dict = {}
+    window_best = None
+    for w in range(3, int(max_window_s * rate) + 2, 2):
+        s = score([median_filter(p, w) for p in preds])
+        if s > (best if window_best is None else window_best[1]) + 1e-9:
+            window_best = (w, s)
+    if window_best and window_best[1] > best:
+        params["median_window"] = window_best[0]
+        best = window_best[1]
+        preds = [median_filter(p, window_best[0]) for p in preds]
+    cat_p, cat_g = np.concatenate(preds), np.concatenate(golds)
+    ok = ~np.isnan(cat_g)
+    bias = float(np.mean(cat_g[ok]) - np.mean(cat_p[ok]))
+    s = score([p + bias for p in preds])
+    if s > best + 1e-9:
+        params["bias"], best = bias, s
+        preds = [p + np.float32(bias) for p in preds]
+        cat_p = np.concatenate(preds)
+    sp = float(np.std(cat_p[ok]))
+    if sp > 0:
+        scale = float(np.std(cat_g[ok]) / sp)
+        s = score([p * scale for p in preds])
+        if s > best + 1e-9:
+            params["scale"], best = scale, s
+    params["dev_ccc_raw"], params["dev_ccc"] = float(raw), float(best)
+    return params

@@ -1,0 +1,181 @@
+"""Per-file feature cache for training and evaluation.
+
+An entry holds one part (``audio`` or ``faces``) of one file's ``Features``, keyed by the file's
+content (SHA-256) and the settings that part depends on, so renaming a file keeps its cache and
+changing a setting (window, rate, crop size, backend, ...) makes a new entry. Entries are
+written to a temporary name and renamed, so a killed run never leaves a half-written entry that
+looks valid; an unreadable entry is treated as missing and recomputed.
+
+Default location: ``$AVEMO_CACHE``, else ``~/.cache/avemo``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from . import demux
+from .audio import AudioFeatures
+from .faces import FaceTrack, make_backend
+from .pipeline import Features, FeatureSettings, extract
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AVEMO_CACHE") or Path.home() / ".cache" / "avemo")
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _part_settings(part: str, s: FeatureSettings) -> dict:
+    if part == "audio":
+        return {"rate": s.rate, "audio_window": s.audio_window}
+    return {"rate": s.rate, "crop_size": s.crop_size, "channels": s.channels,
+            "max_side": s.max_side, "faces_backend": s.faces_backend,
+            "detect_every": s.detect_every}
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+
+    def _path(self, digest: str, part: str, settings: FeatureSettings) -> Path:
+        key = json.dumps({"v": CACHE_VERSION, "part": part, **_part_settings(part, settings)},
+                         sort_keys=True)
+        return self.root / digest[:2] / f"{digest}.{part}.{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+
+    def _read(self, path: Path) -> dict | None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError, EOFError):
+            return None  # missing or damaged: recompute
+
+    def _write(self, path: Path, arrays: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load(self, media: Path, settings: FeatureSettings, want_audio: bool, want_visual: bool,
+             digest: str | None = None) -> Features | None:
+        """The cached features of ``media``, or None if any wanted part is missing."""
+        digest = digest or file_digest(media)
+        meta = None
+        parts = {}
+        for part, wanted in (("audio", want_audio), ("faces", want_visual)):
+            if not wanted:
+                continue
+            data = self._read(self._path(digest, part, settings))
+            if data is None:
+                return None
+            parts[part] = data
+            meta = json.loads(str(data["info"]))
+        if meta is None:
+            return None
+        meta["path"] = Path(media)
+        info = demux.MediaInfo(**meta)
+        n = int(next(iter(parts.values()))["n_steps"])
+        feats = Features(info, n, info.frame_times() if info.has_video else None)
+        if "audio" in parts and parts["audio"]["values"].size:
+            feats.audio = AudioFeatures(parts["audio"]["values"], parts["audio"]["valid"])
+        if "faces" in parts and parts["faces"]["found"].size:
+            f = parts["faces"]
+            feats.track = FaceTrack(f["crops"], f["found"], f["boxes"], f["landmarks"],
+                                    f["matrices"], tuple(int(v) for v in f["frame_size"]),
+                                    int(f["detections"]))
+        return feats
+
+    def store(self, feats: Features, settings: FeatureSettings, want_audio: bool,
+              want_visual: bool, digest: str | None = None) -> None:
+        digest = digest or file_digest(feats.info.path)
+        meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(feats.info).items()}
+        common = {"info": np.array(json.dumps(meta)), "n_steps": np.array(feats.n_steps)}
+        if want_audio:
+            a = feats.audio
+            self._write(self._path(digest, "audio", settings), {
+                **common,
+                "values": a.values if a else np.zeros((0, 88), np.float32),
+                "valid": a.valid if a else np.zeros(0, bool)})
+        if want_visual:
+            t = feats.track
+            empty = t is None
+            self._write(self._path(digest, "faces", settings), {
+                **common,
+                "crops": np.zeros((0,), np.uint8) if empty else t.crops,
+                "found": np.zeros(0, bool) if empty else t.found,
+                "boxes": np.zeros((0, 4)) if empty else t.boxes,
+                "landmarks": np.zeros((0, 68, 2), np.float32) if empty else t.landmarks,
+                "matrices": np.zeros((0, 2, 3)) if empty else t.matrices,
+                "frame_size": np.array((0, 0) if empty else t.frame_size),
+                "detections": np.array(0 if empty else t.detections)})
+
+
+_WORKER_BACKEND = {}
+
+
+def _extract_one(args) -> tuple[str, str, str | None]:
+    """Worker: (media, settings, audio?, visual?, cache root) -> (media, 'hit'|'miss', error)."""
+    media, settings, want_audio, want_visual, root = args
+    from .errors import AvemoError
+
+    cache = FeatureCache(root)
+    try:
+        digest = file_digest(Path(media))
+        if cache.load(Path(media), settings, want_audio, want_visual, digest) is not None:
+            return media, "hit", None
+        info = demux.probe(media)
+
+        def backend():
+            if settings.faces_backend not in _WORKER_BACKEND:
+                _WORKER_BACKEND[settings.faces_backend] = make_backend(settings.faces_backend)
+            return _WORKER_BACKEND[settings.faces_backend]
+
+        feats = extract(info, settings, want_audio, want_visual, backend)
+        cache.store(feats, settings, want_audio, want_visual, digest)
+        return media, "miss", None
+    except AvemoError as err:
+        return media, "error", str(err)
+
+
+def extract_all(media: Iterable[Path], settings: FeatureSettings, want_audio: bool,
+                want_visual: bool, cache: FeatureCache, jobs: int = 1,
+                on_done: Callable[[str, str, str | None], None] | None = None
+                ) -> dict[str, int]:
+    """Fill the cache for every file (``jobs`` processes). Returns counts of hit/miss/error."""
+    tasks = [(str(m), settings, want_audio, want_visual, str(cache.root)) for m in media]
+    counts = {"hit": 0, "miss": 0, "error": 0}
+
+    def done(result):
+        counts[result[1]] += 1
+        if on_done:
+            on_done(*result)
+
+    if jobs <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            done(_extract_one(t))
+    else:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch/OpenMP start-up
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            for result in pool.map(_extract_one, tasks):
+                done(result)
+    return counts
