@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -153,3 +154,178 @@ def _print_profile(console, report, startup: float, wall: float) -> None:
         console.print(f"media: {media:.1f} s in {len(report.written)} file(s); real-time factor "
                       f"{media / wall:.1f}x (media seconds per wall second, start-up included)",
                       highlight=False, soft_wrap=True)
+
+
+def _data_options(f):
+    f = click.option("--split", default=None, type=click.Path(exists=True),
+                     help="generic layout: CSV with columns name,partition.")(f)
+    f = click.option("--layout", default="avec2017", show_default=True,
+                     type=click.Choice(["avec2017", "generic"]))(f)
+    f = click.option("--cache", default=None, type=click.Path(),
+                     help="Feature cache folder [default: $AVEMO_CACHE or ~/.cache/avemo].")(f)
+    f = click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Files whose features are extracted in parallel.")(f)
+    return f
+
+
+def _guard(fn, *args, **kwargs):
+    """Run ``fn``; a user-caused error becomes one line and exit status 2."""
+    import warnings
+
+    from .errors import AvemoError
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        click.echo(f"avemo: warning: {message}", err=True)
+
+    warnings.showwarning = show
+    try:
+        return fn(*args, **kwargs)
+    except AvemoError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@_data_options
+@click.option("--modality", default="av", show_default=True,
+              type=click.Choice(["av", "audio", "video"]))
+@click.option("--faces", "faces_backend", default="dlib", show_default=True,
+              type=click.Choice(["dlib", "fan"]))
+def extract(data, split, layout, cache, jobs, modality, faces_backend):
+    """Fill the feature cache for a corpus (what train and eval would extract)."""
+    from .cache import FeatureCache, extract_all
+    from .datasets import load_dataset
+    from .model import ModelConfig
+    from .pipeline import FeatureSettings
+
+    def run():
+        seqs = load_dataset(data, layout, split)
+        cfg = ModelConfig(modality=modality)
+        fc = FeatureCache(cache)
+
+        def done(media, status, err):
+            click.echo(f"{status}: {media}" + (f" ({err})" if err else ""), err=True)
+
+        counts = extract_all([s.media for s in seqs], FeatureSettings.for_model(
+            cfg, faces_backend), cfg.has_audio, cfg.has_visual, fc, jobs, done)
+        click.echo(f"features: {counts['hit']} cached, {counts['miss']} extracted, "
+                   f"{counts['error']} failed (cache {fc.root})", err=True)
+        return counts
+
+    counts = _guard(run)
+    sys.exit(1 if counts["error"] else 0)
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@_data_options
+@click.option("--out", "out", default="runs/avemo", show_default=True, type=click.Path(),
+              help="Run folder: best.safetensors, last.pt, metrics.jsonl, run.json.")
+@click.option("--modality", default="av", show_default=True,
+              type=click.Choice(["av", "audio", "video"]))
+@click.option("--targets", default="valence,arousal", show_default=True)
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-4, show_default=True, type=float)
+@click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "ccc"]))
+@click.option("--no-audio-attention", is_flag=True, help="Table 1 ablation.")
+@click.option("--no-visual-attention", is_flag=True, help="Table 2 ablation.")
+@click.option("--visual-backbone", default="3d", show_default=True,
+              type=click.Choice(["3d", "2d"]), help="Table 2 ablation.")
+@click.option("--clip-stride", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Train on clips ending at every Nth labelled step.")
+@click.option("--config", "config_json", default=None, type=click.Path(exists=True),
+              help="JSON file of further model settings (layer widths, window, ...).")
+@click.option("--faces", "faces_backend", default="dlib", show_default=True,
+              type=click.Choice(["dlib", "fan"]))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option("-q", "--quiet", is_flag=True)
+def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batch_size, lr,
+          loss, no_audio_attention, no_visual_attention, visual_backbone, clip_stride,
+          config_json, faces_backend, device, seed, resume, quiet):
+    """Train on a corpus with the paper's recipe; score each epoch on Devel (CCC)."""
+    import json
+
+    from .train import TrainOptions, train as run_train
+
+    config = {}
+    if config_json:
+        try:
+            config = json.loads(open(config_json).read())
+        except (OSError, ValueError) as exc:
+            _fail(f"{config_json}: not a JSON object of model settings ({exc})")
+    opts = TrainOptions(
+        data=data, out=out, layout=layout, split=split, modality=modality,
+        targets=[t.strip() for t in targets.split(",") if t.strip()], epochs=epochs,
+        batch_size=batch_size, lr=lr, loss=loss, audio_attention=not no_audio_attention,
+        visual_attention=not no_visual_attention, visual_backbone=visual_backbone,
+        clip_stride=clip_stride, device=device, seed=seed, resume=resume, jobs=jobs,
+        cache=cache, faces_backend=faces_backend, config=config)
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    best = _guard(run_train, opts, log)
+    click.echo(str(best))
+
+
+@main.command(name="eval")
+@click.option("--data", default=None, type=click.Path(exists=True, file_okay=False))
+@_data_options
+@click.option("--weights", default=None, metavar="NAME|PATH")
+@click.option("--partition", default="devel", show_default=True,
+              type=click.Choice(["devel", "test", "train"]))
+@click.option("--pred", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder of avemo CSVs.")
+@click.option("--gold", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder of label CSVs (either layout).")
+@click.option("--metric", default="ccc", show_default=True,
+              type=click.Choice(["ccc", "cc", "rmse", "all"]))
+@click.option("--aggregate", "how", default="concat", show_default=True,
+              type=click.Choice(["concat", "mean"]))
+@click.option("--no-postprocess", is_flag=True, help="Score raw model output.")
+@click.option("--per-sequence", is_flag=True, help="Also score each sequence.")
+@click.option("--save-pred", default=None, type=click.Path(),
+              help="With --weights: keep the predicted CSVs in this folder.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout: target -> metric -> value.")
+def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, metric, how,
+             no_postprocess, per_sequence, save_pred, device, as_json):
+    """Score predictions: RMSE, CC and CCC per target (the paper's table format)."""
+    import json
+
+    from . import evaluate as E
+    from .metrics import METRICS
+
+    metrics = METRICS if metric == "all" else (metric,)
+    if pred or gold:
+        if not (pred and gold) or data or weights:
+            raise click.UsageError("use either --pred DIR --gold DIR, or --data DIR --weights CKPT")
+        result = _guard(E.evaluate_folders, Path(pred), Path(gold), metrics, how)
+        title = f"{pred} against {gold}"
+    else:
+        if not (data and weights):
+            raise click.UsageError("use either --data DIR --weights CKPT, or --pred DIR --gold DIR")
+        log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+        result = _guard(E.evaluate_model, data, weights, layout, partition, split,
+                        not no_postprocess, device, cache, jobs, metrics, how, save_pred, log)
+        title = f"{Path(weights).name} on {partition}"
+    if as_json:
+        click.echo(json.dumps(result.to_json(per_sequence), indent=2, allow_nan=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{title} ({len(result.sequences)} sequences, {how})")
+    table.add_column("sequence" if per_sequence else "")
+    table.add_column("target")
+    for m in metrics:
+        table.add_column(m.upper(), justify="right")
+    rows = [("all", result.scores)]
+    if per_sequence:
+        rows += sorted(result.per_sequence.items())
+    for name, scores in rows:
+        for target, vals in scores.items():
+            table.add_row(name, target, *(f"{vals[m]:.3f}" for m in metrics))
+    Console().print(table)

@@ -1,0 +1,146 @@
+"""``avemo eval``: RMSE, Pearson CC and CCC of predictions against gold labels.
+
+Predictions are avemo CSVs (``<name>.avemo.csv``); gold is label files of either layout
+(``<name>.csv``), matched by name. Each prediction column is interpolated linearly onto the
+gold label times (gold times more than half a second past the prediction's end are ignored),
+and the metrics are aggregated over sequences (``concat``, AVEC's, or ``mean``).
+
+With ``--weights``, the model annotates the partition's videos into CSVs (exactly what
+``avemo annotate`` writes, post-processing included unless disabled) and those files are scored
+by the same code, so both routes give the same numbers on the same predictions.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from . import postprocess, writer
+from .cache import FeatureCache, extract_all
+from .checkpoint import load_checkpoint, resolve_weights
+from .datasets import DatasetError, load_dataset, read_labels
+from .pipeline import FeatureSettings, predict_features, resolve_device
+
+TARGETS = ("valence", "arousal")
+
+
+@dataclass
+class EvalResult:
+    scores: dict[str, dict[str, float]]  # target -> metric -> value
+    per_sequence: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    sequences: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    def to_json(self, with_sequences: bool = False) -> dict:
+        out: dict = {t: v for t, v in self.scores.items()}
+        if with_sequences:
+            out["sequences"] = self.per_sequence
+        return out
+
+
+def read_predictions(folder: Path) -> dict[str, pd.DataFrame]:
+    found = {p.name[: -len(writer.SUFFIX)]: p for p in sorted(Path(folder).rglob("*" + writer.SUFFIX))}
+    if not found:
+        raise DatasetError(f"{folder}: no *{writer.SUFFIX} prediction files")
+    return {name: pd.read_csv(p) for name, p in found.items()}
+
+
+def read_gold(folder: Path) -> dict[str, pd.DataFrame]:
+    found = {p.stem: p for p in sorted(Path(folder).rglob("*.csv"))
+             if not p.name.endswith(writer.SUFFIX)}
+    if not found:
+        raise DatasetError(f"{folder}: no label CSV files")
+    return {name: read_labels(p) for name, p in found.items()}
+
+
+def aligned(pred: pd.DataFrame, gold: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction interpolated onto the gold times, and the gold values."""
+    gt = gold["time"].to_numpy(np.float64)
+    g = gold[target].to_numpy(np.float64)
+    col = pred[target].to_numpy(np.float64)
+    pt = pred["time"].to_numpy(np.float64)
+    ok = ~np.isnan(col)
+    if not ok.any():
+        return np.full_like(g, np.nan), g
+    p = np.interp(gt, pt[ok], col[ok])
+    p[gt > pt[ok][-1] + 0.5] = np.nan
+    return p, g
+
+
+def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
+             metrics=M.METRICS, how: str = "concat") -> EvalResult:
+    names = sorted(set(preds) & set(golds))
+    unmatched = sorted(set(preds) ^ set(golds))
+    if not names:
+        raise DatasetError("no prediction file matches a gold file by name "
+                           "(<name>.avemo.csv against <name>.csv)")
+    targets = [t for t in TARGETS if any(t in golds[n] and t in preds[n] and
+                                         preds[n][t].notna().any() for n in names)]
+    pairs = {t: {n: aligned(preds[n], golds[n], t) for n in names
+                 if t in golds[n] and t in preds[n]} for t in targets}
+    scores = {t: {m: M.aggregate(m, [p for p, _ in pairs[t].values()],
+                                 [g for _, g in pairs[t].values()], how) for m in metrics}
+              for t in targets}
+    per_seq = {n: {t: {m: M.FUNCTIONS[m](*pairs[t][n]) for m in metrics}
+                   for t in targets if n in pairs[t]} for n in names}
+    return EvalResult(scores, per_seq, names, unmatched)
+
+
+def evaluate_folders(pred_dir: Path, gold_dir: Path, metrics=M.METRICS, how="concat"
+                     ) -> EvalResult:
+    return evaluate(read_predictions(pred_dir), read_gold(gold_dir), metrics, how)
+
+
+def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
+                      layout: str = "avec2017", partition: str = "devel",
+                      split: str | None = None, use_postprocess: bool = True, device="auto",
+                      cache: str | None = None, jobs: int = 1,
+                      log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Annotate a partition's videos into ``out_dir`` (features from the cache); returns the
+    label file of each written sequence, by name."""
+    seqs = [s for s in load_dataset(data, layout, split) if s.partition == partition]
+    labelled = [s for s in seqs if s.label_path is not None]
+    if not labelled:
+        raise DatasetError(f"{data}: no labelled {partition} sequences to evaluate")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(resolve_weights(str(weights)), dev)
+    cfg = ckpt.config
+    settings = FeatureSettings.for_model(cfg)
+    fc = FeatureCache(cache)
+    counts = extract_all([s.media for s in labelled], settings, cfg.has_audio, cfg.has_visual,
+                         fc, jobs)
+    log(f"features: {counts['hit']} cached, {counts['miss']} extracted, "
+        f"{counts['error']} failed")
+    gold = {}
+    for s in labelled:
+        feats = fc.load(s.media, settings, cfg.has_audio, cfg.has_visual)
+        if feats is None:
+            log(f"warning: {s.media}: features could not be extracted; skipped")
+            continue
+        _, values, source = predict_features(ckpt.model, feats, 1, 32, dev)
+        if use_postprocess:
+            values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
+        face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
+        table = writer.frame_table(values, cfg.targets, cfg.rate, face, feats.voice,
+                                   feats.frame_times)
+        writer.write_csv(table, out_dir / (s.media.stem + writer.SUFFIX))
+        gold[s.media.stem] = s.label_path
+    return gold
+
+
+def evaluate_model(data, weights, layout="avec2017", partition="devel", split=None,
+                   use_postprocess=True, device="auto", cache=None, jobs=1, metrics=M.METRICS,
+                   how="concat", save_pred: str | Path | None = None,
+                   log: Callable[[str], None] = print) -> EvalResult:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(save_pred) if save_pred else Path(tmp)
+        gold = predict_partition(data, weights, out, layout, partition, split, use_postprocess,
+                                 device, cache, jobs, log)
+        preds = read_predictions(out)
+        preds = {n: preds[n] for n in gold}
+        return evaluate(preds, {n: read_labels(p) for n, p in gold.items()}, metrics, how)
