@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -61,8 +62,8 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError, EOFError):
-            return None  # missing or damaged: recompute
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # missing or damaged (e.g. truncated): recompute
 
     def _write(self, path: Path, arrays: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

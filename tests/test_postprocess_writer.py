@@ -53,3 +53,23 @@ def test_write_is_atomic_and_formatted(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["a.avemo.csv"]
     back = read_csv(out)
     assert isinstance(back, pd.DataFrame) and back.valence.tolist() == [0.0, 0.0]
+
+
+def test_fit_chain_keeps_only_steps_that_raise_devel_ccc():
+    from avemo_cli.metrics import ccc
+    from avemo_cli.postprocess import fit_chain
+
+    rng = np.random.default_rng(0)
+    t = np.arange(400) / 4.0
+    gold = [np.sin(t[:200] / 3), np.sin(t[200:] / 3 + 1)]
+    # noisy, biased, shrunk predictions: filtering, centering and scaling should all help
+    pred = [0.3 * g - 0.4 + rng.normal(0, 0.15, g.shape) for g in gold]
+    prm = fit_chain(pred, gold, rate=4.0)
+    assert {"median_window", "bias", "scale"} <= set(prm)
+    assert prm["dev_ccc"] > prm["dev_ccc_raw"] + 0.2
+    out = [apply_chain(p, prm) for p in pred]
+    assert np.isclose(ccc(np.concatenate(out), np.concatenate(gold)), prm["dev_ccc"], atol=1e-5)
+    # already perfect predictions: nothing helps, nothing is kept
+    prm = fit_chain([g.copy() for g in gold], gold, rate=4.0)
+    assert not {"median_window", "bias", "scale"} & set(prm)
+    assert np.isclose(prm["dev_ccc"], 1.0)

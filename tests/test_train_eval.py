@@ -1,0 +1,175 @@
+"""avemo train / eval / extract end to end on a small corpus cut from ../shared/data/videos,
+labelled with what its audio carries (smoothed, standardised loudness: testing/corpus.py)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from avemo_cli.checkpoint import load_checkpoint
+from avemo_cli.cli import main
+from avemo_cli.testing.corpus import build_corpus
+
+from conftest import shared_file
+
+
+def run(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    shared_file("videos", "WDA_KatieHill_000.mp4")
+    return build_corpus(tmp_path_factory.mktemp("avec"), "avec2017")
+
+
+@pytest.fixture(scope="module")
+def generic_corpus(corpus, tmp_path_factory):
+    """The same videos and labels in the generic layout (folders by partition)."""
+    import pandas as pd
+
+    from avemo_cli.datasets import read_avec_labels
+
+    root = tmp_path_factory.mktemp("generic")
+    for video in sorted((corpus / "video").iterdir()):
+        part = {"Train": "train", "Devel": "devel"}[video.stem.split("_")[0]]
+        (root / part).mkdir(exist_ok=True)
+        (root / part / video.name).symlink_to(video)
+        lab = read_avec_labels(corpus / "labels" / f"{video.stem}.csv")
+        lab[["time", "valence", "arousal"]].to_csv(root / part / f"{video.stem}.csv",
+                                                   index=False)
+    return root
+
+
+def test_audio_training_kill_resume_and_eval(corpus, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = [sys.executable, "-m", "avemo_cli", "train", "--data", str(corpus), "--modality",
+            "audio", "--epochs", "25", "--lr", "1e-3", "--out", str(out), "--cache", str(cache),
+            "--jobs", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, first_err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, first_err
+    assert "0 cached" in first_err  # the first run extracted everything
+    state = torch.load(out / "last.pt", weights_only=True)
+    done = state["epoch"]
+    assert 1 <= done < 25
+
+    code, stdout, err = run("train", "--data", corpus, "--modality", "audio", "--epochs", 25,
+                            "--lr", "1e-3", "--out", out, "--cache", cache, "--resume")
+    assert code == 0, err
+    assert f"resuming from epoch {done}" in err
+    assert "features: 6 cached, 0 extracted" in err and "3 cached, 0 extracted" in err
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == list(range(1, 26))
+    best = load_checkpoint(stdout.strip())
+    assert best.config.modality == "audio" and "valence" in best.postprocess
+    assert best.provenance["devel_sequences"] == ["Devel_01", "Devel_02", "Devel_03"]
+
+    code, stdout, err = run("eval", "--data", corpus, "--weights", out / "best.safetensors",
+                            "--cache", cache, "--json", "--metric", "all")
+    assert code == 0, err
+    scores = json.loads(stdout)
+    assert scores["valence"]["ccc"] >= 0.5, scores
+    assert set(scores["valence"]) == {"ccc", "cc", "rmse"}
+
+
+def test_generic_layout_and_pred_gold_equivalence(generic_corpus, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    code, stdout, err = run("train", "--data", generic_corpus, "--layout", "generic",
+                            "--modality", "audio", "--epochs", 12, "--lr", "1e-3", "--out", out,
+                            "--cache", cache, "-q")
+    assert code == 0, err
+    weights = stdout.strip()
+    preds = tmp_path / "pred"
+    code, stdout, err = run("eval", "--data", generic_corpus, "--layout", "generic",
+                            "--weights", weights, "--cache", cache, "--json", "--metric", "all",
+                            "--save-pred", preds)
+    assert code == 0, err
+    via_model = json.loads(stdout)
+    assert via_model["valence"]["ccc"] >= 0.5, via_model
+    assert sorted(p.name for p in preds.iterdir()) == [
+        "Devel_01.avemo.csv", "Devel_02.avemo.csv", "Devel_03.avemo.csv"]
+    code, stdout, err = run("eval", "--pred", preds, "--gold", generic_corpus / "devel",
+                            "--json", "--metric", "all")
+    assert code == 0, err
+    assert json.loads(stdout) == via_model
+    # the raw model output scores differently from the post-processed one
+    code, stdout, _ = run("eval", "--data", generic_corpus, "--layout", "generic", "--weights",
+                          weights, "--cache", cache, "--json", "--no-postprocess")
+    assert json.loads(stdout)["valence"]["ccc"] != via_model["valence"]["ccc"]
+    # per-sequence scores and the mean aggregation
+    code, stdout, _ = run("eval", "--pred", preds, "--gold", generic_corpus / "devel", "--json",
+                          "--per-sequence", "--aggregate", "mean")
+    res = json.loads(stdout)
+    per = [res["sequences"][n]["valence"]["ccc"] for n in ("Devel_01", "Devel_02", "Devel_03")]
+    assert np.isclose(res["valence"]["ccc"], np.mean(per))
+
+
+def test_av_training_runs_end_to_end(corpus, tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"encoder_channels": [4, 8, 8], "convlstm_hidden": 8,
+                                  "c3d_channels": [4, 8, 8, 8], "fc_hidden": 16,
+                                  "visual_z": 8, "audio_hidden": 8}))
+    cache = tmp_path / "cache"
+    code, _, err = run("extract", "--data", corpus, "--modality", "av", "--cache", cache)
+    assert code == 0 and "0 cached, 9 extracted" in err
+    code, stdout, err = run("train", "--data", corpus, "--modality", "av", "--epochs", 2,
+                            "--config", config, "--clip-stride", 4, "--out", tmp_path / "run",
+                            "--cache", cache)
+    assert code == 0, err
+    assert "features: 6 cached, 0 extracted" in err  # extract filled the cache
+    ck = load_checkpoint(stdout.strip())
+    assert ck.config.modality == "av" and ck.config.c3d_channels == [4, 8, 8, 8]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["clips_per_second"] > 0
+    assert all(np.isfinite(r["devel_ccc"]["valence"]) for r in rows)
+    # the trained checkpoint annotates a video directly
+    out = tmp_path / "ann"
+    code, _, err = run("annotate", corpus / "video" / "Devel_01.mp4", "-o", out, "--weights",
+                       stdout.strip())
+    assert code == 0, err and (out / "Devel_01.avemo.csv").exists()
+
+
+def test_user_errors_are_one_line(corpus, tmp_path):
+    code, _, err = run("train", "--data", tmp_path, "--out", tmp_path / "r")
+    assert code == 2 and "not an avec2017 layout" in err and "Traceback" not in err
+    code, _, err = run("eval", "--pred", tmp_path, "--gold", corpus / "labels")
+    assert code == 2 and "no *.avemo.csv prediction files" in err
+    code, _, err = run("eval", "--data", corpus, "--weights", tmp_path / "x.safetensors")
+    assert code == 2 and "no such checkpoint file" in err
+    code, _, err = run("eval", "--pred", tmp_path)
+    assert code == 2 and "either --pred DIR --gold DIR" in err
+    code, _, err = run("eval", "--data", corpus, "--weights", "x", "--partition", "test")
+    assert code == 2
+
+
+def test_damaged_cache_entry_is_recomputed(corpus, tmp_path):
+    from avemo_cli.cache import FeatureCache, extract_all, file_digest
+    from avemo_cli.pipeline import FeatureSettings
+
+    video = corpus / "video" / "Devel_01.mp4"
+    cache = FeatureCache(tmp_path)
+    settings = FeatureSettings()
+    assert extract_all([video], settings, True, False, cache)["miss"] == 1
+    entry = cache._path(file_digest(video), "audio", settings)
+    good = cache.load(video, settings, True, False).audio.values
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # half-written
+    assert cache.load(video, settings, True, False) is None
+    assert extract_all([video], settings, True, False, cache)["miss"] == 1
+    assert np.array_equal(cache.load(video, settings, True, False).audio.values, good)
+    other = FeatureSettings(audio_window=4.0)  # another setting: another entry
+    assert cache.load(video, other, True, False) is None
