@@ -79,10 +79,14 @@ def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: Mode
                       ) -> list[Prepared]:
     """Fill the cache (in parallel), then load every sequence's features and step labels."""
     errors = []
+    finished = [0]
 
     def on_done(media, status, err):
+        finished[0] += 1
         if err:
             errors.append(err)
+        elif status == "miss":
+            log(f"features [{finished[0]}/{len(seqs)}] {Path(media).name}: extracted")
 
     t0 = time.perf_counter()
     counts = extract_all([s.media for s in seqs], settings, cfg.has_audio, cfg.has_visual,
