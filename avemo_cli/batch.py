@@ -32,7 +32,6 @@ class BatchReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     media_seconds: float = 0.0
-    per_file: list[tuple[Path, float, dict]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -124,7 +123,6 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
         for k, v in result.timings.items():
             report.timings[k] += v
         report.media_seconds += result.info.duration
-        report.per_file.append((job.source, result.info.duration, dict(result.timings)))
         report.written.append(job.output)
         if on_done:
             on_done(job, "written", str(job.output))
