@@ -26,7 +26,7 @@ from .audio import AudioFeatures
 from .faces import FaceTrack, make_backend
 from .pipeline import Features, FeatureSettings, extract
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: analysis frames scaled up to max_side too
 
 
 def default_cache_dir() -> Path:

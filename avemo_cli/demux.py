@@ -125,9 +125,10 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 
 
 def analysis_size(info: MediaInfo, max_side: int) -> tuple[int, int]:
-    """(width, height) of analysis frames: the display size scaled so its long side is at most
-    ``max_side``, rounded to even numbers."""
-    scale = min(1.0, max_side / max(info.width, info.height))
+    """(width, height) of analysis frames: the display size scaled (down or up) so its long
+    side is ``max_side``, rounded to even numbers. A fixed analysis size keeps the face detector's
+    range (dlib: faces of 80 px and more) the same share of the frame for every input."""
+    scale = max_side / max(info.width, info.height)
     w = max(2, int(round(info.width * scale / 2)) * 2)
     h = max(2, int(round(info.height * scale / 2)) * 2)
     return w, h

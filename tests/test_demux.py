@@ -57,7 +57,7 @@ def test_rotation_metadata_is_honoured(tmp_path):
     assert info.rotation in (90, 270)
     assert (info.width, info.height) == (96, 160)
     frame = next(iter(demux.iter_frames(info, rate=4, max_side=480)))
-    assert frame.shape == (160, 96)  # portrait, as displayed
+    assert frame.shape == (480, 288)  # portrait, as displayed, scaled to the analysis size
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):

@@ -62,3 +62,18 @@ def test_no_face_in_a_test_pattern(tmp_path, dlib_backend):
 def test_unknown_backend_and_missing_fan():
     with pytest.raises(Exception, match="unknown face backend"):
         faces.make_backend("opencv")
+
+
+def test_small_videos_are_scaled_up_so_their_faces_are_found(tmp_path, dlib_backend):
+    """A 192x128 webcam video: its ~50 px face is below dlib's 80 px minimum unless the
+    analysis frames are scaled up to the fixed analysis size."""
+    from conftest import ffmpeg
+
+    small = tmp_path / "small.mp4"
+    ffmpeg("-i", str(shared_file("videos", "subj01_timepoint01.mp4")), "-vf", "scale=192:128",
+           "-an", "-c:v", "libx264", str(small))
+    info = demux.probe(small)
+    frames = list(demux.iter_frames(info, 4))
+    assert frames[0].shape == (320, 480)
+    track = faces.track_faces(iter(frames), dlib_backend, crop_size=64)
+    assert track.found.mean() >= 0.9
