@@ -52,12 +52,14 @@ def alignment_matrix(landmarks: np.ndarray, size: int) -> np.ndarray:
     return similarity(anchor_points(landmarks), TEMPLATE * size, WEIGHTS)
 
 
-def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """Resample ``image`` (H x W or H x W x C, uint8) into a ``size`` square crop through the
-    inverse of ``matrix`` with bilinear interpolation; outside the image is black."""
+def warp(image: np.ndarray, matrix: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resample ``image`` (H x W or H x W x C; uint8, or float kept as float32) into an output of
+    ``size`` (square side, or (height, width)) through the inverse of ``matrix`` (source ->
+    output coordinates) with bilinear interpolation; outside the source is 0."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
     a = np.vstack([matrix, [0, 0, 1]])
     inv = np.linalg.inv(a)[:2]
-    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    v, u = np.mgrid[0:out_h, 0:out_w].astype(np.float64)
     x = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
     y = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
     h, w = image.shape[:2]
@@ -67,14 +69,15 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     img = image.astype(np.float32)
     if img.ndim == 2:
         img = img[..., None]
-    out = np.zeros((size, size, img.shape[2]), np.float32)
+    out = np.zeros((out_h, out_w, img.shape[2]), np.float32)
     for dy, dx, wgt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)),
                         (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
         xi, yi = x0 + dx, y0 + dy
         inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
         vals = img[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
         out += (wgt * inside)[..., None] * vals
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if image.dtype == np.uint8:
+        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return out[..., 0] if image.ndim == 2 else out
 
 

@@ -79,13 +79,25 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
     return jobs, bad
 
 
+def extra_outputs(job: Job, plot: bool, overlay: bool) -> list[Path]:
+    """The files requested beside a job's CSV: ``<stem>.avemo.png`` and ``<stem>.avemo.mp4``
+    (no overlay for an audio file)."""
+    base = job.output.with_name(job.output.name[: -len(".csv")])
+    out = [base.with_name(base.name + ".png")] if plot else []
+    if overlay and job.source.suffix.lower() not in AUDIO_EXTS:
+        out.append(base.with_name(base.name + ".mp4"))
+    return out
+
+
 def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                    output_dir: str | os.PathLike = ".", overwrite: bool = False,
                    on_start: Callable[[Job, int, int], None] | None = None,
                    on_stage: Callable[[str], None] | None = None,
-                   on_done: Callable[[Job, str, str], None] | None = None) -> BatchReport:
+                   on_done: Callable[[Job, str, str], None] | None = None,
+                   plot: bool = False, overlay: bool = False) -> BatchReport:
     """Annotate every input into ``output_dir``. ``on_done(job, status, detail)`` is called with
-    status ``written``, ``skipped`` or ``failed`` (detail: the output path or the reason)."""
+    status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason).
+    ``plot`` / ``overlay`` also write the valence plot and the attention overlay video."""
     report = BatchReport()
     jobs, bad = plan(inputs, output_dir)
     for src, reason in bad:
@@ -95,7 +107,8 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
     for i, job in enumerate(jobs):
         if on_start:
             on_start(job, i, len(jobs))
-        if job.output.exists() and not overwrite:
+        extras = extra_outputs(job, plot, overlay)
+        if not overwrite and job.output.exists() and all(p.exists() for p in extras):
             report.skipped.append(job.output)
             if on_done:
                 on_done(job, "skipped", f"{job.output} exists (use --overwrite to redo it)")
@@ -106,6 +119,20 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
             t1 = time.perf_counter()
             write_csv(result.table, job.output)
             result.timings["write"] += time.perf_counter() - t1
+            for extra in extras:
+                stage = "plot" if extra.suffix == ".png" else "overlay"
+                if on_stage:
+                    on_stage(stage)
+                t1 = time.perf_counter()
+                if stage == "plot":
+                    from .plots import plot_track
+
+                    plot_track(result.table, extra, job.source.name, result.info.has_video)
+                else:
+                    from .overlay import render_overlay
+
+                    render_overlay(result, extra)
+                result.timings[stage] += time.perf_counter() - t1
         except AvemoError as err:
             report.failed.append((job.source, str(err)))
             if on_done:
@@ -125,5 +152,5 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
         report.media_seconds += result.info.duration
         report.written.append(job.output)
         if on_done:
-            on_done(job, "written", str(job.output))
+            on_done(job, "written", "\n".join(str(p) for p in [job.output, *extras]))
     return report

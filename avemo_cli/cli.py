@@ -40,8 +40,12 @@ def main():
 @click.option("--overwrite", is_flag=True, help="Redo inputs whose output already exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no skip notices.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage and the real-time factor.")
+@click.option("--plot", is_flag=True, help="Also write <stem>.avemo.png: valence/arousal over time.")
+@click.option("--overlay", is_flag=True,
+              help="Also write <stem>.avemo.mp4: the input with face box, visual attention heat "
+                   "map, audio attention and valence/arousal gauges.")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
-             overwrite, quiet, profile):
+             overwrite, quiet, profile, plot, overlay):
     """Annotate videos, audio files and folders of them (searched recursively).
 
     Writes one CSV per input (frame, time, valence, arousal, face, voice). Prints each written
@@ -61,7 +65,7 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
         _fail(str(err))
     loaded = time.perf_counter()
 
-    with _Progress(console, enabled=not quiet) as prog:
+    with _Progress(console, enabled=not quiet, stages_per_file=5 + plot + overlay) as prog:
         def on_done(job, status, detail):
             if status == "written":
                 print(detail, flush=True)  # stdout: results only (rich keeps it off its display)
@@ -74,7 +78,8 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
 
         try:
             report = annotate_files(inputs, annotator, output_dir, overwrite,
-                                    on_start=prog.start, on_stage=prog.stage, on_done=on_done)
+                                    on_start=prog.start, on_stage=prog.stage, on_done=on_done,
+                                    plot=plot, overlay=overlay)
         except KeyboardInterrupt:
             prog.print("avemo: interrupted; outputs already written are complete, "
                        "the one in progress was not written (re-run to resume)")
@@ -90,8 +95,9 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
 class _Progress:
     """rich progress on stderr: files done of all, and the current file's pipeline stage."""
 
-    def __init__(self, console, enabled: bool):
+    def __init__(self, console, enabled: bool, stages_per_file: int = 5):
         self.console = console
+        self.stages_per_file = stages_per_file
         self.enabled = enabled and console.is_terminal
         self.progress = None
 
@@ -105,7 +111,7 @@ class _Progress:
                                      console=self.console, transient=True)
             self.progress.__enter__()
             self.task = self.progress.add_task("files", total=None)
-            self.file_task = self.progress.add_task("", total=5)  # stages reported per file
+            self.file_task = self.progress.add_task("", total=None)
         return self
 
     def __exit__(self, *exc):
@@ -117,7 +123,8 @@ class _Progress:
             self.progress.update(self.task, total=n)
             self.name = job.source.name
             self.done_stages = 0
-            self.progress.update(self.file_task, description=self.name, completed=0)
+            self.progress.update(self.file_task, description=self.name, completed=0,
+                                 total=self.stages_per_file)
 
     def stage(self, stage):
         if self.progress is not None:
@@ -290,8 +297,10 @@ def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batc
               help="With --weights: keep the predicted CSVs in this folder.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout: target -> metric -> value.")
+@click.option("--plot", "plot_dir", default=None, type=click.Path(file_okay=False),
+              help="Write a predicted-vs-gold figure per sequence and a CCC summary here.")
 def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, metric, how,
-             no_postprocess, per_sequence, save_pred, device, as_json):
+             no_postprocess, per_sequence, save_pred, device, as_json, plot_dir):
     """Score predictions: RMSE, CC and CCC per target (the paper's table format)."""
     import json
 
@@ -311,6 +320,9 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
         result = _guard(E.evaluate_model, data, weights, layout, partition, split,
                         not no_postprocess, device, cache, jobs, metrics, how, save_pred, log)
         title = f"{Path(weights).name} on {partition}"
+    if plot_dir:
+        files = result.plot(plot_dir)
+        click.echo(f"plots: {len(files)} figures in {plot_dir}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(per_sequence), indent=2, allow_nan=True))
         return

@@ -35,6 +35,21 @@ class EvalResult:
     per_sequence: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     sequences: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    preds: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    golds: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    def plot(self, folder: str | Path) -> list[Path]:
+        """One figure per sequence (predicted against gold over time, like the paper's
+        Figure 4) and ``ccc_per_sequence.png``; returns the files written."""
+        from .plots import plot_ccc_summary, plot_sequence
+
+        folder = Path(folder)
+        out = [plot_sequence(self.preds[n], self.golds[n], self.per_sequence.get(n, {}),
+                             folder / f"{n.replace('/', '_')}.png", n)
+               for n in self.sequences]
+        out.append(plot_ccc_summary(self.per_sequence, folder / "ccc_per_sequence.png",
+                                    "CCC per sequence"))
+        return out
 
     def to_json(self, with_sequences: bool = False) -> dict:
         out: dict = {t: v for t, v in self.scores.items()}
@@ -88,7 +103,8 @@ def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
               for t in targets}
     per_seq = {n: {t: {m: M.FUNCTIONS[m](*pairs[t][n]) for m in metrics}
                    for t in targets if n in pairs[t]} for n in names}
-    return EvalResult(scores, per_seq, names, unmatched)
+    return EvalResult(scores, per_seq, names, unmatched,
+                      {n: preds[n] for n in names}, {n: golds[n] for n in names})
 
 
 def evaluate_folders(pred_dir: Path, gold_dir: Path, metrics=M.METRICS, how="concat"

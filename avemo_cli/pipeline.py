@@ -21,7 +21,7 @@ from . import demux, faces, postprocess, predict, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
 from .errors import ModalityError, NoFaceError
 
-STAGES = ("demux", "audio", "faces", "model", "postprocess", "write")
+STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "overlay")
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Annotation:
     track: faces.FaceTrack | None = None
     audio_features: audio_stage.AudioFeatures | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    rate: float = 4.0  # analysis steps per second
+    targets: list[str] = field(default_factory=lambda: ["valence", "arousal"])
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -166,7 +168,8 @@ class Annotator:
                                    feats.frame_times)
         timings["postprocess"] += time.perf_counter() - t1
         return Annotation(info.path, info, table, source, steps, values, face,
-                          feats.voice, feats.track, feats.audio, timings)
+                          feats.voice, feats.track, feats.audio, timings, cfg.rate,
+                          list(cfg.targets))
 
 
 def predict_features(model, feats: "Features", stride: int = 1, batch_size: int = 32,

@@ -117,6 +117,13 @@ def test_generic_layout_and_pred_gold_equivalence(generic_corpus, tmp_path):
     res = json.loads(stdout)
     per = [res["sequences"][n]["valence"]["ccc"] for n in ("Devel_01", "Devel_02", "Devel_03")]
     assert np.isclose(res["valence"]["ccc"], np.mean(per))
+    # eval --plot: a predicted-vs-gold figure per sequence and a CCC summary
+    figs = tmp_path / "figs"
+    code, _, err = run("eval", "--pred", preds, "--gold", generic_corpus / "devel", "--plot",
+                       figs)
+    assert code == 0 and "4 figures" in err
+    assert sorted(p.name for p in figs.iterdir()) == [
+        "Devel_01.png", "Devel_02.png", "Devel_03.png", "ccc_per_sequence.png"]
 
 
 def test_av_training_runs_end_to_end(corpus, tmp_path):
