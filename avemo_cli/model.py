@@ -55,6 +55,7 @@ class ModelConfig:
     visual_z: int = 128
     visual_attention: bool = True
     visual_backbone: str = "3d"  # 3d | 2d (per-frame 2D convolutions, the paper's ablation)
+    batch_norm: bool = False  # BatchNorm3d after each 3D convolution (not in the paper)
     dropout: float = 0.5
 
     def __post_init__(self):
@@ -190,6 +191,10 @@ class VisualBranch(nn.Module):
         self.conv3 = nn.Conv3d(c2, c3, k, padding=pad)
         self.pool3 = nn.MaxPool3d((2, 2, 2) if kt > 1 else (1, 2, 2))
         self.conv4 = nn.Conv3d(c3, c4, k, padding=pad)
+        # optional batch normalisation; in eval mode a per-channel affine map, so per-frame
+        # features stay shareable between clips
+        norm = (lambda c: nn.BatchNorm3d(c)) if cfg.batch_norm else (lambda c: nn.Identity())
+        self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1), norm(c2), norm(c3), norm(c4)
         self.fc1 = nn.Linear(c4, cfg.fc_hidden)
         self.fc2 = nn.Linear(cfg.fc_hidden, cfg.visual_z)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -209,9 +214,9 @@ class VisualBranch(nn.Module):
         b, n = frames.shape[:2]
         enc = self.encoder(frames.flatten(0, 1)).unflatten(0, (b, n))
         x = frames.transpose(1, 2)  # (B, C, N, S, S)
-        x = F.max_pool3d(F.relu(self.conv1(x)), (1, 2, 2))
-        x = F.max_pool3d(F.relu(self.conv2(x)), (1, 2, 2))
-        x = F.relu(self.conv3(x))
+        x = F.max_pool3d(F.relu(self.bn1(self.conv1(x))), (1, 2, 2))
+        x = F.max_pool3d(F.relu(self.bn2(self.conv2(x))), (1, 2, 2))
+        x = F.relu(self.bn3(self.conv3(x)))
         return enc, x.transpose(1, 2)
 
     def attention(self, enc: torch.Tensor) -> torch.Tensor:
@@ -240,7 +245,7 @@ class VisualBranch(nn.Module):
             att = torch.full((b, t, hh, ww), 1.0 / (hh * ww), device=feat.device,
                              dtype=feat.dtype)
         x = self.pool3(feat.transpose(1, 2))
-        x = F.relu(self.conv4(x)).mean(dim=(2, 3, 4))
+        x = F.relu(self.bn4(self.conv4(x))).mean(dim=(2, 3, 4))
         x = self.dropout(F.relu(self.fc1(x)))
         z = F.relu(self.fc2(x))
         return z, att

@@ -34,9 +34,11 @@ HERE = Path(__file__).resolve().parents[1]
 SHARED = HERE.parent / "shared" / "data"
 
 # The paper's architecture; the visual branch at half the paper's widths and 48x48 crops (FER+
-# faces are 48x48: larger crops add no information) so it trains on a 2-core CPU in minutes.
+# faces are 48x48: larger crops add no information) so it trains on a 2-core CPU in minutes,
+# with batch normalisation after each 3D convolution (without it, Xavier-initialised ReLU
+# layers left the output nearly constant for the first 6,000 clips on this budget).
 VISUAL = dict(input_size=48, encoder_channels=[8, 16, 16], convlstm_hidden=16,
-              c3d_channels=[16, 32, 64, 128], fc_hidden=128, visual_z=64)
+              c3d_channels=[16, 32, 64, 128], fc_hidden=128, visual_z=64, batch_norm=True)
 AUDIO = dict(audio_hidden=64, audio_layers=4)
 
 
@@ -87,7 +89,9 @@ def train_visual(work: Path, minutes: float, jobs: int, seed: int = 0) -> None:
     best, best_state, history = -np.inf, None, []
     t0 = time.time()
     seen, epoch = 0, 0
-    next_eval = 3000
+    next_eval = 4000
+    # model selection on a fixed sample of 1,000 valid faces (the full valid set costs minutes)
+    va_pick = np.flatnonzero(va)[np.random.default_rng(seed).permutation(va.sum())[:1000]]
     log(f"visual: {tr.sum()} train, {va.sum()} valid, {te.sum()} test faces; budget {minutes} min")
     while time.time() - t0 < minutes * 60:
         order = torch.randperm(len(x), generator=gen)
@@ -101,11 +105,11 @@ def train_visual(work: Path, minutes: float, jobs: int, seed: int = 0) -> None:
             opt.step()
             seen += len(idx)
             if seen >= next_eval or time.time() - t0 >= minutes * 60:
-                next_eval += 3000
-                s = scores(predict_stills(model, fer["crops"][va]), fer["targets"][va])
+                next_eval += 4000
+                s = scores(predict_stills(model, fer["crops"][va_pick]), fer["targets"][va_pick])
                 mean = (s["valence_ccc"] + s["arousal_ccc"]) / 2
                 history.append({"clips": seen, "minutes": round((time.time() - t0) / 60, 2),
-                                "loss": float(loss), **s})
+                                "loss": float(loss.detach()), **s})
                 log(f"visual {seen} clips ({history[-1]['minutes']} min): valid CCC valence "
                     f"{s['valence_ccc']:.3f} arousal {s['arousal_ccc']:.3f}")
                 if mean > best:
@@ -115,6 +119,7 @@ def train_visual(work: Path, minutes: float, jobs: int, seed: int = 0) -> None:
                 break
         epoch += 1
     model.load_state_dict(best_state)
+    valid_full = scores(predict_stills(model, fer["crops"][va]), fer["targets"][va])
     pred = predict_stills(model, fer["crops"][te])
     gold = fer["targets"][te]
     maj = fer["majority"][te]
@@ -122,7 +127,7 @@ def train_visual(work: Path, minutes: float, jobs: int, seed: int = 0) -> None:
     acc = float(np.mean(C.nearest_class(pred[has]) == maj[has]))
     result = {"test": {**scores(pred, gold), "nearest_class_accuracy_7": acc,
                        "n_test": int(te.sum()), "n_test_for_accuracy": int(has.sum())},
-              "valid_best_mean_ccc": float(best), "history": history,
+              "valid": valid_full, "history": history,
               "train_faces": int(tr.sum()), "epochs": round(seen / tr.sum(), 2),
               "minutes": round((time.time() - t0) / 60, 1),
               "dlib_detected_share": float(fer["detected"].mean())}

@@ -80,10 +80,16 @@ def test_single_modality_heads_and_errors():
 @pytest.mark.parametrize("switches", [
     dict(audio_attention=False), dict(visual_attention=False),
     dict(visual_backbone="2d"), dict(targets=["valence"]), dict(channels=3),
+    dict(batch_norm=True, input_size=48),
 ])
 def test_ablation_switches_run_and_stay_exact(switches):
     model = tiny_model("av", **switches)
-    audio, crops = _inputs(k=18)
+    if switches.get("batch_norm"):  # non-trivial running statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    audio, crops = _inputs(k=18, size=model.cfg.input_size)
     if switches.get("channels") == 3:
         crops = np.repeat(crops[..., None], 3, axis=-1)
     steps = predict_steps(model, audio, crops)
