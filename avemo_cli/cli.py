@@ -167,7 +167,7 @@ def _data_options(f):
     f = click.option("--split", default=None, type=click.Path(exists=True),
                      help="generic layout: CSV with columns name,partition.")(f)
     f = click.option("--layout", default="avec2017", show_default=True,
-                     type=click.Choice(["avec2017", "generic"]))(f)
+                     type=click.Choice(["avec2017", "generic", "categorical"]))(f)
     f = click.option("--cache", default=None, type=click.Path(),
                      help="Feature cache folder [default: $AVEMO_CACHE or ~/.cache/avemo].")(f)
     f = click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),

@@ -9,6 +9,10 @@ generic   videos anywhere under the root, each with a label CSV of the same stem
           or given by ``--split split.csv`` (columns ``name,partition``; name = the video's path
           relative to the root, without extension, or its stem).
 
+categorical  clips labelled by an emotion class: ``<partition>/<emotion>/<clip>`` (partition
+          folder names as for generic; emotion one of categorical.EMOTION_VA's names), each clip
+          given the class's constant (valence, arousal) from that table for its whole length.
+
 Labels are resampled onto the analysis steps by linear interpolation; steps outside the
 labelled time range get NaN (ignored in training and metrics).
 """
@@ -24,7 +28,7 @@ import pandas as pd
 from .batch import MEDIA_EXTS
 from .errors import AvemoError
 
-LAYOUTS = ("avec2017", "generic")
+LAYOUTS = ("avec2017", "generic", "categorical")
 PARTITIONS = ("train", "devel", "test")
 _ALIASES = {"train": "train", "training": "train", "devel": "devel", "dev": "devel",
             "development": "devel", "valid": "devel", "validation": "devel", "val": "devel",
@@ -190,6 +194,27 @@ def load_generic(root: Path, split: Path | None = None) -> list[Sequence]:
     return seqs
 
 
+def load_categorical(root: Path) -> list[Sequence]:
+    from .categorical import EMOTION_VA
+
+    seqs = []
+    for m in sorted(root.rglob("*")):
+        if m.suffix.lower() not in MEDIA_EXTS or m.name.startswith("."):
+            continue
+        parts = m.relative_to(root).parts
+        part = next((_ALIASES[d.lower()] for d in parts[:-1] if d.lower() in _ALIASES), None)
+        emotion = parts[-2].lower() if len(parts) >= 2 else ""
+        if part is None or emotion not in EMOTION_VA:
+            warnings.warn(f"{m}: not under <partition>/<emotion>/ (emotions: "
+                          f"{', '.join(EMOTION_VA)}); skipped")
+            continue
+        v, a = EMOTION_VA[emotion]
+        labels = pd.DataFrame({"time": [0.0, 1e6], "valence": [v, v], "arousal": [a, a]})
+        seqs.append(Sequence(m.relative_to(root).with_suffix("").as_posix(), part, m, None,
+                             labels))
+    return seqs
+
+
 def load_dataset(root: str | Path, layout: str = "avec2017", split: str | Path | None = None
                  ) -> list[Sequence]:
     root = Path(root)
@@ -199,6 +224,8 @@ def load_dataset(root: str | Path, layout: str = "avec2017", split: str | Path |
         seqs = load_avec2017(root)
     elif layout == "generic":
         seqs = load_generic(root, Path(split) if split else None)
+    elif layout == "categorical":
+        seqs = load_categorical(root)
     else:
         raise DatasetError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
     if not seqs:

@@ -118,9 +118,10 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
                       cache: str | None = None, jobs: int = 1,
                       log: Callable[[str], None] = print) -> dict[str, Path]:
     """Annotate a partition's videos into ``out_dir`` (features from the cache); returns the
-    label file of each written sequence, by name."""
+    gold labels of each written sequence, by name (a categorical clip's constant label is laid
+    on its prediction's time grid)."""
     seqs = [s for s in load_dataset(data, layout, split) if s.partition == partition]
-    labelled = [s for s in seqs if s.label_path is not None]
+    labelled = [s for s in seqs if s.labels is not None]
     if not labelled:
         raise DatasetError(f"{data}: no labelled {partition} sequences to evaluate")
     dev = resolve_device(device)
@@ -145,7 +146,13 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
         table = writer.frame_table(values, cfg.targets, cfg.rate, face, feats.voice,
                                    feats.frame_times)
         writer.write_csv(table, out_dir / (s.media.stem + writer.SUFFIX))
-        gold[s.media.stem] = s.label_path
+        if s.label_path is not None:
+            gold[s.media.stem] = read_labels(s.label_path)
+        else:
+            gold[s.media.stem] = pd.DataFrame(
+                {"time": table["time"], **{t: np.interp(table["time"], s.labels["time"],
+                                                        s.labels[t])
+                                           for t in TARGETS if t in s.labels}})
     return gold
 
 
@@ -158,5 +165,4 @@ def evaluate_model(data, weights, layout="avec2017", partition="devel", split=No
         gold = predict_partition(data, weights, out, layout, partition, split, use_postprocess,
                                  device, cache, jobs, log)
         preds = read_predictions(out)
-        preds = {n: preds[n] for n in gold}
-        return evaluate(preds, {n: read_labels(p) for n, p in gold.items()}, metrics, how)
+        return evaluate({n: preds[n] for n in gold}, gold, metrics, how)

@@ -76,3 +76,17 @@ def test_read_labels_recognises_both_formats(tmp_path):
     assert read_labels(g).equals(read_labels(a)[["time", "valence", "arousal"]])
     with pytest.raises(DatasetError, match="no such data folder"):
         load_dataset(tmp_path / "nope")
+
+
+def test_categorical_layout(tmp_path):
+    _touch_video(tmp_path / "train" / "happiness" / "a.wav")
+    _touch_video(tmp_path / "dev" / "Sadness" / "b.mp4")
+    _touch_video(tmp_path / "train" / "joy" / "c.wav")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seqs = {s.name: s for s in load_dataset(tmp_path, "categorical")}
+    assert set(seqs) == {"train/happiness/a", "dev/Sadness/b"}
+    assert any("c.wav: not under <partition>/<emotion>/" in str(w.message) for w in caught)
+    y = seqs["dev/Sadness/b"].step_targets(8, 4.0, ["valence", "arousal"])
+    assert seqs["dev/Sadness/b"].partition == "devel"
+    assert np.allclose(y, [[-0.7, -0.4]] * 8)  # the table's sadness, for the whole clip

@@ -180,3 +180,26 @@ def test_damaged_cache_entry_is_recomputed(corpus, tmp_path):
     assert np.array_equal(cache.load(video, settings, True, False).audio.values, good)
     other = FeatureSettings(audio_window=4.0)  # another setting: another entry
     assert cache.load(video, other, True, False) is None
+
+
+def test_categorical_layout_trains_speaker_independently(tmp_path):
+    """EmoDB anger / sadness / happiness as <partition>/<emotion>/ folders, split by speaker:
+    an audio model must separate high-arousal anger from low-arousal sadness on unseen voices."""
+    from avemo_cli.categorical import emodb
+
+    root = tmp_path / "emodb"
+    for clip in emodb(shared_file("emodb")):
+        if clip.emotion not in ("anger", "sadness", "happiness"):
+            continue
+        part = "devel" if clip.speaker in ("13", "14") else "train"
+        (root / part / clip.emotion).mkdir(parents=True, exist_ok=True)
+        (root / part / clip.emotion / clip.path.name).symlink_to(clip.path)
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    code, stdout, err = run("train", "--data", root, "--layout", "categorical", "--modality",
+                            "audio", "--epochs", 8, "--lr", "1e-3", "--out", out, "--cache",
+                            cache, "--jobs", 2, "-q")
+    assert code == 0, err
+    code, stdout, err = run("eval", "--data", root, "--layout", "categorical", "--weights",
+                            stdout.strip(), "--cache", cache, "--json", "--no-postprocess")
+    assert code == 0, err
+    assert json.loads(stdout)["arousal"]["ccc"] > 0.5
