@@ -11,8 +11,8 @@ Visual branch I (B, T, C, 64, 64)
   temporal decoder: peephole ConvLSTM (3x3, eq. 2) over T, x2 deconvolution + tanh -> 16x16,
   1x1 projection, spatial softmax per step (eq. 3) -> A^I (B, T, 16, 16)
   recognition 3D CNN: conv3d 32 -> pool(1,2,2) -> conv3d 64 -> pool(1,2,2) -> conv3d 128 at
-  16x16, multiplied by A^I (eq. 5, rescaled by H'W') -> pool(2,2,2) -> conv3d 256 -> global
-  average -> FC -> FC = Z^I.
+  16x16, multiplied by A^I (eq. 5, rescaled by H'W') -> pool(2,2,2) -> conv3d 256 at 8x8 ->
+  average over time, flattened -> FC -> FC = Z^I.
 Fusion        Z = cat(Z^S, Z^I) (eq. 6) -> FC -> [valence, arousal]. Each branch also has its own
   head, used by single-modality models and when one modality is missing from an input.
 
@@ -195,7 +195,9 @@ class VisualBranch(nn.Module):
         # features stay shareable between clips
         norm = (lambda c: nn.BatchNorm3d(c)) if cfg.batch_norm else (lambda c: nn.Identity())
         self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1), norm(c2), norm(c3), norm(c4)
-        self.fc1 = nn.Linear(c4, cfg.fc_hidden)
+        # conv4's map, averaged over time, is flattened into FC1: where on the face a feature
+        # is matters (a smile sits low), which global spatial pooling would throw away
+        self.fc1 = nn.Linear(c4 * (cfg.input_size // 8) ** 2, cfg.fc_hidden)
         self.fc2 = nn.Linear(cfg.fc_hidden, cfg.visual_z)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -245,7 +247,7 @@ class VisualBranch(nn.Module):
             att = torch.full((b, t, hh, ww), 1.0 / (hh * ww), device=feat.device,
                              dtype=feat.dtype)
         x = self.pool3(feat.transpose(1, 2))
-        x = F.relu(self.bn4(self.conv4(x))).mean(dim=(2, 3, 4))
+        x = F.relu(self.bn4(self.conv4(x))).mean(dim=2).flatten(1)
         x = self.dropout(F.relu(self.fc1(x)))
         z = F.relu(self.fc2(x))
         return z, att

@@ -35,10 +35,12 @@ SHARED = HERE.parent / "shared" / "data"
 
 # The paper's architecture; the visual branch at half the paper's widths and 48x48 crops (FER+
 # faces are 48x48: larger crops add no information) so it trains on a 2-core CPU in minutes,
-# with batch normalisation after each 3D convolution (without it, Xavier-initialised ReLU
-# layers left the output nearly constant for the first 6,000 clips on this budget).
+# with batch normalisation after each 3D convolution and no dropout: with the paper's dropout
+# 0.5 (and without batch norm) the branch did not even fit 256 faces within 80 steps, and the
+# output stayed nearly constant for the first 16,000 clips, which this CPU budget cannot afford.
 VISUAL = dict(input_size=48, encoder_channels=[8, 16, 16], convlstm_hidden=16,
-              c3d_channels=[16, 32, 64, 128], fc_hidden=128, visual_z=64, batch_norm=True)
+              c3d_channels=[16, 32, 64, 128], fc_hidden=128, visual_z=64, batch_norm=True,
+              dropout=0.0)
 AUDIO = dict(audio_hidden=64, audio_layers=4)
 
 
