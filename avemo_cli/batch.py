@@ -114,7 +114,6 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                 on_done(job, "skipped", f"{job.output} exists (use --overwrite to redo it)")
             continue
         try:
-            t0 = time.perf_counter()
             result: Annotation = annotator.annotate(job.source, progress=on_stage)
             t1 = time.perf_counter()
             write_csv(result.table, job.output)

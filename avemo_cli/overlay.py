@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg  # ffmpeg-python

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from avemo_cli.demux import ffmpeg_exe, probe

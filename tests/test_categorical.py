@@ -1,6 +1,5 @@
 """Categorical corpora on the valence/arousal plane: readers, mapping, still faces to clips."""
 import numpy as np
-import pytest
 import torch
 
 from avemo_cli import align, categorical as C

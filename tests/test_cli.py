@@ -176,3 +176,23 @@ def test_interrupt_keeps_finished_outputs_and_no_partial_file(tmp_path, tiny_ckp
     assert 1 <= len(written) < 12 and all(n.endswith(".avemo.csv") for n in written)
     for name in written:  # complete files only, no temporary leftovers
         assert len(pd.read_csv(out / name)) == 200
+
+
+def test_default_model_annotates_the_bundled_sample(tmp_path, monkeypatch):
+    """README command 1: the shipped model, no --weights, on examples/sample.mp4."""
+    from pathlib import Path
+
+    from avemo_cli.checkpoint import load_checkpoint, resolve_weights
+
+    monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
+    sample = Path(__file__).resolve().parents[1] / "examples" / "sample.mp4"
+    ck = load_checkpoint(resolve_weights(None))
+    assert ck.config.modality == "av" and ck.path.stat().st_size < 25e6
+    assert "ferplus_test" in ck.provenance["metrics"]
+    code, stdout, err = run("annotate", sample, "-o", tmp_path, "--plot")
+    assert code == 0, err
+    t = pd.read_csv(tmp_path / "sample.avemo.csv")
+    assert len(t) == decoded_frame_count(sample) == 264
+    assert t.face.mean() > 0.9 and t.voice.mean() > 0.9
+    assert np.isfinite(t.valence).all() and t.valence.abs().max() <= 1
+    assert (tmp_path / "sample.avemo.png").exists()

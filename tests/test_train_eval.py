@@ -1,7 +1,6 @@
 """avemo train / eval / extract end to end on a small corpus cut from ../shared/data/videos,
 labelled with what its audio carries (smoothed, standardised loudness: testing/corpus.py)."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,7 +32,6 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def generic_corpus(corpus, tmp_path_factory):
     """The same videos and labels in the generic layout (folders by partition)."""
-    import pandas as pd
 
     from avemo_cli.datasets import read_avec_labels
 
