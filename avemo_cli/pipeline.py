@@ -220,6 +220,7 @@ class Features:
     frame_times: np.ndarray | None  # video frame times; None for audio-only files
     audio: audio_stage.AudioFeatures | None = None
     track: faces.FaceTrack | None = None
+    _crops: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def face(self) -> np.ndarray:
@@ -232,8 +233,11 @@ class Features:
         return self.audio.valid if self.audio is not None else np.zeros(self.n_steps, bool)
 
     def model_crops(self) -> np.ndarray:
-        """(K, S, S[, 3]) crops, steps without a face holding the nearest face (model input)."""
-        return _hold_nearest(_fit_length(self.track.crops, self.n_steps), self.face)
+        """(K, S, S[, 3]) crops, steps without a face holding the nearest face (model input);
+        computed once (training reads it for every clip)."""
+        if self._crops is None:
+            self._crops = _hold_nearest(_fit_length(self.track.crops, self.n_steps), self.face)
+        return self._crops
 
 
 def step_count(info: demux.MediaInfo, rate: float) -> int:
