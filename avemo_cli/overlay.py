@@ -2,9 +2,9 @@
 
 Every frame of the input, at its own size and frame rate, with the original audio, shows
 - the tracked face box,
-- the visual attention map A^I of the clip ending at the nearest analysis step, warped back
-  from the aligned face crop onto the frame (the inverse of the alignment transform) as a
-  translucent heat map,
+- the visual attention map A^I of the clip ending at the analysis step at or before the frame,
+  warped back from the aligned face crop onto the frame (the inverse of the alignment
+  transform) as a translucent heat map,
 - a panel with running valence and arousal gauges and the audio temporal-attention weights of
   the current clip (newest step highlighted).
 Frames whose step has no face keep the panel and lose only the face overlays; none is dropped.
@@ -27,6 +27,7 @@ import numpy as np
 from .align import warp
 from .demux import _short_reason, ffmpeg_exe
 from .errors import MediaError
+from .pipeline import nearest_index
 
 PANEL_ALPHA = 0.6
 HEAT_ALPHA = 0.5
@@ -155,16 +156,8 @@ class _Panel:
 
 
 def _nearest_filled(rows: np.ndarray) -> np.ndarray:
-    """Index of the nearest row without NaN for every row (strided predictions)."""
-    ok = ~np.isnan(rows.reshape(len(rows), -1)).any(1)
-    idx = np.flatnonzero(ok)
-    if len(idx) == 0:
-        return np.zeros(len(rows), np.int64)
-    pos = np.clip(np.searchsorted(idx, np.arange(len(rows))), 0, len(idx) - 1)
-    left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
-    right = idx[pos]
-    steps = np.arange(len(rows))
-    return np.where(np.abs(steps - left) <= np.abs(right - steps), left, right)
+    """Index of the nearest row without NaN for every row (predictions made with --stride)."""
+    return nearest_index(~np.isnan(rows.reshape(len(rows), -1)).any(1))
 
 
 class _Layers:

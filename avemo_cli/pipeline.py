@@ -65,16 +65,22 @@ def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hold_nearest(crops: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Crops where no face was found replaced by the nearest step's face (model input only)."""
-    if ok.all():
-        return crops
-    steps = np.arange(len(ok))
+def nearest_index(ok: np.ndarray) -> np.ndarray:
+    """For every position, the index of the nearest position where ``ok`` is True (ties go
+    to the earlier one); all zeros when none is."""
     idx = np.flatnonzero(ok)
+    if len(idx) == 0:
+        return np.zeros(len(ok), np.int64)
+    steps = np.arange(len(ok))
     pos = np.searchsorted(idx, steps)
     left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
     right = idx[np.clip(pos, 0, len(idx) - 1)]
-    return crops[np.where(np.abs(steps - left) <= np.abs(right - steps), left, right)]
+    return np.where(np.abs(steps - left) <= np.abs(right - steps), left, right)
+
+
+def _hold_nearest(crops: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Crops where no face was found replaced by the nearest step's face (model input only)."""
+    return crops if ok.all() else crops[nearest_index(ok)]
 
 
 class _Timed:
