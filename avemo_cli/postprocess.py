@@ -52,7 +52,8 @@ def apply_postprocess(values: np.ndarray, targets: list[str], params: dict) -> n
 def fit_chain(preds: list[np.ndarray], golds: list[np.ndarray], rate: float = 4.0,
               max_window_s: float = 8.0) -> dict:
     """Fit one target's chain on development sequences (Ringeval's procedure): each step is
-    kept only if it raises the development CCC (sequences concatenated). Gold may hold NaN.
+    kept only if it raises the development CCC (sequences concatenated). Gold and predictions
+    may hold NaN (not scored).
 
     Returns the parameters plus ``dev_ccc_raw`` and ``dev_ccc`` (after the kept steps)."""
     from .metrics import ccc
@@ -73,7 +74,7 @@ def fit_chain(preds: list[np.ndarray], golds: list[np.ndarray], rate: float = 4.
         best = window_best[1]
         preds = [median_filter(p, window_best[0]) for p in preds]
     cat_p, cat_g = np.concatenate(preds), np.concatenate(golds)
-    ok = ~np.isnan(cat_g)
+    ok = ~np.isnan(cat_g) & ~np.isnan(cat_p)
     bias = float(np.mean(cat_g[ok]) - np.mean(cat_p[ok]))
     s = score([p + bias for p in preds])
     if s > best + 1e-9:

@@ -181,7 +181,10 @@ def evaluate_items(model: AVModel, items: list[Prepared], device, batch_size: in
     model.eval()
     preds = []
     for p in items:
-        _, values, _ = predict_features(model, p.feats, 1, batch_size, device)
+        try:
+            _, values, _ = predict_features(model, p.feats, 1, batch_size, device)
+        except AvemoError:  # e.g. a video model and a sequence without any face: not scored
+            values = np.full(p.gold.shape, np.nan, np.float32)
         preds.append(values)
     return preds, [p.gold for p in items]
 

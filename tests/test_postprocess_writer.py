@@ -73,3 +73,14 @@ def test_fit_chain_keeps_only_steps_that_raise_devel_ccc():
     prm = fit_chain([g.copy() for g in gold], gold, rate=4.0)
     assert not {"median_window", "bias", "scale"} & set(prm)
     assert np.isclose(prm["dev_ccc"], 1.0)
+
+
+def test_fit_chain_ignores_unscored_sequences():
+    from avemo_cli.postprocess import fit_chain
+
+    t = np.arange(200) / 4.0
+    gold = [np.sin(t / 3), np.sin(t / 3 + 1)]
+    pred = [0.5 * gold[0] + 0.2, np.full(200, np.nan)]  # the second could not be predicted
+    prm = fit_chain(pred, gold)
+    assert np.isfinite(prm["bias"]) and np.isfinite(prm["dev_ccc"])
+    assert prm["dev_ccc"] > prm["dev_ccc_raw"]
