@@ -132,7 +132,7 @@ def resolve_weights(name_or_path: str | None) -> Path:
     if name_or_path in shipped:
         return shipped[name_or_path]
     if name_or_path == DEFAULT_NAME:
-        raise CheckpointError("no default model is installed in this avemo yet; "
+        raise CheckpointError("no default model is installed in this avemo; "
                               "pass --weights PATH (a checkpoint file)")
     known = ", ".join(sorted(shipped)) or "none"
     raise CheckpointError(f"{name_or_path}: no such checkpoint file or shipped model "

@@ -54,9 +54,13 @@ def test_mismatched_tensors_are_refused(tmp_path):
 
 
 def test_resolve_weights(tmp_path, monkeypatch):
+    import avemo_cli.checkpoint as ck
+
     monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
     p = save_checkpoint(tmp_path / "x.safetensors", tiny_model("audio"))
     assert resolve_weights(str(p)) == p
+    assert resolve_weights(None).name == "default.safetensors"  # shipped in weights/
+    monkeypatch.setattr(ck, "shipped_weights", lambda: {})  # an install without weights
     with pytest.raises(CheckpointError, match="no default model is installed"):
         resolve_weights(None)
     with pytest.raises(CheckpointError, match="no such checkpoint file or shipped model"):

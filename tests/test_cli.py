@@ -122,7 +122,10 @@ def test_no_face_falls_back_to_audio(tmp_path, tiny_ckpt):
 
 
 def test_weights_errors_exit_2(tmp_path, monkeypatch):
+    import avemo_cli.checkpoint as ck
+
     monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
+    monkeypatch.setattr(ck, "shipped_weights", lambda: {})  # an install without weights
     wav = shared_file("emodb", "03a01Fa.wav")
     code, _, err = run("annotate", wav, "-o", tmp_path)
     assert code == 2 and "no default model is installed" in err
