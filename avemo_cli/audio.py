@@ -12,7 +12,9 @@ the window (2 s EmoDB clips) are handled too.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -46,6 +48,25 @@ def _smile_class():
     return opensmile
 
 
+@contextmanager
+def _deferred_interrupt():
+    """Hold Ctrl-C until openSMILE returns. Its results arrive through a ctypes callback, and a
+    KeyboardInterrupt raised inside one is swallowed by ctypes (with that window's data lost),
+    so the run would silently go on; here it is raised once openSMILE is done."""
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    except ValueError:  # not the main thread: nothing to defer
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def egemaps(samples: np.ndarray, sample_rate: int, n_steps: int, rate: float,
             window: float = 6.0) -> AudioFeatures:
     """eGeMAPSv02 functionals for the window ending at each of ``n_steps`` steps."""
@@ -62,7 +83,8 @@ def egemaps(samples: np.ndarray, sample_rate: int, n_steps: int, rate: float,
             feature_level=opensmile.FeatureLevel.Functionals,
             options={"frameModeFunctionalsConf": conf},
         )
-        table = smile.process_signal(samples, sample_rate)
+        with _deferred_interrupt():
+            table = smile.process_signal(samples, sample_rate)
     values = np.asarray(table.to_numpy(), dtype=np.float32)
     if values.shape != (n_steps, N_FEATURES):  # openSMILE drops windows past the end: hold last
         fixed = np.empty((n_steps, N_FEATURES), np.float32)

@@ -34,3 +34,19 @@ def test_features_follow_the_signal_within_a_file():
     feats = audio.egemaps(x, 16000, n_steps=32, rate=4, window=2.0)
     loud = feats.values[:, 10]  # loudness_sma3_amean in eGeMAPSv02's order
     assert loud[14] > 5 * max(loud[28], 1e-3)  # window 1.5-3.5 s (speech) vs 5-7 s (silence)
+
+
+def test_ctrl_c_during_opensmile_is_not_swallowed():
+    """openSMILE's ctypes callback would swallow a KeyboardInterrupt; it must surface."""
+    import os
+    import signal
+    import threading
+
+    import pytest
+
+    x = np.tile(demux.read_audio(demux.probe(shared_file("emodb", "03a01Fa.wav"))), 60)
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        audio.egemaps(x, 16000, n_steps=480, rate=4, window=6.0)
+    timer.join()
