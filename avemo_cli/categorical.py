@@ -12,7 +12,6 @@ splits; faces whose votes are mostly "unknown" or "not a face" dropped).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +188,3 @@ def still_clips(crops, steps: int, generator=None, jitter: bool = True):
     bright = 0.15 * (torch.rand(b, 1, 1, 1, 1, generator=g) - 0.5) * 2
     noise = 0.02 * torch.randn(frames.shape, generator=g)
     return (frames * contrast + bright + noise).clamp(-1, 1)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AVEMO_CACHE") or Path.home() / ".cache" / "avemo")

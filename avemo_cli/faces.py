@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 import numpy as np
@@ -129,7 +129,7 @@ class FaceTrack:
     matrices: np.ndarray  # (K, 2, 3) analysis frame -> crop; NaN where no face
     frame_size: tuple[int, int] = (0, 0)  # analysis frame (width, height)
     detections: int = 0  # full-frame detector runs
-    stats: dict = field(default_factory=dict)
+    tracked: int = 0  # steps whose face came from tracking alone
 
 
 def _area(b: Box) -> float:
@@ -230,5 +230,5 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
         matrices=np.array(mats, np.float64).reshape(k, 2, 3),
         frame_size=frame_size,
         detections=detections,
-        stats={"steps": k, "detections": detections, "tracked": tracked},
+        tracked=tracked,
     )

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from avemo_cli import categorical as C
-from avemo_cli.cache import FeatureCache, extract_all
+from avemo_cli.cache import FeatureCache, default_cache_dir, extract_all
 from avemo_cli.checkpoint import save_checkpoint
 from avemo_cli.metrics import ccc
 from avemo_cli.model import AVModel, ModelConfig
@@ -273,7 +273,7 @@ def assemble(work: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", choices=["visual", "audio", "assemble", "all"], default="all")
-    ap.add_argument("--work", type=Path, default=C.cache_dir() / "default_model")
+    ap.add_argument("--work", type=Path, default=default_cache_dir() / "default_model")
     ap.add_argument("--visual-clips", type=int, default=120_000,
                     help="training clips for the visual branch (the shipped model: 120,000; "
                          "about 40 min on a 2-core CPU)")
