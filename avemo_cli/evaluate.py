@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from . import postprocess, writer
+from . import writer
 from .cache import FeatureCache, extract_all
 from .checkpoint import load_checkpoint, resolve_weights
 from .datasets import DatasetError, load_dataset, read_labels
-from .pipeline import FeatureSettings, predict_features, resolve_device
+from .pipeline import FeatureSettings, predict_features, resolve_device, to_table
 
 TARGETS = ("valence", "arousal")
 
@@ -140,11 +140,7 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
             log(f"warning: {s.media}: features could not be extracted; skipped")
             continue
         _, values, source = predict_features(ckpt.model, feats, 1, 32, dev)
-        if use_postprocess:
-            values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
-        face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
-        table = writer.frame_table(values, cfg.targets, cfg.rate, face, feats.voice,
-                                   feats.frame_times)
+        _, _, table = to_table(ckpt, feats, values, source, use_postprocess)
         writer.write_csv(table, out_dir / (s.media.stem + writer.SUFFIX))
         if s.label_path is not None:
             gold[s.media.stem] = read_labels(s.label_path)

@@ -168,10 +168,7 @@ class Annotator:
 
         say("postprocess")
         t1 = time.perf_counter()
-        values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
-        face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
-        table = writer.frame_table(values, cfg.targets, cfg.rate, face, feats.voice,
-                                   feats.frame_times)
+        values, face, table = to_table(ckpt, feats, values, source)
         timings["postprocess"] += time.perf_counter() - t1
         return Annotation(info.path, info, table, source, steps, values, face,
                           feats.voice, feats.track, feats.audio, timings, cfg.rate,
@@ -196,6 +193,20 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
     values = fill_gaps(steps.values, feats.face) if use_visual else steps.values
     source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
     return steps, values, source
+
+
+def to_table(ckpt: Checkpoint, feats: "Features", values: np.ndarray, source: str,
+             use_postprocess: bool = True) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Step predictions (from ``predict_features``) to what a file's CSV holds: the
+    checkpoint's post-processing, the ``face`` flags (all 0 when the face was not used) and the
+    per-frame table. Returns the post-processed step values, the face flags and the table."""
+    cfg = ckpt.config
+    if use_postprocess:
+        values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
+    face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
+    table = writer.frame_table(values, cfg.targets, cfg.rate, face, feats.voice,
+                               feats.frame_times)
+    return values, face, table
 
 
 @dataclass(frozen=True)
