@@ -23,7 +23,7 @@ import numpy as np
 
 from . import demux
 from .audio import AudioFeatures
-from .faces import FaceTrack, make_backend
+from .faces import FaceTrack, shared_backend
 from .pipeline import Features, FeatureSettings, extract
 
 CACHE_VERSION = 2  # 2: analysis frames scaled up to max_side too
@@ -129,9 +129,6 @@ class FeatureCache:
                 "detections": np.array(0 if empty else t.detections)})
 
 
-_WORKER_BACKEND = {}
-
-
 def _extract_one(args) -> tuple[str, str, str | None]:
     """Worker: (media, settings, audio?, visual?, cache root) -> (media, 'hit'|'miss', error)."""
     media, settings, want_audio, want_visual, root = args
@@ -144,12 +141,8 @@ def _extract_one(args) -> tuple[str, str, str | None]:
             return media, "hit", None
         info = demux.probe(media)
 
-        def backend():
-            if settings.faces_backend not in _WORKER_BACKEND:
-                _WORKER_BACKEND[settings.faces_backend] = make_backend(settings.faces_backend)
-            return _WORKER_BACKEND[settings.faces_backend]
-
-        feats = extract(info, settings, want_audio, want_visual, backend)
+        feats = extract(info, settings, want_audio, want_visual,
+                        lambda: shared_backend(settings.faces_backend))
         cache.store(feats, settings, want_audio, want_visual, digest)
         return media, "miss", None
     except AvemoError as err:

@@ -112,28 +112,23 @@ def nearest_class(va: np.ndarray, classes=FER_CLASSES) -> np.ndarray:
     return np.array(classes)[np.argmin(((va[:, None, :] - pts[None]) ** 2).sum(-1), axis=1)]
 
 
-_BACKEND = None
-
-
 def _align_chunk(args) -> tuple[np.ndarray, np.ndarray]:
-    images, size, upsample = args
-    global _BACKEND
-    if _BACKEND is None:
-        from .faces import DlibBackend
+    from .faces import shared_backend
 
-        _BACKEND = DlibBackend()
+    images, size, upsample = args
+    dlib = shared_backend("dlib")
     crops = np.empty((len(images), size, size), np.uint8)
     detected = np.zeros(len(images), bool)
     for i, img in enumerate(images):
         big = warp(img, np.array([[upsample, 0, (upsample - 1) / 2],
                                   [0, upsample, (upsample - 1) / 2]]),
                    img.shape[0] * upsample)
-        boxes = _BACKEND.detect(big)
+        boxes = dlib.detect(big)
         n = big.shape[0]
         box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if boxes else \
             (n * 0.1, n * 0.1, n * 0.9, n * 0.9)  # FER crops are centred faces
         detected[i] = bool(boxes)
-        crops[i] = align_face(big, _BACKEND.landmarks(big, box), size)[0]
+        crops[i] = align_face(big, dlib.landmarks(big, box), size)[0]
     return crops, detected
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Protocol
 
 import numpy as np
@@ -116,6 +117,13 @@ def make_backend(name: str, device: str = "cpu") -> FaceBackend:
     if name not in BACKENDS:
         raise AvemoError(f"unknown face backend {name!r} (choose from {', '.join(BACKENDS)})")
     return BACKENDS[name](device=device) if name == "fan" else BACKENDS[name]()
+
+
+@lru_cache(maxsize=None)
+def shared_backend(name: str, device: str = "cpu") -> FaceBackend:
+    """One backend per process and kind (loading the models costs a second or more): for
+    worker processes that extract features from many files."""
+    return make_backend(name, device)
 
 
 @dataclass
