@@ -113,8 +113,8 @@ def _git_commit() -> str | None:
         return None
 
 
-def audio_statistics(items: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
-    rows = [p.feats.audio.values[p.feats.audio.valid] for p in items if p.feats.audio is not None]
+def audio_statistics(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of eGeMAPS rows (the audio branch's z-scoring; std floored)."""
     x = np.concatenate(rows) if rows else np.zeros((1, 88), np.float32)
     mean, std = x.mean(0), x.std(0)
     std[std < 1e-6] = 1.0
@@ -231,7 +231,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
     torch.manual_seed(opts.seed)
     model = AVModel(cfg).to(device)
     if model.audio is not None:
-        mean, std = audio_statistics(train_items)
+        mean, std = audio_statistics([p.feats.audio.values[p.feats.audio.valid]
+                                      for p in train_items if p.feats.audio is not None])
         model.audio.mean.copy_(torch.from_numpy(mean))
         model.audio.std.copy_(torch.from_numpy(std))
     optim = torch.optim.Adam(model.parameters(), lr=opts.lr)

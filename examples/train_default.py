@@ -29,6 +29,7 @@ from avemo_cli.metrics import ccc
 from avemo_cli.model import AVModel, ModelConfig
 from avemo_cli.pipeline import FeatureSettings
 from avemo_cli.predict import clip_steps
+from avemo_cli.train import audio_statistics
 
 HERE = Path(__file__).resolve().parents[1]
 SHARED = HERE.parent / "shared" / "data"
@@ -158,10 +159,8 @@ def _clip_batch(feats, rows, t):
 def fit_audio(feats, targets, files, epochs, seed=0) -> AVModel:
     torch.manual_seed(seed)
     model = AVModel(ModelConfig(modality="audio", **AUDIO))
-    allx = np.concatenate([feats[i] for i in files])
-    model.audio.mean.copy_(torch.from_numpy(allx.mean(0)))
-    std = allx.std(0)
-    std[std < 1e-6] = 1
+    mean, std = audio_statistics([feats[i] for i in files])
+    model.audio.mean.copy_(torch.from_numpy(mean))
     model.audio.std.copy_(torch.from_numpy(std))
     rows = np.array([(i, k) for i in files for k in range(len(feats[i]))])
     y_all = torch.from_numpy(np.asarray(targets, np.float32))
