@@ -115,6 +115,11 @@ def read_labels(path: Path) -> pd.DataFrame:
     return read_avec_labels(path)
 
 
+def _folder_partition(parts: tuple[str, ...]) -> str | None:
+    """The partition named by the first train/devel/test-like folder of a relative path."""
+    return next((_ALIASES[d.lower()] for d in parts[:-1] if d.lower() in _ALIASES), None)
+
+
 def _media_by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
@@ -174,8 +179,7 @@ def load_generic(root: Path, split: Path | None = None) -> list[Sequence]:
         if table is not None:
             part = table.get(rel, table.get(m.stem))
         else:
-            part = next((_ALIASES[d.lower()] for d in m.relative_to(root).parts[:-1]
-                         if d.lower() in _ALIASES), None)
+            part = _folder_partition(m.relative_to(root).parts)
         if part is None:
             warnings.warn(f"{m}: no partition (not under train/devel/test and not in the split "
                           f"CSV); skipped")
@@ -202,7 +206,7 @@ def load_categorical(root: Path) -> list[Sequence]:
         if m.suffix.lower() not in MEDIA_EXTS or m.name.startswith("."):
             continue
         parts = m.relative_to(root).parts
-        part = next((_ALIASES[d.lower()] for d in parts[:-1] if d.lower() in _ALIASES), None)
+        part = _folder_partition(parts)
         emotion = parts[-2].lower() if len(parts) >= 2 else ""
         if part is None or emotion not in EMOTION_VA:
             warnings.warn(f"{m}: not under <partition>/<emotion>/ (emotions: "
