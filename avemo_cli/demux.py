@@ -52,6 +52,7 @@ class MediaInfo:
     fps: float = 0.0
     rotation: int = 0  # degrees, as stored in the file's display matrix
     n_frames: int = 0  # video frames (one CSV row each)
+    audio_codec: str = ""  # ffmpeg's name for the first audio stream's codec ("aac", ...)
 
     def frame_times(self) -> np.ndarray:
         """Presentation time of every video frame (constant frame rate assumed)."""
@@ -101,11 +102,14 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise MediaError(f"{path}: unreadable media ({_short_reason(err)})")
     duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))
     video = next((d for kind, d in streams if kind == "Video" and "attached pic" not in d), None)
-    has_audio = any(kind == "Audio" for kind, _ in streams)
+    audio = next((d for kind, d in streams if kind == "Audio"), None)
+    has_audio = audio is not None
+    audio_codec = audio.split(maxsplit=1)[0].rstrip(",") if audio else ""
     if video is None:
         if not has_audio:
             raise MediaError(f"{path}: no video or audio stream")
-        return MediaInfo(path, duration, has_video=False, has_audio=True)
+        return MediaInfo(path, duration, has_video=False, has_audio=True,
+                         audio_codec=audio_codec)
     size = _SIZE.search(video)
     rate = _FPS.search(video) or _TBR.search(video)
     if size is None or rate is None:
@@ -121,7 +125,8 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     n_frames = int(counts[-1]) if counts else int(round(duration * fps))
     if n_frames == 0:
         raise MediaError(f"{path}: the video stream has no frames")
-    return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames)
+    return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames,
+                     audio_codec)
 
 
 def analysis_size(info: MediaInfo, max_side: int) -> tuple[int, int]:

@@ -12,7 +12,8 @@ Frames whose step has no face keep the panel and lose only the face overlays; no
 Python draws one transparent RGBA layer per analysis step (4 per second, not one per frame);
 a single ffmpeg process decodes the input, composites each frame with the layer of the latest
 step at or before it (``overlay`` filter) and encodes (H.264, yuv420p, ``+faststart``: plays in
-browsers), with the same ffmpeg the pipeline uses.
+browsers), with the same ffmpeg the pipeline uses. AAC or MP3 audio is copied, other audio is
+encoded to AAC. The heat map is warped and coloured by Pillow (matplotlib's own dependency).
 """
 from __future__ import annotations
 
@@ -24,20 +25,13 @@ from pathlib import Path
 import ffmpeg  # ffmpeg-python
 import numpy as np
 
-from .align import warp
 from .demux import _short_reason, ffmpeg_exe
 from .errors import MediaError
 from .pipeline import nearest_index
 
 PANEL_ALPHA = 0.6
 HEAT_ALPHA = 0.5
-
-
-def _colormap() -> np.ndarray:
-    import matplotlib
-
-    return (matplotlib.colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(
-        np.uint8)
+COPY_AUDIO = ("aac", "mp3")
 
 
 def _text(label: str, height: int) -> np.ndarray:
@@ -62,36 +56,66 @@ def _fill(layer: np.ndarray, y0, y1, x0, x1, colour) -> None:
         layer[y0:y1, x0:x1] = colour
 
 
-def _heat_patch(att: np.ndarray, matrix_display: np.ndarray, crop_size: int,
-                layer: np.ndarray, cmap: np.ndarray) -> None:
-    """Draw a step's attention map (h', w'), warped from crop space onto the frame, into the
-    RGBA ``layer`` (straight alpha)."""
-    hh, ww = att.shape
-    heat = att / att.max() if att.max() > 0 else att
+def _heat_geometry(att_shape: tuple[int, int], matrix_display: np.ndarray,
+                   crop_size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The 3x3 map from attention cells to frame pixels, and the (x0, y0, x1, y1) frame
+    rectangle (unclipped) the map covers."""
+    hh, ww = att_shape
     cell = crop_size / hh
     heat_to_crop = np.array([[cell, 0, cell / 2 - 0.5], [0, cell, cell / 2 - 0.5], [0, 0, 1]])
     crop_to_frame = np.linalg.inv(np.vstack([matrix_display, [0, 0, 1]]))
     heat_to_frame = crop_to_frame @ heat_to_crop
     corners = np.array([[-0.5, -0.5, 1], [ww - 0.5, -0.5, 1], [-0.5, hh - 0.5, 1],
                         [ww - 0.5, hh - 0.5, 1]]) @ heat_to_frame.T
-    fh, fw = layer.shape[:2]
     x0, y0 = np.floor(corners[:, :2].min(0)).astype(int)
     x1, y1 = np.ceil(corners[:, :2].max(0)).astype(int)
+    return heat_to_frame, (int(x0), int(y0), int(x1), int(y1))
+
+
+def _heat_patch(att: np.ndarray, matrix_display: np.ndarray, crop_size: int,
+                layer: np.ndarray, palette: bytes) -> None:
+    """Draw a step's attention map (h', w'), warped from crop space onto the frame, into the
+    RGBA ``layer`` (straight alpha)."""
+    heat = att / att.max() if att.max() > 0 else att
+    heat_to_frame, (x0, y0, x1, y1) = _heat_geometry(att.shape, matrix_display, crop_size)
+    fh, fw = layer.shape[:2]
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, fw), min(y1, fh)
     if x1 <= x0 or y1 <= y0:
         return
-    # warped at half the frame's resolution (the map is 16x16 cells) and repeated 2x2;
     # padded by one cell of zeros so it fades at the crop's edge instead of smearing
-    shift = np.array([[0.5, 0, -x0 / 2 - 0.25], [0, 0.5, -y0 / 2 - 0.25], [0, 0, 1]])
-    m = (shift @ heat_to_frame @ np.array([[1, 0, -1], [0, 1, -1], [0, 0, 1]]))[:2]
-    src = np.pad(np.stack([heat, np.ones_like(heat)], -1).astype(np.float32),
-                 ((1, 1), (1, 1), (0, 0)))
-    half = warp(src, m, ((y1 - y0 + 1) // 2, (x1 - x0 + 1) // 2))
-    out = half.repeat(2, 0).repeat(2, 1)[: y1 - y0, : x1 - x0]
-    level = np.clip(out[..., 0], 0, 1)
-    layer[y0:y1, x0:x1, :3] = cmap[(level * 255).astype(np.int64)]
-    alpha = HEAT_ALPHA * np.sqrt(level) * np.clip(out[..., 1], 0, 1)
-    layer[y0:y1, x0:x1, 3] = np.rint(alpha * 255).astype(np.uint8)
+    m = (np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]]) @ heat_to_frame
+         @ np.array([[1, 0, -1], [0, 1, -1], [0, 0, 1]]))[:2]
+    levels = np.pad(np.rint(np.clip(heat, 0, 1) * 255).astype(np.uint8), 1)
+    layer[y0:y1, x0:x1] = _warp_coloured(levels, m, (y1 - y0, x1 - x0), palette)
+
+
+def heat_palette(name: str = "inferno") -> bytes:
+    """RGBA palette of the heat map: the colour map, faint where attention is low and
+    HEAT_ALPHA opaque at the peak."""
+    import matplotlib
+
+    level = np.linspace(0, 1, 256)
+    rgba = matplotlib.colormaps[name](level)
+    rgba[:, 3] = HEAT_ALPHA * np.sqrt(level)
+    return np.rint(rgba * 255).astype(np.uint8).tobytes()
+
+
+def _warp_coloured(levels: np.ndarray, matrix: np.ndarray, size: tuple[int, int],
+                   palette: bytes) -> np.ndarray:
+    """Warp a uint8 H x W map of levels like ``align.warp`` (bilinear, 0 outside) and colour
+    it through an RGBA ``palette``, all inside Pillow (the heat map covers the whole face at
+    full resolution; numpy is ~7x slower there). Returns size x 4 uint8."""
+    from PIL import Image
+
+    # Pillow samples pixel centres at +0.5 (align.warp: at integers); shift in and out
+    to_source = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))
+    centre = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    coeffs = (centre @ to_source @ np.linalg.inv(centre))[:2].ravel()
+    out = Image.fromarray(levels, mode="L").transform(
+        (size[1], size[0]), Image.Transform.AFFINE, tuple(coeffs),
+        resample=Image.Resampling.BILINEAR)
+    out.putpalette(palette, rawmode="RGBA")
+    return np.asarray(out.convert("RGBA"))
 
 
 class _Panel:
@@ -160,13 +184,24 @@ def _nearest_filled(rows: np.ndarray) -> np.ndarray:
     return nearest_index(~np.isnan(rows.reshape(len(rows), -1)).any(1))
 
 
+def _even_rect(x0, y0, x1, y1, width: int, height: int) -> tuple[int, int, int, int]:
+    """The rectangle clipped to the frame, widened to even corners (yuv420p overlays are placed
+    on even pixels)."""
+    x0, y0 = max(0, int(x0)) // 2 * 2, max(0, int(y0)) // 2 * 2
+    x1, y1 = min(width, -(-int(np.ceil(x1)) // 2) * 2), min(height, -(-int(np.ceil(y1)) // 2) * 2)
+    return x0, y0, max(x1, x0), max(y1, y0)
+
+
 class _Layers:
-    """Draws the RGBA layer (H x W x 4, straight alpha) shown over the frames of each step."""
+    """Draws what is shown over the frames of each step: the face (heat map and box) and the
+    panel, each in a fixed rectangle of the frame (RGBA, straight alpha). Only those rectangles
+    go to ffmpeg, stacked into one image per step (the face's above the panel's), so ffmpeg
+    blends a face-sized and a panel-sized region per frame, not the whole frame."""
 
     def __init__(self, annotation):
         self.a = annotation
         info, steps = annotation.info, annotation.steps
-        self.cmap = _colormap()
+        self.palette = heat_palette()
         self.panel = _Panel(info.width, info.height, list(annotation.targets))
         self.vis = steps.visual_attention
         self.vis_idx = _nearest_filled(self.vis) if self.vis is not None else None
@@ -175,24 +210,56 @@ class _Layers:
         track = annotation.track
         self.scale = track.frame_size[0] / info.width if track is not None else 1.0
         self.show_face = annotation.source in ("av", "video") and track is not None
+        self.thickness = max(2, info.width // 256)
+        p = self.panel
+        self.regions = {"panel": _even_rect(p.x, p.y, p.x + p.w, p.y + p.h, info.width,
+                                            info.height)}
+        face = self._face_rect()
+        if face is not None:
+            self.regions = {"face": face, **self.regions}
+        self.canvas = (sum(r[3] - r[1] for r in self.regions.values()),
+                       max(r[2] - r[0] for r in self.regions.values()))
+        self.layer = np.zeros((info.height, info.width, 4), np.uint8)
+
+    def _face_rect(self):
+        """The frame rectangle holding every step's heat map and face box (None: no face)."""
+        a, track = self.a, self.a.track
+        if not self.show_face or not np.any(a.face):
+            return None
+        to_analysis = np.diag([self.scale, self.scale, 1.0])
+        rects = [track.boxes[k] / self.scale + [-1, -1, 1, 1] for k in np.flatnonzero(a.face)]
+        if self.vis is not None:
+            rects += [_heat_geometry(self.vis.shape[1:], track.matrices[k] @ to_analysis,
+                                     track.crops.shape[1])[1] for k in np.flatnonzero(a.face)]
+        rects = np.asarray(rects, np.float64)
+        rect = _even_rect(*rects[:, :2].min(0), *rects[:, 2:].max(0), self.a.info.width,
+                          self.a.info.height)
+        return rect if rect[2] > rect[0] and rect[3] > rect[1] else None
 
     def draw(self, k: int) -> np.ndarray:
-        a, info, track = self.a, self.a.info, self.a.track
-        layer = np.zeros((info.height, info.width, 4), np.uint8)
-        if self.show_face and a.face[k]:
+        """The regions of step ``k``, stacked: canvas-sized RGBA."""
+        a, info, track, layer = self.a, self.a.info, self.a.track, self.layer
+        for x0, y0, x1, y1 in self.regions.values():
+            layer[y0:y1, x0:x1] = 0
+        if "face" in self.regions and a.face[k]:
             to_analysis = np.diag([self.scale, self.scale, 1.0])
             if self.vis is not None:
                 _heat_patch(self.vis[self.vis_idx[k]], track.matrices[k] @ to_analysis,
-                            track.crops.shape[1], layer, self.cmap)
+                            track.crops.shape[1], layer, self.palette)
             bx0, by0, bx1, by1 = track.boxes[k] / self.scale
-            th = max(2, info.width // 256)
+            th = self.thickness
             for ys, ye, xs, xe in ((by0, by0 + th, bx0, bx1), (by1 - th, by1, bx0, bx1),
                                    (by0, by1, bx0, bx0 + th), (by0, by1, bx1 - th, bx1)):
                 _fill(layer, ys, ye, xs, xe, (60, 220, 90, 255))
         values = {t: float(a.step_values[k, a.targets.index(t)]) for t in self.panel.targets}
         self.panel.draw(layer, values,
                         self.aud[self.aud_idx[k]] if self.aud is not None else None)
-        return layer
+        canvas = np.zeros((*self.canvas, 4), np.uint8)
+        top = 0
+        for x0, y0, x1, y1 in self.regions.values():
+            canvas[top:top + y1 - y0, : x1 - x0] = layer[y0:y1, x0:x1]
+            top += y1 - y0
+        return canvas
 
 
 def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
@@ -201,19 +268,27 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
     if not info.has_video:
         raise MediaError(f"{info.path}: audio-only input; no overlay video to make")
     path = Path(path)
-    width, height = info.width, info.height
     n_steps = len(annotation.face)
     layers_of = _Layers(annotation)
     main = ffmpeg.input(str(info.path))
-    layers = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgba", s=f"{width}x{height}",
-                          framerate=annotation.rate)
-    video = (ffmpeg.overlay(main.video, layers, eof_action="repeat")
-             .filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2"))
-    streams = [video, main.audio] if info.has_audio else [video]
+    canvas_h, canvas_w = layers_of.canvas
+    layers = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgba",
+                          s=f"{canvas_w}x{canvas_h}", framerate=annotation.rate)
+    parts = layers.split()
+    video, top = main.video, 0
+    for i, (x0, y0, x1, y1) in enumerate(layers_of.regions.values()):
+        part = parts[i].crop(0, top, x1 - x0, y1 - y0)
+        video = ffmpeg.overlay(video, part, x=x0, y=y0, eof_action="repeat")
+        top += y1 - y0
+    video = video.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")
+    streams = [video, main["a:0"]] if info.has_audio else [video]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
+    # AAC and MP3 play in browsers from MP4 as they are: copied, not re-encoded (ffmpeg's AAC
+    # encoder would otherwise be a third of the overlay's time)
+    acodec = "copy" if info.audio_codec in COPY_AUDIO else "aac"
     args = (ffmpeg.output(*streams, str(tmp), vcodec="libx264", preset="ultrafast", crf=crf,
-                          pix_fmt="yuv420p", acodec="aac", movflags="+faststart")
+                          pix_fmt="yuv420p", acodec=acodec, movflags="+faststart")
             .global_args("-nostdin", "-v", "error", "-y").compile(cmd=ffmpeg_exe()))
     with tempfile.TemporaryFile() as errf:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=errf)

@@ -22,6 +22,7 @@ from avemo_cli.demux import ffmpeg_exe, probe
 
 def build_video(shared: Path, seconds: int, out: Path) -> Path:
     """Alternate the two 8 s 25 fps studio clips (H.264 + AAC) up to ``seconds``."""
+    shared = shared.resolve()  # the concat list is read relative to its own folder
     clips = [shared / "videos" / "WDA_KatieHill_000.mp4",
              shared / "videos" / "WDA_AlexandriaOcasioCortez_000.mp4"]
     base = out.with_name("base64s.mp4")

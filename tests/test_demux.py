@@ -23,6 +23,7 @@ def test_probe_real_videos(name):
                               str(path)], capture_output=True, text=True).stdout
         assert info.n_frames == int(out.strip())
     assert info.has_audio == (name != "woman2_noaudio.mp4")
+    assert info.audio_codec == ("" if name == "woman2_noaudio.mp4" else "aac")
     assert info.fps > 20 and info.duration > 4
 
 
@@ -37,7 +38,7 @@ def test_frames_are_resampled_and_scaled_by_ffmpeg():
 
 def test_audio_is_16k_mono_float():
     info = demux.probe(shared_file("crema-d", "1002_DFA_HAP_XX.mp3"))
-    assert not info.has_video and info.has_audio
+    assert not info.has_video and info.has_audio and info.audio_codec == "mp3"
     x = demux.read_audio(info)
     assert x.dtype == np.float32 and abs(len(x) / 16000 - info.duration) < 0.1
     assert 0.001 < np.abs(x).max() <= 1.0

@@ -50,6 +50,53 @@ def test_overlay_video_matches_the_input(overlay_run):
     assert "h264" in header and "yuv420p" in header
 
 
+def audio_packets_md5(path) -> str:
+    """MD5 of the first audio stream's coded packets (a stream copy, nothing decoded)."""
+    return subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a:0",
+                           "-c", "copy", "-f", "md5", "-"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_overlay_copies_aac_audio_untouched(overlay_run):
+    video, out, *_ = overlay_run
+    assert audio_packets_md5(out / "WDA_KatieHill_000.avemo.mp4") == audio_packets_md5(video)
+
+
+def test_overlay_encodes_other_audio_to_aac_and_keeps_odd_sizes(tmp_path, tiny_ckpt):
+    mkv = tmp_path / "odd.mkv"  # 333x241 lossless video, PCM audio: neither plays in MP4
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=333x241:rate=25:duration=2", "-f", "lavfi",
+           "-i", "sine=frequency=440:duration=2", "-c:v", "ffv1", "-c:a", "pcm_s16le", str(mkv))
+    code, _, err = run("annotate", mkv, "-o", tmp_path, "--weights", tiny_ckpt, "--overlay")
+    assert code == 0, err
+    mp4 = tmp_path / "odd.avemo.mp4"
+    ov = probe(mp4)
+    assert ov.audio_codec == "aac" and abs(ov.duration - 2) < 0.1
+    assert (ov.width, ov.height) == (334, 242)  # yuv420p needs even sizes: padded by one
+    assert decoded_frame_count(mp4) == 50
+
+
+def test_only_the_face_and_panel_regions_are_composited(tiny_ckpt):
+    from avemo_cli.overlay import _Layers
+
+    ann = Annotator(tiny_ckpt, device="cpu").annotate(shared_file("videos",
+                                                                  "WDA_KatieHill_000.mp4"))
+    layers = _Layers(ann)
+    fx0, fy0, fx1, fy1 = layers.regions["face"]
+    scale = ann.track.frame_size[0] / ann.info.width
+    boxes = ann.track.boxes[ann.face] / scale
+    assert fx0 <= boxes[:, 0].min() and fy0 <= boxes[:, 1].min()
+    assert fx1 >= min(512, boxes[:, 2].max()) and fy1 >= min(512, boxes[:, 3].max())
+    assert all(v % 2 == 0 for v in (fx0, fy0))
+    canvas = layers.draw(16)
+    assert canvas.shape == (*layers.canvas, 4)
+    assert canvas.shape[0] * canvas.shape[1] < 0.75 * 512 * 512
+    # what is drawn outside the regions would be lost: nothing is
+    outside = layers.layer.copy()
+    for x0, y0, x1, y1 in layers.regions.values():
+        outside[y0:y1, x0:x1] = 0
+    assert not outside.any()
+
+
 def test_heat_map_lies_on_the_face(overlay_run, tiny_ckpt):
     video, out, *_ = overlay_run
     ann = Annotator(tiny_ckpt, device="cpu").annotate(video)
