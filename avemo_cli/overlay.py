@@ -111,7 +111,7 @@ def _warp_coloured(levels: np.ndarray, matrix: np.ndarray, size: tuple[int, int]
     to_source = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))
     centre = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
     coeffs = (centre @ to_source @ np.linalg.inv(centre))[:2].ravel()
-    out = Image.fromarray(levels, mode="L").transform(
+    out = Image.fromarray(levels).transform(  # uint8 2-D: mode "L"
         (size[1], size[0]), Image.Transform.AFFINE, tuple(coeffs),
         resample=Image.Resampling.BILINEAR)
     out.putpalette(palette, rawmode="RGBA")

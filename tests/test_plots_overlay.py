@@ -159,3 +159,21 @@ def test_audio_only_input_gets_a_plot_but_no_overlay(tmp_path, tiny_ckpt):
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["03a01Fa.avemo.csv",
                                                           "03a01Fa.avemo.png"]
+
+
+def test_heat_warp_matches_the_alignment_warp():
+    """The heat map is warped by Pillow (pixel centres at +0.5), the face by align.warp
+    (centres at integers): the same matrix must put values in the same place."""
+    from avemo_cli.align import warp
+    from avemo_cli.overlay import _warp_coloured
+
+    levels = np.pad(np.random.default_rng(0).integers(0, 256, (12, 12), dtype=np.uint8), 1)
+    th, s = 0.3, 11.0
+    m = np.array([[s * np.cos(th), -s * np.sin(th), 20.0], [s * np.sin(th), s * np.cos(th), 5.0]])
+    grey = bytes(np.repeat(np.arange(256, dtype=np.uint8), 4))  # the level in R, G, B and A
+    ours = _warp_coloured(levels, m, (200, 220), grey)
+    assert ours.shape == (200, 220, 4) and (ours[..., 0] == ours[..., 3]).all()
+    ref = warp(levels, m, (200, 220)).astype(int)
+    inside = warp(np.ones(levels.shape, np.float32), m, (200, 220)) > 0.999
+    assert inside.sum() > 10000
+    assert np.abs(ours[..., 0].astype(int) - ref)[inside].max() <= 1
