@@ -32,6 +32,7 @@ from .pipeline import nearest_index
 PANEL_ALPHA = 0.6
 HEAT_ALPHA = 0.5
 COPY_AUDIO = ("aac", "mp3")
+MERGE_RATIO = 1.3  # one region instead of two when their bounding box is at most this larger
 
 
 def _text(label: str, height: int) -> np.ndarray:
@@ -192,11 +193,16 @@ def _even_rect(x0, y0, x1, y1, width: int, height: int) -> tuple[int, int, int, 
     return x0, y0, max(x1, x0), max(y1, y0)
 
 
+def _area(rect) -> int:
+    return (rect[2] - rect[0]) * (rect[3] - rect[1])
+
+
 class _Layers:
     """Draws what is shown over the frames of each step: the face (heat map and box) and the
     panel, each in a fixed rectangle of the frame (RGBA, straight alpha). Only those rectangles
-    go to ffmpeg, stacked into one image per step (the face's above the panel's), so ffmpeg
-    blends a face-sized and a panel-sized region per frame, not the whole frame."""
+    go to ffmpeg, stacked into one image per step (the face's above the panel's; one rectangle
+    holding both when they nearly touch), so ffmpeg blends face- and panel-sized regions per
+    frame, not the whole frame."""
 
     def __init__(self, annotation):
         self.a = annotation
@@ -212,13 +218,18 @@ class _Layers:
         self.show_face = annotation.source in ("av", "video") and track is not None
         self.thickness = max(2, info.width // 256)
         p = self.panel
-        self.regions = {"panel": _even_rect(p.x, p.y, p.x + p.w, p.y + p.h, info.width,
-                                            info.height)}
-        face = self._face_rect()
-        if face is not None:
-            self.regions = {"face": face, **self.regions}
-        self.canvas = (sum(r[3] - r[1] for r in self.regions.values()),
-                       max(r[2] - r[0] for r in self.regions.values()))
+        panel = _even_rect(p.x, p.y, p.x + p.w, p.y + p.h, info.width, info.height)
+        self.face_rect = self._face_rect()
+        self.regions = [panel] if self.face_rect is None else [self.face_rect, panel]
+        if self.face_rect is not None:
+            # each region costs ffmpeg a fixed amount per frame besides its pixels: one region
+            # when the two nearly touch
+            union = (*np.minimum(self.face_rect[:2], panel[:2]).tolist(),
+                     *np.maximum(self.face_rect[2:], panel[2:]).tolist())
+            if _area(union) <= MERGE_RATIO * (_area(self.face_rect) + _area(panel)):
+                self.regions = [union]
+        self.canvas = (sum(r[3] - r[1] for r in self.regions),
+                       max(r[2] - r[0] for r in self.regions))
         self.layer = np.zeros((info.height, info.width, 4), np.uint8)
 
     def _face_rect(self):
@@ -239,9 +250,9 @@ class _Layers:
     def draw(self, k: int) -> np.ndarray:
         """The regions of step ``k``, stacked: canvas-sized RGBA."""
         a, info, track, layer = self.a, self.a.info, self.a.track, self.layer
-        for x0, y0, x1, y1 in self.regions.values():
+        for x0, y0, x1, y1 in self.regions:
             layer[y0:y1, x0:x1] = 0
-        if "face" in self.regions and a.face[k]:
+        if self.face_rect is not None and a.face[k]:
             to_analysis = np.diag([self.scale, self.scale, 1.0])
             if self.vis is not None:
                 _heat_patch(self.vis[self.vis_idx[k]], track.matrices[k] @ to_analysis,
@@ -256,7 +267,7 @@ class _Layers:
                         self.aud[self.aud_idx[k]] if self.aud is not None else None)
         canvas = np.zeros((*self.canvas, 4), np.uint8)
         top = 0
-        for x0, y0, x1, y1 in self.regions.values():
+        for x0, y0, x1, y1 in self.regions:
             canvas[top:top + y1 - y0, : x1 - x0] = layer[y0:y1, x0:x1]
             top += y1 - y0
         return canvas
@@ -276,7 +287,7 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
                           s=f"{canvas_w}x{canvas_h}", framerate=annotation.rate)
     parts = layers.split()
     video, top = main.video, 0
-    for i, (x0, y0, x1, y1) in enumerate(layers_of.regions.values()):
+    for i, (x0, y0, x1, y1) in enumerate(layers_of.regions):
         part = parts[i].crop(0, top, x1 - x0, y1 - y0)
         video = ffmpeg.overlay(video, part, x=x0, y=y0, eof_action="repeat")
         top += y1 - y0

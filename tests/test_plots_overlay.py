@@ -81,18 +81,20 @@ def test_only_the_face_and_panel_regions_are_composited(tiny_ckpt):
     ann = Annotator(tiny_ckpt, device="cpu").annotate(shared_file("videos",
                                                                   "WDA_KatieHill_000.mp4"))
     layers = _Layers(ann)
-    fx0, fy0, fx1, fy1 = layers.regions["face"]
+    fx0, fy0, fx1, fy1 = layers.face_rect
     scale = ann.track.frame_size[0] / ann.info.width
     boxes = ann.track.boxes[ann.face] / scale
     assert fx0 <= boxes[:, 0].min() and fy0 <= boxes[:, 1].min()
     assert fx1 >= min(512, boxes[:, 2].max()) and fy1 >= min(512, boxes[:, 3].max())
     assert all(v % 2 == 0 for v in (fx0, fy0))
+    assert any(r[0] <= fx0 and r[1] <= fy0 and r[2] >= fx1 and r[3] >= fy1
+               for r in layers.regions)
     canvas = layers.draw(16)
     assert canvas.shape == (*layers.canvas, 4)
     assert canvas.shape[0] * canvas.shape[1] < 0.75 * 512 * 512
     # what is drawn outside the regions would be lost: nothing is
     outside = layers.layer.copy()
-    for x0, y0, x1, y1 in layers.regions.values():
+    for x0, y0, x1, y1 in layers.regions:
         outside[y0:y1, x0:x1] = 0
     assert not outside.any()
 
