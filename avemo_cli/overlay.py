@@ -9,9 +9,10 @@ Every frame of the input, at its own size and frame rate, with the original audi
   the current clip (newest step highlighted).
 Frames whose step has no face keep the panel and lose only the face overlays; none is dropped.
 
-Python draws one transparent RGBA layer per analysis step (4 per second, not one per frame);
-a single ffmpeg process decodes the input, composites each frame with the layer of the latest
-step at or before it (``overlay`` filter) and encodes (H.264, yuv420p, ``+faststart``: plays in
+Python draws one transparent RGBA layer per analysis step (4 per second, not one per frame),
+holding only the frame regions that change (the face's, the panel's); a single ffmpeg process
+decodes the input, composites each frame with the regions of the latest step at or before it
+(``overlay`` filters) and encodes (H.264, yuv420p, ``+faststart``: plays in
 browsers), with the same ffmpeg the pipeline uses. AAC or MP3 audio is copied, other audio is
 encoded to AAC. The heat map is warped and coloured by Pillow (matplotlib's own dependency).
 """
@@ -249,7 +250,7 @@ class _Layers:
 
     def draw(self, k: int) -> np.ndarray:
         """The regions of step ``k``, stacked: canvas-sized RGBA."""
-        a, info, track, layer = self.a, self.a.info, self.a.track, self.layer
+        a, track, layer = self.a, self.a.track, self.layer
         for x0, y0, x1, y1 in self.regions:
             layer[y0:y1, x0:x1] = 0
         if self.face_rect is not None and a.face[k]:
