@@ -25,6 +25,7 @@ from . import demux
 from .audio import AudioFeatures
 from .faces import FaceTrack, shared_backend
 from .pipeline import Features, FeatureSettings, extract
+from .writer import atomic_path
 
 CACHE_VERSION = 2  # 2: analysis frames scaled up to max_side too
 
@@ -66,14 +67,8 @@ class FeatureCache:
             return None  # missing or damaged (e.g. truncated): recompute
 
     def _write(self, path: Path, arrays: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
     def load(self, media: Path, settings: FeatureSettings, want_audio: bool, want_visual: bool,
              digest: str | None = None) -> Features | None:

@@ -17,6 +17,7 @@ import torch
 
 from .errors import CheckpointError
 from .model import AVModel, ModelConfig
+from .writer import atomic_path
 
 FORMAT = "avemo-checkpoint"
 VERSION = 1
@@ -46,13 +47,8 @@ def save_checkpoint(path: str | os.PathLike, model: AVModel, postprocess: dict |
         "provenance": provenance or {},
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"avemo": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -18,7 +18,6 @@ encoded to AAC. The heat map is warped and coloured by Pillow (matplotlib's own 
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from .demux import _short_reason, ffmpeg_exe
 from .errors import MediaError
 from .pipeline import nearest_index
+from .writer import atomic_path
 
 PANEL_ALPHA = 0.6
 HEAT_ALPHA = 0.5
@@ -294,15 +294,13 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
         top += y1 - y0
     video = video.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")
     streams = [video, main["a:0"]] if info.has_audio else [video]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
     # AAC and MP3 play in browsers from MP4 as they are: copied, not re-encoded (ffmpeg's AAC
-    # encoder would otherwise be a third of the overlay's time)
+    # encoder would otherwise be a quarter of the overlay's time)
     acodec = "copy" if info.audio_codec in COPY_AUDIO else "aac"
-    args = (ffmpeg.output(*streams, str(tmp), vcodec="libx264", preset="ultrafast", crf=crf,
-                          pix_fmt="yuv420p", acodec=acodec, movflags="+faststart")
-            .global_args("-nostdin", "-v", "error", "-y").compile(cmd=ffmpeg_exe()))
-    with tempfile.TemporaryFile() as errf:
+    with atomic_path(path, ".mp4") as tmp, tempfile.TemporaryFile() as errf:
+        args = (ffmpeg.output(*streams, str(tmp), vcodec="libx264", preset="ultrafast", crf=crf,
+                              pix_fmt="yuv420p", acodec=acodec, movflags="+faststart")
+                .global_args("-nostdin", "-v", "error", "-y").compile(cmd=ffmpeg_exe()))
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=errf)
         try:
             for k in range(n_steps):
@@ -314,12 +312,9 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
         except BaseException:
             proc.kill()
             proc.wait()
-            tmp.unlink(missing_ok=True)
             raise
         if code != 0:
-            tmp.unlink(missing_ok=True)
             errf.seek(0)
             raise MediaError(f"{info.path}: overlay video failed "
                              f"({_short_reason(errf.read().decode('utf-8', 'replace'))})")
-    os.replace(tmp, path)
     return path

@@ -120,12 +120,7 @@ def plot_ccc_summary(per_sequence: dict[str, dict[str, dict[str, float]]], path:
 
 def _save(fig, path: Path) -> None:
     """Atomic PNG write (temporary name, then rename)."""
-    import os
+    from .writer import atomic_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
+    with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

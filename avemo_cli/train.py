@@ -17,7 +17,6 @@ optimiser and counters for ``--resume``; loaded with ``weights_only=True``), ``m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from .model import AVModel, ModelConfig
 from .pipeline import Features, FeatureSettings, predict_features, resolve_device
 from .postprocess import fit_chain
 from .predict import clip_steps
+from .writer import atomic_path
 
 
 @dataclass
@@ -327,11 +327,10 @@ def _batch_loss(model: AVModel, batch: dict, cfg: ModelConfig, kind: str) -> tor
 
 
 def _save_state(path: Path, model, optim, cfg, epoch, best, best_epoch) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
-                "config": cfg.to_dict(), "epoch": epoch, "best": float(best),
-                "best_epoch": best_epoch}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
+                    "config": cfg.to_dict(), "epoch": epoch, "best": float(best),
+                    "best_epoch": best_epoch}, tmp)
 
 
 def _truncate_log(path: Path, epochs: int) -> None:

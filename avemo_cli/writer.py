@@ -9,7 +9,9 @@ predict is an empty column. The file appears under its final name only once it i
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -41,21 +43,31 @@ def frame_table(step_values: np.ndarray, targets: list[str], rate: float,
     return pd.DataFrame(table, columns=COLUMNS)
 
 
-def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``table`` to ``path`` atomically (a temporary file in the same folder, renamed)."""
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends
+    without an error, removed in every case, so ``path`` is never seen half-written. ``suffix``
+    ends the temporary name, for writers that pick the format by extension (".png", ".mp4").
+    Every avemo output (CSVs, figures, videos, checkpoints, cache entries) is written so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``table`` to ``path`` atomically (a temporary file in the same folder, renamed)."""
     out = table.copy()
     out["time"] = out["time"].map("{:.3f}".format)
     for name in TARGET_COLUMNS:
         out[name] = out[name].map(lambda v: "" if np.isnan(v) else f"{v:.4f}")
-    try:
+    with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:

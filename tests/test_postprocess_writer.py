@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from avemo_cli.pipeline import fill_gaps
 from avemo_cli.postprocess import apply_chain, apply_postprocess, median_filter, shift_forward
@@ -84,3 +85,19 @@ def test_fit_chain_ignores_unscored_sequences():
     prm = fit_chain(pred, gold)
     assert np.isfinite(prm["bias"]) and np.isfinite(prm["dev_ccc"])
     assert prm["dev_ccc"] > prm["dev_ccc_raw"]
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    from avemo_cli.writer import atomic_path
+
+    target = tmp_path / "sub" / "out.png"
+    with atomic_path(target, ".png") as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".png")
+        tmp.write_text("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, ".png") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+    assert target.read_text() == "first"  # the earlier complete file is kept
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.png"]
