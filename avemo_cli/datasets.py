@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .batch import MEDIA_EXTS
+from .batch import MEDIA_EXTS, find_media
 from .errors import AvemoError
 
 LAYOUTS = ("avec2017", "generic", "categorical")
@@ -169,8 +169,7 @@ def _split_table(path: Path) -> dict[str, str]:
 def load_generic(root: Path, split: Path | None = None) -> list[Sequence]:
     table = _split_table(split) if split else None
     seqs = []
-    media = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in MEDIA_EXTS
-             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    media = sorted(find_media(root))
     stems_with_media = set()
     for m in media:
         rel = m.relative_to(root).with_suffix("").as_posix()
@@ -202,9 +201,7 @@ def load_categorical(root: Path) -> list[Sequence]:
     from .categorical import EMOTION_VA
 
     seqs = []
-    for m in sorted(root.rglob("*")):
-        if m.suffix.lower() not in MEDIA_EXTS or m.name.startswith("."):
-            continue
+    for m in sorted(find_media(root)):
         parts = m.relative_to(root).parts
         part = _folder_partition(parts)
         emotion = parts[-2].lower() if len(parts) >= 2 else ""
