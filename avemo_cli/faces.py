@@ -140,13 +140,14 @@ class FaceTrack:
     tracked: int = 0  # steps whose face came from tracking alone
 
 
-def _area(b: Box) -> float:
+def box_area(b: Box) -> float:
+    """Area of an (x0, y0, x1, y1) box (0 when empty)."""
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 
 
 def iou(a: Box, b: Box) -> float:
-    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-    union = _area(a) + _area(b) - inter
+    inter = box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = box_area(a) + box_area(b) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -174,7 +175,7 @@ def _box_on(lm: np.ndarray, rel: np.ndarray) -> Box:
 def _plausible(new: Box, old: Box, shape: tuple[int, ...]) -> bool:
     h, w = shape[:2]
     cx, cy = (new[0] + new[2]) / 2, (new[1] + new[3]) / 2
-    ratio = (_area(new) / _area(old)) ** 0.5 if _area(old) > 0 else 0.0
+    ratio = (box_area(new) / box_area(old)) ** 0.5 if box_area(old) > 0 else 0.0
     return 0 <= cx < w and 0 <= cy < h and 0.8 <= ratio <= 1.25 and iou(new, old) >= 0.5
 
 
@@ -209,7 +210,7 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
                 keep = [b for b in candidates if iou(b, box) >= 0.3]
                 candidates = keep or candidates
             if candidates:
-                box = max(candidates, key=_area)
+                box = max(candidates, key=box_area)
                 lm = backend.landmarks(frame, box)
                 rel = _relation(box, lm)
             else:

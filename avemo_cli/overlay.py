@@ -27,6 +27,7 @@ import numpy as np
 
 from .demux import _short_reason, ffmpeg_exe
 from .errors import MediaError
+from .faces import box_area
 from .pipeline import nearest_index
 from .writer import atomic_path
 
@@ -194,10 +195,6 @@ def _even_rect(x0, y0, x1, y1, width: int, height: int) -> tuple[int, int, int, 
     return x0, y0, max(x1, x0), max(y1, y0)
 
 
-def _area(rect) -> int:
-    return (rect[2] - rect[0]) * (rect[3] - rect[1])
-
-
 class _Layers:
     """Draws what is shown over the frames of each step: the face (heat map and box) and the
     panel, each in a fixed rectangle of the frame (RGBA, straight alpha). Only those rectangles
@@ -227,7 +224,7 @@ class _Layers:
             # when the two nearly touch
             union = (*np.minimum(self.face_rect[:2], panel[:2]).tolist(),
                      *np.maximum(self.face_rect[2:], panel[2:]).tolist())
-            if _area(union) <= MERGE_RATIO * (_area(self.face_rect) + _area(panel)):
+            if box_area(union) <= MERGE_RATIO * (box_area(self.face_rect) + box_area(panel)):
                 self.regions = [union]
         self.canvas = (sum(r[3] - r[1] for r in self.regions),
                        max(r[2] - r[0] for r in self.regions))
