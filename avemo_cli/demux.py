@@ -184,8 +184,8 @@ def read_audio(info: MediaInfo, sample_rate: int = AUDIO_RATE) -> np.ndarray:
     if not info.has_audio:
         raise MediaError(f"{info.path}: no audio track")
     args = (
-        ffmpeg.input(str(info.path))
-        .audio.output("pipe:", format="f32le", ac=1, ar=sample_rate)
+        ffmpeg.input(str(info.path))["a:0"]  # all audio streams would not fit one raw output
+        .output("pipe:", format="f32le", ac=1, ar=sample_rate)
         .global_args("-nostdin", "-v", "error")
         .compile(cmd=ffmpeg_exe())
     )

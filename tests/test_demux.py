@@ -44,6 +44,18 @@ def test_audio_is_16k_mono_float():
     assert 0.001 < np.abs(x).max() <= 1.0
 
 
+def test_only_the_first_of_several_audio_tracks_is_read(tmp_path):
+    two = tmp_path / "two.mp4"  # a 440 Hz track, then an 880 Hz one
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=2", "-f", "lavfi",
+           "-i", "sine=frequency=440:duration=2", "-f", "lavfi", "-i",
+           "sine=frequency=880:duration=2", "-map", "0", "-map", "1", "-map", "2",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(two))
+    x = demux.read_audio(demux.probe(two))
+    assert abs(len(x) / 16000 - 2) < 0.1
+    spectrum = np.abs(np.fft.rfft(x[4000:20000]))
+    assert abs(np.argmax(spectrum) - 440) < 5  # 16000 samples at 16 kHz: 1 Hz bins
+
+
 def test_no_audio_track_is_reported():
     info = demux.probe(shared_file("videos", "woman2_noaudio.mp4"))
     with pytest.raises(MediaError, match="woman2_noaudio.mp4: no audio track"):
