@@ -50,7 +50,8 @@ def _spans(ends: np.ndarray, t: int):
         i = j
 
 
-def _fill(values: np.ndarray, at: np.ndarray, n: int, nan_shape=()) -> np.ndarray:
+def _fill(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
+    """``values`` placed at rows ``at`` of an n-row array, NaN elsewhere."""
     out = np.full((n,) + values.shape[1:], np.nan, np.float32)
     out[at] = values
     return out

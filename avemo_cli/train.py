@@ -128,7 +128,7 @@ def training_samples(items: list[Prepared], cfg: ModelConfig, stride: int) -> np
         ok = ~np.isnan(p.gold).any(axis=1)
         if cfg.modality == "video":
             ok &= p.feats.face
-        if cfg.has_audio and p.feats.audio is None and cfg.modality == "audio":
+        if cfg.modality == "audio" and p.feats.audio is None:
             ok[:] = False
         steps = np.flatnonzero(ok)[::max(1, stride)]
         rows.append(np.stack([np.full(len(steps), i), steps], 1))
