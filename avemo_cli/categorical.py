@@ -6,7 +6,8 @@ the data README). Where a crowd vote distribution exists (FER+), the target is t
 (valence, arousal) under the votes. Any such mapping is an assumption; numbers that depend on it
 say so.
 
-Readers: EmoDB (speaker and emotion from the file name), CREMA-D (class from the file name,
+Readers: EmoDB (German), RAVDESS speech (English) and EMOVO (Italian), speaker and emotion from
+the file names; CREMA-D (class from the file name,
 crowd-rated class from its summary table), FER+ (``ferplus.npz``: its own train/valid/test
 splits; faces whose votes are mostly "unknown" or "not a face" dropped).
 """
@@ -30,9 +31,14 @@ EMOTION_VA = {
     "disgust": (-0.7, 0.2),
     "surprise": (0.2, 0.8),
     "contempt": (-0.5, 0.2),
+    "calm": (0.3, -0.5),
 }
 EMODB_LETTERS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness",
                  "T": "sadness", "N": "neutral"}
+RAVDESS_CODES = {"01": "neutral", "02": "calm", "03": "happiness", "04": "sadness", "05": "anger",
+                 "06": "fear", "07": "disgust", "08": "surprise"}
+EMOVO_CODES = {"dis": "disgust", "gio": "happiness", "neu": "neutral", "pau": "fear",
+               "rab": "anger", "sor": "surprise", "tri": "sadness"}
 CREMAD_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happiness",
                 "NEU": "neutral", "SAD": "sadness"}
 CREMAD_VOTES = {"A": "anger", "D": "disgust", "F": "fear", "H": "happiness", "N": "neutral",
@@ -49,6 +55,12 @@ class Clip:
     emotion: str
     valence: float
     arousal: float
+    corpus: str = ""
+
+
+def _clip(path: Path, corpus: str, speaker: str, emotion: str) -> Clip:
+    # speakers are named "<corpus>:<id>" so that ids never collide across corpora
+    return Clip(path, f"{corpus}:{speaker}", emotion, *EMOTION_VA[emotion], corpus=corpus)
 
 
 def emodb(folder: str | Path) -> list[Clip]:
@@ -58,9 +70,31 @@ def emodb(folder: str | Path) -> list[Clip]:
         letter = p.stem[5:6]
         if len(p.stem) != 7 or letter not in EMODB_LETTERS:
             continue
-        emo = EMODB_LETTERS[letter]
-        out.append(Clip(p, p.stem[:2], emo, *EMOTION_VA[emo]))
+        out.append(_clip(p, "emodb", p.stem[:2], EMODB_LETTERS[letter]))
     return out
+
+
+def ravdess(folder: str | Path) -> list[Clip]:
+    """RAVDESS speech ``Actor_NN/03-01-EE-II-SS-RR-AA.*``: emotion EE, actor AA."""
+    out = []
+    for p in sorted(Path(folder).glob("Actor_*/03-01-*.*")):
+        f = p.stem.split("-")
+        if len(f) == 7 and f[2] in RAVDESS_CODES:
+            out.append(_clip(p, "ravdess", f[6], RAVDESS_CODES[f[2]]))
+    return out
+
+
+def emovo(folder: str | Path) -> list[Clip]:
+    """EMOVO ``<spk>/<emo>-<spk>-<sentence>.*``: Italian emotion code, speaker."""
+    out = []
+    for p in sorted(Path(folder).glob("*/*-*-*.*")):
+        f = p.stem.split("-")
+        if len(f) == 3 and f[0] in EMOVO_CODES:
+            out.append(_clip(p, "emovo", f[1], EMOVO_CODES[f[0]]))
+    return out
+
+
+SPEECH_CORPORA = {"emodb": emodb, "ravdess": ravdess, "emovo": emovo}
 
 
 def cremad(folder: str | Path) -> list[tuple[Clip, str]]:
@@ -78,8 +112,7 @@ def cremad(folder: str | Path) -> list[tuple[Clip, str]]:
         parts = p.stem.split("_")
         if len(parts) < 3 or parts[2] not in CREMAD_CODES:
             continue
-        emo = CREMAD_CODES[parts[2]]
-        out.append((Clip(p, parts[0], emo, *EMOTION_VA[emo]), votes.get(p.stem, "")))
+        out.append((_clip(p, "cremad", parts[0], CREMAD_CODES[parts[2]]), votes.get(p.stem, "")))
     return out
 
 

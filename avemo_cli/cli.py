@@ -243,6 +243,11 @@ def extract(data, split, layout, cache, jobs, modality, faces_backend):
               type=click.Choice(["3d", "2d"]), help="Table 2 ablation.")
 @click.option("--clip-stride", default=1, show_default=True, type=click.IntRange(min=1),
               help="Train on clips ending at every Nth labelled step.")
+@click.option("--audio-norm", default="global", show_default=True,
+              type=click.Choice(["global", "recording"]),
+              help="Audio feature normalisation: training statistics only (the paper), or also "
+                   "each recording's own level and range (stored in the checkpoint; annotate "
+                   "and eval apply the same).")
 @click.option("--config", "config_json", default=None, type=click.Path(exists=True),
               help="JSON file of further model settings (layer widths, window, ...).")
 @click.option("--faces", "faces_backend", default="dlib", show_default=True,
@@ -253,7 +258,7 @@ def extract(data, split, layout, cache, jobs, modality, faces_backend):
 @click.option("-q", "--quiet", is_flag=True)
 def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batch_size, lr,
           loss, no_audio_attention, no_visual_attention, visual_backbone, clip_stride,
-          config_json, faces_backend, device, seed, resume, quiet):
+          audio_norm, config_json, faces_backend, device, seed, resume, quiet):
     """Train on a corpus with the paper's recipe; score each epoch on Devel (CCC)."""
     import json
 
@@ -270,7 +275,7 @@ def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batc
         targets=[t.strip() for t in targets.split(",") if t.strip()], epochs=epochs,
         batch_size=batch_size, lr=lr, loss=loss, audio_attention=not no_audio_attention,
         visual_attention=not no_visual_attention, visual_backbone=visual_backbone,
-        clip_stride=clip_stride, device=device, seed=seed, resume=resume, jobs=jobs,
+        clip_stride=clip_stride, audio_norm=audio_norm, device=device, seed=seed, resume=resume, jobs=jobs,
         cache=cache, faces_backend=faces_backend, config=config)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     best = _guard(run_train, opts, log)

@@ -15,6 +15,9 @@ Visual branch I (B, T, C, 64, 64)
   average over time, flattened -> FC -> FC = Z^I.
 Fusion        Z = cat(Z^S, Z^I) (eq. 6) -> FC -> [valence, arousal]. Each branch also has its own
   head, used by single-modality models and when one modality is missing from an input.
+  ``fusion="weighted"`` replaces the FC by a per-target weighted mean of the two heads, with
+  weights stored in the config (for models whose branches were trained apart, on data with no
+  paired voice and face, weighted by how well each head was measured to do).
 
 The 3D convolutions before the temporal pooling are "valid" in time (no temporal padding): a
 conv output at time j depends on frames j..j+6 only, whichever clip it is computed in. So at
@@ -25,11 +28,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 MODALITIES = ("av", "audio", "video")
+AUDIO_NORMS = ("global", "recording")
+FUSIONS = ("learned", "weighted")
 
 
 @dataclass
@@ -45,6 +51,10 @@ class ModelConfig:
     audio_layers: int = 4
     audio_attention: bool = True
     audio_attention_hidden: int = 32
+    # feature normalisation: "global" z-scores with the training statistics (the paper);
+    # "recording" also removes each recording's own level and range (see AudioBranch.adapt)
+    audio_norm: str = "global"
+    audio_norm_prior: float = 30.0  # seconds of evidence the training statistics count for
     # visual branch
     channels: int = 1  # 1 greyscale or 3 RGB
     input_size: int = 64
@@ -57,12 +67,31 @@ class ModelConfig:
     visual_backbone: str = "3d"  # 3d | 2d (per-frame 2D convolutions, the paper's ablation)
     batch_norm: bool = False  # BatchNorm3d after each 3D convolution (not in the paper)
     dropout: float = 0.5
+    # fusion of an av model: "learned" (the paper: FC over cat(Z^S, Z^I)) or "weighted": per
+    # target, fusion_weights[target] = [audio, visual] weights of the two branch heads
+    fusion: str = "learned"
+    fusion_weights: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, not {self.modality!r}")
         if self.visual_backbone not in ("3d", "2d"):
             raise ValueError("visual_backbone must be '3d' or '2d'")
+        if self.audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, not {self.audio_norm!r}")
+        if self.audio_norm_prior < 0:
+            raise ValueError("audio_norm_prior must be >= 0 seconds")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
+        if self.fusion == "weighted":
+            if self.modality != "av":
+                raise ValueError("weighted fusion needs an av model")
+            bad = [t for t in self.targets if len(self.fusion_weights.get(t, [])) != 2
+                   or min(self.fusion_weights[t]) < 0 or sum(self.fusion_weights[t]) <= 0]
+            if bad:
+                raise ValueError(f"weighted fusion needs [audio, visual] weights >= 0 with a "
+                                 f"positive sum for every target (missing or invalid: "
+                                 f"{', '.join(bad)})")
         if self.has_visual:
             if len(self.c3d_channels) != 4:
                 raise ValueError("c3d_channels must list four widths")
@@ -120,8 +149,38 @@ class AudioBranch(nn.Module):
         self.lstm = nn.LSTM(cfg.audio_features, cfg.audio_hidden, cfg.audio_layers,
                             batch_first=True)
 
+        self.norm = cfg.audio_norm
+        self.prior_steps = cfg.audio_norm_prior * cfg.rate
+
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.mean) / self.std
+
+    def adapt(self, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """One recording's raw per-step features (K, F), as ``normalise`` must see them.
+
+        ``global``: unchanged. ``recording``: the recording's own level and range are removed:
+        its per-feature mean and standard deviation over the steps inside the audio are
+        estimated with the training statistics as a prior worth ``audio_norm_prior`` seconds,
+
+            m = (n * mean_rec + n0 * mean_train) / (n + n0)
+            s^2 = (n * var_rec + n0 * std_train^2) / (n + n0)     (n steps, n0 prior steps)
+
+        and the features are mapped to mean_train + std_train * (x - m) / s, so that
+        ``normalise`` yields (x - m) / s. A 2-second clip (8 steps against a 120-step prior)
+        keeps nearly all of its own level, so its emotion survives; in a recording of minutes
+        the speaker's and microphone's level and range dominate the estimate and are removed.
+        Train, eval and annotate all call this once per recording, before cutting clips."""
+        values = np.asarray(values, np.float32)
+        if self.norm == "global" or len(values) == 0:
+            return values
+        rows = values if valid is None or not valid.any() else values[valid]
+        n, n0 = float(len(rows)), float(self.prior_steps)
+        mean_t = self.mean.detach().cpu().numpy().astype(np.float64)
+        std_t = self.std.detach().cpu().numpy().astype(np.float64)
+        m = (n * rows.mean(0) + n0 * mean_t) / (n + n0)
+        var = (n * rows.var(0) + n0 * std_t ** 2) / (n + n0)
+        s = np.sqrt(np.maximum(var, 1e-12))
+        return (mean_t + std_t * (values - m) / s).astype(np.float32)
 
     def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """s: (B, T, F) normalised features -> Z^S (B, H), attention weights (B, T)."""
@@ -270,7 +329,10 @@ class AVModel(nn.Module):
         self.audio_head = nn.Linear(cfg.audio_hidden, n) if cfg.has_audio else None
         self.visual_head = nn.Linear(cfg.visual_z, n) if cfg.has_visual else None
         self.fusion = nn.Linear(cfg.audio_hidden + cfg.visual_z, n) \
-            if cfg.modality == "av" else None
+            if cfg.modality == "av" and cfg.fusion == "learned" else None
+        if cfg.fusion == "weighted":  # (targets, 2): each row [audio, visual], summing to 1
+            w = torch.tensor([cfg.fusion_weights[t] for t in cfg.targets], dtype=torch.float32)
+            self.register_buffer("fusion_weights", w / w.sum(1, keepdim=True), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.reset_parameters()
 
@@ -288,6 +350,10 @@ class AVModel(nn.Module):
               ) -> torch.Tensor:
         """The prediction from whatever branch outputs there are (fusion when both)."""
         if z_audio is not None and z_visual is not None:
+            if self.fusion is None:  # weighted: each target a weighted mean of the two heads
+                w = self.fusion_weights.to(z_audio.dtype)
+                return (self.audio_head(self.dropout(z_audio)) * w[:, 0]
+                        + self.visual_head(self.dropout(z_visual)) * w[:, 1])
             return self.fusion(self.dropout(torch.cat([z_audio, z_visual], 1)))
         if z_audio is not None:
             return self.audio_head(self.dropout(z_audio))

@@ -189,7 +189,8 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
                           f"{'' if cfg.has_audio else ' and no audio branch'})")
     steps = predict.predict_steps(model, feats.audio.values if use_audio else None,
                                   feats.model_crops() if use_visual else None, stride,
-                                  batch_size, device)
+                                  batch_size, device,
+                                  feats.audio.valid if use_audio else None)
     values = fill_gaps(steps.values, feats.face) if use_visual else steps.values
     source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
     return steps, values, source

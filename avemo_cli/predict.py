@@ -24,6 +24,8 @@ class StepPredictions:
     predicted: np.ndarray  # (K,) bool: a clip ended here (others are interpolated, --stride)
     audio_attention: np.ndarray | None  # (K, T) temporal weights of the clip ending at a step
     visual_attention: np.ndarray | None  # (K, h, w) spatial map at a clip's newest step
+    audio_values: np.ndarray | None = None  # (K, targets) the audio head alone
+    visual_values: np.ndarray | None = None  # (K, targets) the visual head alone
 
 
 def clip_ends(n_steps: int, stride: int) -> np.ndarray:
@@ -60,9 +62,12 @@ def _fill(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
 @torch.inference_mode()
 def predict_steps(model: AVModel, audio: np.ndarray | None = None,
                   crops: np.ndarray | None = None, stride: int = 1, batch_size: int = 32,
-                  device: str | torch.device = "cpu") -> StepPredictions:
-    """Predict every step of an input from its per-step eGeMAPS ``audio`` (K, 88) and/or aligned
-    face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both are given."""
+                  device: str | torch.device = "cpu", audio_valid: np.ndarray | None = None
+                  ) -> StepPredictions:
+    """Predict every step of one recording from its raw per-step eGeMAPS ``audio`` (K, 88)
+    and/or aligned face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both are
+    given. The audio is first adapted to the recording (``AudioBranch.adapt``, by the
+    checkpoint's ``audio_norm``) from its steps inside the audio (``audio_valid``; all if None)."""
     if audio is None and crops is None:
         raise ValueError("predict_steps needs audio features, face crops, or both")
     n = len(audio) if audio is not None else len(crops)
@@ -71,7 +76,7 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
     z_audio = z_visual = None
     att_a = att_v = None
     if audio is not None:
-        feats = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).to(device)
+        feats = torch.from_numpy(model.audio.adapt(audio, audio_valid)).to(device)
         idx = torch.from_numpy(clip_steps(ends, t)).to(device)
         zs, ws = [], []
         for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
@@ -97,11 +102,19 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
                 maps.append(att[:, -1])
         z_visual = torch.cat(zs)
         att_v = _fill(torch.cat(maps).float().cpu().numpy(), ends, n)
-    pred = model.heads(z_audio, z_visual).float().cpu().numpy()
-    values = np.empty((n, pred.shape[1]), np.float32)
     steps = np.arange(n)
-    for j in range(pred.shape[1]):
-        values[:, j] = np.interp(steps, ends, pred[:, j])
+
+    def every_step(za, zv) -> np.ndarray:
+        pred = model.heads(za, zv).float().cpu().numpy()
+        return np.stack([np.interp(steps, ends, pred[:, j]) for j in range(pred.shape[1])],
+                        1).astype(np.float32)
+
     predicted = np.zeros(n, bool)
     predicted[ends] = True
-    return StepPredictions(values, predicted, att_a, att_v)
+    a_only = every_step(z_audio, None) if z_audio is not None else None
+    v_only = every_step(None, z_visual) if z_visual is not None else None
+    if a_only is not None and v_only is not None:
+        values = every_step(z_audio, z_visual)
+    else:
+        values = a_only if a_only is not None else v_only
+    return StepPredictions(values, predicted, att_a, att_v, a_only, v_only)

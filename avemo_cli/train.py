@@ -54,6 +54,7 @@ class TrainOptions:
     visual_attention: bool = True
     visual_backbone: str = "3d"
     clip_stride: int = 1  # train on clips ending at every Nth labelled step
+    audio_norm: str = "global"  # ModelConfig.audio_norm
     device: str = "auto"
     seed: int = 0
     resume: bool = False
@@ -72,6 +73,16 @@ class Prepared:
     seq: Sequence
     feats: Features
     gold: np.ndarray  # (K, targets) at the steps
+    audio: np.ndarray | None = None  # (K, 88) features as the model sees them (adapt_audio)
+
+
+def adapt_audio(model: AVModel, items: list[Prepared]) -> None:
+    """Each sequence's audio features adapted to its recording (``AudioBranch.adapt``, the
+    same call ``predict_steps`` makes at annotation), once per sequence, before clips are cut."""
+    for p in items:
+        a = p.feats.audio
+        p.audio = None if a is None or model.audio is None else model.audio.adapt(a.values,
+                                                                                   a.valid)
 
 
 def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: ModelConfig,
@@ -142,8 +153,8 @@ def _batch(items: list[Prepared], rows: np.ndarray, cfg: ModelConfig, device):
         p = items[i]
         idx = clip_steps(np.array([k]), t)[0]
         if cfg.has_audio:
-            a = p.feats.audio
-            audio.append(a.values[idx] if a is not None else np.zeros((t, 88), np.float32))
+            audio.append(p.audio[idx] if p.audio is not None else
+                         np.zeros((t, cfg.audio_features), np.float32))
         if cfg.has_visual:
             has = p.feats.track is not None and p.feats.face.any()
             video.append(p.feats.model_crops()[idx] if has else
@@ -202,7 +213,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
     settings_cfg = dict(modality=opts.modality, targets=list(opts.targets),
                         audio_attention=opts.audio_attention,
                         visual_attention=opts.visual_attention,
-                        visual_backbone=opts.visual_backbone, **opts.config)
+                        visual_backbone=opts.visual_backbone,
+                        **{"audio_norm": opts.audio_norm, **opts.config})
     try:
         cfg = ModelConfig(**settings_cfg)
     except (TypeError, ValueError) as exc:
@@ -254,6 +266,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
         log(f"nothing to resume in {out}; starting afresh")
     if start_epoch == 0:
         metrics_path.unlink(missing_ok=True)
+    adapt_audio(model, train_items)
     (out / "run.json").write_text(json.dumps({"options": asdict(opts), "model": cfg.to_dict()},
                                              indent=2, default=str))
     amp = device.type == "cuda"

@@ -189,7 +189,7 @@ def test_categorical_layout_trains_speaker_independently(tmp_path):
     for clip in emodb(shared_file("emodb")):
         if clip.emotion not in ("anger", "sadness", "happiness"):
             continue
-        part = "devel" if clip.speaker in ("13", "14") else "train"
+        part = "devel" if clip.speaker in ("emodb:13", "emodb:14") else "train"
         (root / part / clip.emotion).mkdir(parents=True, exist_ok=True)
         (root / part / clip.emotion / clip.path.name).symlink_to(clip.path)
     cache, out = tmp_path / "cache", tmp_path / "run"

@@ -1,0 +1,422 @@
+"""Cross-corpus speech emotion for the audio branch: the default model's recipe and its benchmark.
+
+Labelled speech here is acted clips of one emotion each (EmoDB, RAVDESS, EMOVO), mapped onto
+the valence/arousal plane by ``categorical.EMOTION_VA``. From them this module builds two kinds of
+*recording*, both annotated by the same inference path as ``avemo annotate``
+(``predict.predict_steps``, which applies the checkpoint's audio normalisation):
+
+- a **clip**: one utterance alone (2-14 s);
+- a **joined** recording: all of one speaker's clips, grouped into one block per emotion (blocks
+  of 10-60 s, in a random order), as one long recording of that speaker, so that recording-level
+  normalisation sees a speaker's whole range, as it would in a minutes-long interview.
+
+Training adds augmented copies of both (``augment``: gain, speed/pitch, microphone channel and
+noise), so that the network learns what does not depend on a voice's level or a microphone.
+
+Scoring (``score``): a clip's value is the mean of its per-step predictions (what a user gets by
+averaging its CSV); a block's value is the mean over its steps after its first ``skip``
+seconds. Reported: CCC against the mapped targets (valence, arousal), the share of speakers
+whose happiness is above their anger, fear, disgust and sadness, and the spread of per-clip
+valence. ``svr_probe`` fits the cheap baseline the network must beat: an RBF support-vector
+regressor on the same per-step eGeMAPS functionals, normalised the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import categorical as C
+from .audio import egemaps
+from .demux import AUDIO_RATE, probe, read_audio
+from .metrics import ccc
+from .model import AVModel, ModelConfig
+from .predict import clip_steps, predict_steps
+from .train import audio_statistics
+
+NEGATIVE = ("anger", "fear", "disgust", "sadness")
+
+
+# ----------------------------------------------------------------------------- audio
+
+def load_clips(shared: Path, corpora=("emodb", "ravdess", "emovo")) -> list[C.Clip]:
+    """The labelled speech clips of the named corpora under ``shared`` (../shared/data)."""
+    folders = {"emodb": "emodb", "ravdess": "ravdess", "emovo": "emovo"}
+    out: list[C.Clip] = []
+    for name in corpora:
+        out += C.SPEECH_CORPORA[name](shared / folders[name])
+    return out
+
+
+def _decode(path: str) -> np.ndarray:
+    return read_audio(probe(path))
+
+
+def decode_all(clips: list[C.Clip], cache: Path, jobs: int = 2) -> list[np.ndarray]:
+    """Every clip's audio as annotation reads it (ffmpeg, 16 kHz mono float), cached in one
+    file keyed by the clips' paths and sizes."""
+    key = hashlib.sha1(json.dumps([(str(c.path), c.path.stat().st_size) for c in clips])
+                       .encode()).hexdigest()[:16]
+    path = cache / f"speech_audio_{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return [z[str(i)] for i in range(len(clips))]
+    paths = [str(c.path) for c in clips]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            audio = list(pool.map(_decode, paths, chunksize=16))
+    else:
+        audio = [_decode(p) for p in paths]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{str(i): a for i, a in enumerate(audio)})
+    return audio
+
+
+def _biquad(x: np.ndarray, b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    from scipy.signal import lfilter
+
+    return lfilter(b, a, x).astype(np.float32)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, sr: int = AUDIO_RATE) -> np.ndarray:
+    """A random recording condition: speed (pitch and tempo) x0.88-1.12, a microphone channel
+    (high-pass 50-300 Hz, often a low-pass 3-7.5 kHz), noise at 15-40 dB SNR half the time, and
+    a gain of -25 to +10 dB. One call = one condition for the whole signal."""
+    from scipy.signal import butter
+
+    f = rng.uniform(0.88, 1.12)
+    n = max(2, int(round(len(x) / f)))
+    y = np.interp(np.arange(n) * f, np.arange(len(x)), x).astype(np.float32)
+    y = _biquad(y, *butter(2, rng.uniform(50, 300) / (sr / 2), "high"))
+    if rng.random() < 0.7:
+        y = _biquad(y, *butter(2, rng.uniform(3000, 7500) / (sr / 2), "low"))
+    if rng.random() < 0.5:
+        rms = float(np.sqrt(np.mean(y ** 2))) + 1e-9
+        snr = rng.uniform(15, 40)
+        y = y + rng.normal(0, rms / 10 ** (snr / 20), len(y)).astype(np.float32)
+    return (y * 10 ** (rng.uniform(-25, 10) / 20)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- recordings
+
+@dataclass
+class Recording:
+    """One recording's per-step features and, per step, its emotion block (or -1)."""
+
+    name: str
+    speaker: str
+    corpus: str
+    values: np.ndarray  # (K, 88) raw eGeMAPS functionals
+    valid: np.ndarray  # (K,) bool
+    block: np.ndarray  # (K,) int: index into ``emotions`` of the block each step lies in
+    emotions: list[str]  # per block
+    block_start: np.ndarray  # (K,) float: seconds since the step's block started
+    clips: list[int] = field(default_factory=list)  # clip indices it was made of
+
+    @property
+    def targets(self) -> np.ndarray:
+        va = np.array([C.EMOTION_VA[e] for e in self.emotions], np.float32)
+        return va[self.block]
+
+
+def plan_joined(clips: list[C.Clip], durations: list[float], speaker: str, seed: int,
+                max_block: float = 60.0) -> list[list[int]]:
+    """A speaker's clips as blocks of one emotion (at most ``max_block`` s each), in a random
+    order: the list of clip indices of every block."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for emo in sorted({c.emotion for c in clips if c.speaker == speaker}):
+        idx = [i for i, c in enumerate(clips) if c.speaker == speaker and c.emotion == emo]
+        idx = [idx[j] for j in rng.permutation(len(idx))]
+        cur: list[int] = []
+        total = sum(durations[i] for i in idx)
+        parts = max(1, int(np.ceil(total / max_block)))
+        target = total / parts
+        for i in idx:
+            cur.append(i)
+            if sum(durations[j] for j in cur) >= target:
+                blocks.append(cur)
+                cur = []
+        if cur:
+            blocks.append(cur)
+    return [blocks[j] for j in rng.permutation(len(blocks))]
+
+
+def _features(job) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: (pieces of audio, augmentation seed or None, rate, window) -> features."""
+    pieces, seed, rate, window = job
+    x = np.concatenate(pieces)
+    if seed is not None:
+        x = augment(x, np.random.default_rng(seed))
+    n = max(1, int(np.ceil(len(x) / AUDIO_RATE * rate - 1e-6)))
+    f = egemaps(x, AUDIO_RATE, n, rate, window)
+    return f.values, f.valid
+
+
+def build_recordings(clips: list[C.Clip], audio: list[np.ndarray], cfg: ModelConfig,
+                     cache: Path, copies: int = 0, joined: bool = True, seed: int = 0,
+                     jobs: int = 2, log: Callable[[str], None] = print) -> list[Recording]:
+    """Clip recordings and (``joined``) one joined recording per speaker; ``copies`` > 0 adds
+    that many augmented versions of each (copy c of a recording has its own condition).
+    Features are cached under ``cache`` by content, condition and feature settings."""
+    rate, window = cfg.rate, cfg.audio_window
+    durations = [len(a) / AUDIO_RATE for a in audio]
+    specs = []  # (name, speaker, corpus, clip indices per block, augmentation seed)
+    for copy in range(copies + 1):
+        aug = None if copy == 0 else seed * 1000 + copy
+        for i, c in enumerate(clips):
+            specs.append((f"{c.path.stem}#{copy}", c.speaker, c.corpus, [[i]],
+                          None if aug is None else aug * 100000 + i))
+        if joined:
+            for k, spk in enumerate(sorted({c.speaker for c in clips})):
+                blocks = plan_joined(clips, durations, spk, seed + copy)
+                specs.append((f"{spk}#joined#{copy}", spk, clips[blocks[0][0]].corpus, blocks,
+                              None if aug is None else aug * 100000 + 99000 + k))
+    key = hashlib.sha1(json.dumps([[s[0], s[3], s[4]] for s in specs] + [rate, window,
+                                   [str(c.path) for c in clips]]).encode()).hexdigest()[:16]
+    path = cache / f"speech_features_{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            feats = [(z[f"v{i}"], z[f"m{i}"]) for i in range(len(specs))]
+    else:
+        jobs_in = [([audio[i] for b in s[3] for i in b], s[4], rate, window) for s in specs]
+        log(f"eGeMAPS for {len(specs)} recordings ({copies} augmented copies) ...")
+        if jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+                feats = list(pool.map(_features, jobs_in, chunksize=8))
+        else:
+            feats = [_features(j) for j in jobs_in]
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{f"v{i}": v for i, (v, _) in enumerate(feats)},
+                 **{f"m{i}": m for i, (_, m) in enumerate(feats)})
+    out = []
+    for (name, spk, corpus, blocks, aug), (values, valid) in zip(specs, feats):
+        k = len(values)
+        t = np.arange(k) / rate
+        # block boundaries in seconds, scaled to the recording's length (an augmented copy's
+        # speed change stretches every block alike)
+        lengths = np.array([sum(durations[i] for i in b) for b in blocks])
+        ends = np.cumsum(lengths) * (k / rate) / max(lengths.sum(), 1e-9)
+        starts = np.concatenate([[0.0], ends[:-1]])
+        block = np.minimum(np.searchsorted(ends, t, side="right"), len(blocks) - 1)
+        out.append(Recording(name, spk, corpus, values, valid, block,
+                             [clips[b[0]].emotion for b in blocks], t - starts[block],
+                             [i for b in blocks for i in b]))
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+def training_rows(recs: list[Recording], skip: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) [recording, step] rows to train on and their sampling weights: steps inside the
+    audio (in a joined recording, at least ``skip`` s into their block); every (corpus, clip or
+    joined) group gets the same total weight, so no corpus or kind outweighs the others."""
+    rows, groups = [], []
+    for i, r in enumerate(recs):
+        ok = r.valid & ((r.block_start >= skip) | (len(r.emotions) == 1))
+        steps = np.flatnonzero(ok)
+        rows.append(np.stack([np.full(len(steps), i), steps], 1))
+        groups += [(r.corpus, len(r.emotions) > 1)] * len(steps)
+    out = np.concatenate(rows)
+    names = {g: k for k, g in enumerate(sorted(set(groups)))}
+    gid = np.array([names[g] for g in groups])
+    counts = np.bincount(gid)
+    w = 1.0 / counts[gid]
+    return out, w / w.sum()
+
+
+def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int = 64,
+        lr: float = 1e-3, seed: int = 0, skip: float = 2.0,
+        log: Callable[[str], None] | None = None) -> AVModel:
+    """Train an audio model on the recordings' steps (MSE against the mapped targets)."""
+    torch.manual_seed(seed)
+    model = AVModel(cfg)
+    mean, std = audio_statistics([r.values[r.valid] for r in recs])
+    model.audio.mean.copy_(torch.from_numpy(mean))
+    model.audio.std.copy_(torch.from_numpy(std))
+    feats = [model.audio.adapt(r.values, r.valid) for r in recs]
+    targets = [r.targets for r in recs]
+    rows, weights = training_rows(recs, skip)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, updates)
+    t = cfg.clip_steps
+    model.train()
+    for u in range(updates):
+        pick = rows[rng.choice(len(rows), batch, p=weights)]
+        x = torch.from_numpy(np.stack([feats[i][clip_steps(np.array([k]), t)[0]]
+                                       for i, k in pick]))
+        y = torch.from_numpy(np.stack([targets[i][k] for i, k in pick]))
+        loss = torch.mean((model(audio=x)["pred"] - y) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log and (u + 1) % 1000 == 0:
+            log(f"  update {u + 1}/{updates}: loss {loss.item():.4f}")
+    return model.eval()
+
+
+def predict(model: AVModel, recs: list[Recording]) -> list[np.ndarray]:
+    """Per-step predictions of each recording through annotation's own inference path."""
+    return [predict_steps(model, audio=r.values, audio_valid=r.valid).values for r in recs]
+
+
+def svr_probe(model: AVModel, train: list[Recording], test: list[Recording], n: int = 6000,
+              seed: int = 0, skip: float = 2.0) -> list[np.ndarray]:
+    """The cheap baseline: an RBF SVR per target on single steps' eGeMAPS functionals,
+    normalised exactly as ``model`` normalises them, trained on ``n`` steps drawn as the network's
+    are; per-step predictions of the test recordings."""
+    from sklearn.svm import SVR
+
+    def z(r):
+        return model.audio.normalise(torch.from_numpy(model.audio.adapt(r.values, r.valid))
+                                     ).numpy()
+
+    rows, weights = training_rows(train, skip)
+    pick = rows[np.random.default_rng(seed).choice(len(rows), n, p=weights)]
+    cache: dict[int, np.ndarray] = {}
+    x = np.stack([cache.setdefault(int(i), z(train[i]))[k] for i, k in pick])
+    y = np.stack([train[i].targets[k] for i, k in pick])
+    svrs = [SVR(C=1.0, epsilon=0.05).fit(x, y[:, j]) for j in range(y.shape[1])]
+    out = []
+    for r in test:
+        zr = z(r)
+        out.append(np.stack([s.predict(zr) for s in svrs], 1).astype(np.float32))
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring
+
+@dataclass
+class Unit:
+    """One scored unit: a clip alone, or one emotion block of a joined recording."""
+
+    speaker: str
+    corpus: str
+    emotion: str
+    pred: np.ndarray  # (2,) valence, arousal
+    target: np.ndarray  # (2,)
+
+
+def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
+          ) -> tuple[list[Unit], list[Unit]]:
+    """Clip units (mean over the clip's steps) and block units (mean over a block's steps after
+    its first ``skip`` seconds) of predicted recordings."""
+    clips, blocks = [], []
+    for r, p in zip(recs, preds):
+        if len(r.emotions) == 1:
+            m = r.valid if r.valid.any() else np.ones(len(p), bool)
+            clips.append(Unit(r.speaker, r.corpus, r.emotions[0], p[m].mean(0),
+                              np.array(C.EMOTION_VA[r.emotions[0]])))
+            continue
+        for b, emo in enumerate(r.emotions):
+            m = (r.block == b) & r.valid & (r.block_start >= skip)
+            if not m.any():
+                m = (r.block == b) & r.valid
+            if m.any():
+                blocks.append(Unit(r.speaker, r.corpus, emo, p[m].mean(0),
+                                   np.array(C.EMOTION_VA[emo])))
+    return clips, blocks
+
+
+def happy_above_negatives(us: list[Unit]) -> dict[str, bool]:
+    """Per speaker: is the mean predicted valence of happiness above that of each of anger,
+    fear, disgust and sadness (those the speaker has)?"""
+    out = {}
+    for spk in sorted({u.speaker for u in us}):
+        mean: dict[str, list[float]] = {}
+        for u in us:
+            if u.speaker == spk:
+                mean.setdefault(u.emotion, []).append(float(u.pred[0]))
+        if "happiness" not in mean:
+            continue
+        h = np.mean(mean["happiness"])
+        out[spk] = bool(all(h > np.mean(mean[e]) for e in NEGATIVE if e in mean))
+    return out
+
+
+def summary(us: list[Unit]) -> dict:
+    """CCCs, happy-above-negatives share of speakers and per-clip valence spread of units."""
+    if not us:
+        return {}
+    p = np.stack([u.pred for u in us])
+    g = np.stack([u.target for u in us])
+    happy = happy_above_negatives(us)
+    return {"n": len(us), "speakers": len({u.speaker for u in us}),
+            "valence_ccc": round(ccc(p[:, 0], g[:, 0]), 4),
+            "arousal_ccc": round(ccc(p[:, 1], g[:, 1]), 4),
+            "happy_above_negatives": round(float(np.mean(list(happy.values()))), 4)
+            if happy else None,
+            "happy_by_speaker": happy,
+            "valence_std": round(float(p[:, 0].std()), 4),
+            "valence_mean": round(float(p[:, 0].mean()), 4)}
+
+
+def report(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0) -> dict:
+    """``summary`` of clips alone and of blocks in joined recordings, pooled and per corpus."""
+    clips, blocks = units(recs, preds, skip)
+    out = {}
+    for kind, us in (("clip", clips), ("recording", blocks)):
+        out[kind] = {"all": summary(us), **{c: summary([u for u in us if u.corpus == c])
+                                            for c in sorted({u.corpus for u in us})}}
+    return out
+
+
+# ----------------------------------------------------------------------------- experiments
+
+def speaker_folds(recs: list[Recording], k: int = 5) -> list[set[str]]:
+    """``k`` folds of held-out speakers, each corpus's speakers dealt round-robin (so every
+    fold holds out speakers of every corpus it can)."""
+    folds: list[set[str]] = [set() for _ in range(k)]
+    for corpus in sorted({r.corpus for r in recs}):
+        for i, spk in enumerate(sorted({r.speaker for r in recs if r.corpus == corpus})):
+            folds[i % k].add(spk)
+    return [f for f in folds if f]
+
+
+def held_out(recs: list[Recording], test_speakers: set[str], cfg: ModelConfig,
+             updates: int, seed: int = 0, svr: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """Train on every recording (clean and augmented) of the other speakers; predict the clean
+    recordings of ``test_speakers``. Returns the test recordings and both models' predictions."""
+    train = [r for r in recs if r.speaker not in test_speakers]
+    test = [r for r in recs if r.speaker in test_speakers and r.name.endswith("#0")]
+    model = fit(train, cfg, updates, seed=seed, log=log)
+    out = {"test": test, "network": predict(model, test)}
+    if svr:
+        out["svr"] = svr_probe(model, train, test, seed=seed)
+    return out
+
+
+def cross_validate(recs: list[Recording], cfg: ModelConfig, updates: int, folds: int = 5,
+                   seed: int = 0, svr: bool = True, schemes=("speaker_cv", "loco"),
+                   log: Callable[[str], None] = print) -> dict:
+    """Speaker-held-out cross-validation over all corpora pooled (``speaker_cv``), and
+    leave-one-corpus-out (``loco``): per scheme and model (network, svr), ``report`` of the
+    held-out predictions."""
+    results = {}
+    plan = {}
+    if "speaker_cv" in schemes:
+        plan["speaker_cv"] = speaker_folds(recs, folds)
+    if "loco" in schemes:
+        plan.update({f"loco_{c}": [{r.speaker for r in recs if r.corpus == c}]
+                     for c in sorted({r.corpus for r in recs})})
+    for name, groups in plan.items():
+        test, preds = [], {"network": [], "svr": []}
+        for g in groups:
+            log(f"{name}: holding out {len(g)} speakers")
+            res = held_out(recs, g, cfg, updates, seed, svr, log)
+            test += res["test"]
+            for m in preds:
+                preds[m] += res.get(m, [])
+        results[name] = {m: report(test, p) for m, p in preds.items() if p}
+    return results
