@@ -275,8 +275,8 @@ def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batc
         targets=[t.strip() for t in targets.split(",") if t.strip()], epochs=epochs,
         batch_size=batch_size, lr=lr, loss=loss, audio_attention=not no_audio_attention,
         visual_attention=not no_visual_attention, visual_backbone=visual_backbone,
-        clip_stride=clip_stride, audio_norm=audio_norm, device=device, seed=seed, resume=resume, jobs=jobs,
-        cache=cache, faces_backend=faces_backend, config=config)
+        clip_stride=clip_stride, audio_norm=audio_norm, device=device, seed=seed, resume=resume,
+        jobs=jobs, cache=cache, faces_backend=faces_backend, config=config)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     best = _guard(run_train, opts, log)
     click.echo(str(best))

@@ -43,6 +43,14 @@ from .train import audio_statistics
 
 NEGATIVE = ("anger", "fear", "disgust", "sadness")
 
+# The default model's audio recipe (examples/train_default.py; benchmarks/bench_crosscorpus.py
+# defaults to the same): the paper's audio branch with recording-level normalisation (a 30 s
+# prior), 4,000 batches of 64 steps, two augmented copies of every recording.
+AUDIO_CONFIG = {"modality": "audio", "audio_hidden": 64, "audio_layers": 4,
+                "audio_norm": "recording", "audio_norm_prior": 30.0}
+UPDATES = 4000
+COPIES = 2
+
 
 # ----------------------------------------------------------------------------- audio
 
@@ -160,6 +168,29 @@ def _features(job) -> tuple[np.ndarray, np.ndarray]:
     return f.values, f.valid
 
 
+def _features_cached(specs, audio, clips, rate, window, cache: Path, jobs: int, log
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Features of one copy's recordings, cached in one file keyed by everything they depend
+    on (recordings, their conditions, the clips' paths, rate and window)."""
+    key = hashlib.sha1(json.dumps([[s[0], s[3], s[4]] for s in specs] + [rate, window,
+                                   [str(c.path) for c in clips]]).encode()).hexdigest()[:16]
+    path = cache / f"speech_features_{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return [(z[f"v{i}"], z[f"m{i}"]) for i in range(len(specs))]
+    jobs_in = [([audio[i] for b in s[3] for i in b], s[4], rate, window) for s in specs]
+    log(f"eGeMAPS for {len(specs)} recordings ...")
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            feats = list(pool.map(_features, jobs_in, chunksize=8))
+    else:
+        feats = [_features(j) for j in jobs_in]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{f"v{i}": v for i, (v, _) in enumerate(feats)},
+             **{f"m{i}": m for i, (_, m) in enumerate(feats)})
+    return feats
+
+
 def build_recordings(clips: list[C.Clip], audio: list[np.ndarray], cfg: ModelConfig,
                      cache: Path, copies: int = 0, joined: bool = True, seed: int = 0,
                      jobs: int = 2, log: Callable[[str], None] = print) -> list[Recording]:
@@ -168,35 +199,20 @@ def build_recordings(clips: list[C.Clip], audio: list[np.ndarray], cfg: ModelCon
     Features are cached under ``cache`` by content, condition and feature settings."""
     rate, window = cfg.rate, cfg.audio_window
     durations = [len(a) / AUDIO_RATE for a in audio]
-    specs = []  # (name, speaker, corpus, clip indices per block, augmentation seed)
+    specs, feats = [], []  # spec: (name, speaker, corpus, clips per block, augmentation seed)
     for copy in range(copies + 1):
         aug = None if copy == 0 else seed * 1000 + copy
+        part = []
         for i, c in enumerate(clips):
-            specs.append((f"{c.path.stem}#{copy}", c.speaker, c.corpus, [[i]],
-                          None if aug is None else aug * 100000 + i))
+            part.append((f"{c.path.stem}#{copy}", c.speaker, c.corpus, [[i]],
+                         None if aug is None else aug * 100000 + i))
         if joined:
             for k, spk in enumerate(sorted({c.speaker for c in clips})):
                 blocks = plan_joined(clips, durations, spk, seed + copy)
-                specs.append((f"{spk}#joined#{copy}", spk, clips[blocks[0][0]].corpus, blocks,
-                              None if aug is None else aug * 100000 + 99000 + k))
-    key = hashlib.sha1(json.dumps([[s[0], s[3], s[4]] for s in specs] + [rate, window,
-                                   [str(c.path) for c in clips]]).encode()).hexdigest()[:16]
-    path = cache / f"speech_features_{key}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            feats = [(z[f"v{i}"], z[f"m{i}"]) for i in range(len(specs))]
-    else:
-        jobs_in = [([audio[i] for b in s[3] for i in b], s[4], rate, window) for s in specs]
-        log(f"eGeMAPS for {len(specs)} recordings ({copies} augmented copies) ...")
-        if jobs > 1:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-                feats = list(pool.map(_features, jobs_in, chunksize=8))
-        else:
-            feats = [_features(j) for j in jobs_in]
-        cache.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **{f"v{i}": v for i, (v, _) in enumerate(feats)},
-                 **{f"m{i}": m for i, (_, m) in enumerate(feats)})
+                part.append((f"{spk}#joined#{copy}", spk, clips[blocks[0][0]].corpus, blocks,
+                             None if aug is None else aug * 100000 + 99000 + k))
+        specs += part
+        feats += _features_cached(part, audio, clips, rate, window, cache, jobs, log)
     out = []
     for (name, spk, corpus, blocks, aug), (values, valid) in zip(specs, feats):
         k = len(values)
@@ -215,16 +231,19 @@ def build_recordings(clips: list[C.Clip], audio: list[np.ndarray], cfg: ModelCon
 
 # ----------------------------------------------------------------------------- training
 
-def training_rows(recs: list[Recording], skip: float) -> tuple[np.ndarray, np.ndarray]:
+def training_rows(recs: list[Recording], skip: float, balance: str = "corpus"
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(N, 2) [recording, step] rows to train on and their sampling weights: steps inside the
     audio (in a joined recording, at least ``skip`` s into their block); every (corpus, clip or
-    joined) group gets the same total weight, so no corpus or kind outweighs the others."""
+    joined) group gets the same total weight (``balance="corpus"``: no corpus or kind outweighs
+    the others), or every (speaker, clip or joined) group (``"speaker"``)."""
     rows, groups = [], []
     for i, r in enumerate(recs):
         ok = r.valid & ((r.block_start >= skip) | (len(r.emotions) == 1))
         steps = np.flatnonzero(ok)
         rows.append(np.stack([np.full(len(steps), i), steps], 1))
-        groups += [(r.corpus, len(r.emotions) > 1)] * len(steps)
+        who = r.corpus if balance == "corpus" else r.speaker
+        groups += [(who, len(r.emotions) > 1)] * len(steps)
     out = np.concatenate(rows)
     names = {g: k for k, g in enumerate(sorted(set(groups)))}
     gid = np.array([names[g] for g in groups])
@@ -234,9 +253,13 @@ def training_rows(recs: list[Recording], skip: float) -> tuple[np.ndarray, np.nd
 
 
 def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int = 64,
-        lr: float = 1e-3, seed: int = 0, skip: float = 2.0,
-        log: Callable[[str], None] | None = None) -> AVModel:
-    """Train an audio model on the recordings' steps (MSE against the mapped targets)."""
+        lr: float = 1e-3, seed: int = 0, skip: float = 2.0, loss: str = "mse",
+        balance: str = "corpus", log: Callable[[str], None] | None = None) -> AVModel:
+    """Train an audio model on the recordings' steps against the mapped targets: ``mse``, or
+    ``mse+ccc`` (MSE plus 1 - CCC per target over the batch, which rewards spreading the
+    predictions as far as the targets spread)."""
+    from .train import loss_fn
+
     torch.manual_seed(seed)
     model = AVModel(cfg)
     mean, std = audio_statistics([r.values[r.valid] for r in recs])
@@ -244,7 +267,7 @@ def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int
     model.audio.std.copy_(torch.from_numpy(std))
     feats = [model.audio.adapt(r.values, r.valid) for r in recs]
     targets = [r.targets for r in recs]
-    rows, weights = training_rows(recs, skip)
+    rows, weights = training_rows(recs, skip, balance)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, updates)
@@ -255,13 +278,16 @@ def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int
         x = torch.from_numpy(np.stack([feats[i][clip_steps(np.array([k]), t)[0]]
                                        for i, k in pick]))
         y = torch.from_numpy(np.stack([targets[i][k] for i, k in pick]))
-        loss = torch.mean((model(audio=x)["pred"] - y) ** 2)
+        pred = model(audio=x)["pred"]
+        err = loss_fn(pred, y, "mse")
+        if loss == "mse+ccc":
+            err = err + loss_fn(pred, y, "ccc")
         opt.zero_grad()
-        loss.backward()
+        err.backward()
         opt.step()
         sched.step()
         if log and (u + 1) % 1000 == 0:
-            log(f"  update {u + 1}/{updates}: loss {loss.item():.4f}")
+            log(f"  update {u + 1}/{updates}: loss {err.item():.4f}")
     return model.eval()
 
 
@@ -308,15 +334,18 @@ class Unit:
 
 
 def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
-          ) -> tuple[list[Unit], list[Unit]]:
-    """Clip units (mean over the clip's steps) and block units (mean over a block's steps after
-    its first ``skip`` seconds) of predicted recordings."""
-    clips, blocks = [], []
+          ) -> tuple[list[Unit], list[Unit], list[Unit]]:
+    """Clip units (mean over the clip's steps; and the clip's last step, which has heard the
+    whole utterance) and block units (mean over a block's steps after its first ``skip``
+    seconds) of predicted recordings."""
+    clips, lasts, blocks = [], [], []
     for r, p in zip(recs, preds):
         if len(r.emotions) == 1:
             m = r.valid if r.valid.any() else np.ones(len(p), bool)
-            clips.append(Unit(r.speaker, r.corpus, r.emotions[0], p[m].mean(0),
-                              np.array(C.EMOTION_VA[r.emotions[0]])))
+            target = np.array(C.EMOTION_VA[r.emotions[0]])
+            clips.append(Unit(r.speaker, r.corpus, r.emotions[0], p[m].mean(0), target))
+            lasts.append(Unit(r.speaker, r.corpus, r.emotions[0], p[np.flatnonzero(m)[-1]],
+                              target))
             continue
         for b, emo in enumerate(r.emotions):
             m = (r.block == b) & r.valid & (r.block_start >= skip)
@@ -325,7 +354,7 @@ def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
             if m.any():
                 blocks.append(Unit(r.speaker, r.corpus, emo, p[m].mean(0),
                                    np.array(C.EMOTION_VA[emo])))
-    return clips, blocks
+    return clips, lasts, blocks
 
 
 def happy_above_negatives(us: list[Unit]) -> dict[str, bool]:
@@ -362,10 +391,11 @@ def summary(us: list[Unit]) -> dict:
 
 
 def report(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0) -> dict:
-    """``summary`` of clips alone and of blocks in joined recordings, pooled and per corpus."""
-    clips, blocks = units(recs, preds, skip)
+    """``summary`` of clips alone (their mean, ``clip``, and their last step, ``clip_last``) and
+    of blocks in joined recordings (``recording``), pooled and per corpus."""
+    clips, lasts, blocks = units(recs, preds, skip)
     out = {}
-    for kind, us in (("clip", clips), ("recording", blocks)):
+    for kind, us in (("clip", clips), ("clip_last", lasts), ("recording", blocks)):
         out[kind] = {"all": summary(us), **{c: summary([u for u in us if u.corpus == c])
                                             for c in sorted({u.corpus for u in us})}}
     return out
@@ -384,13 +414,13 @@ def speaker_folds(recs: list[Recording], k: int = 5) -> list[set[str]]:
 
 
 def held_out(recs: list[Recording], test_speakers: set[str], cfg: ModelConfig,
-             updates: int, seed: int = 0, svr: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+             updates: int, seed: int = 0, svr: bool = True, loss: str = "mse",
+             balance: str = "corpus", log: Callable[[str], None] = print) -> dict:
     """Train on every recording (clean and augmented) of the other speakers; predict the clean
     recordings of ``test_speakers``. Returns the test recordings and both models' predictions."""
     train = [r for r in recs if r.speaker not in test_speakers]
     test = [r for r in recs if r.speaker in test_speakers and r.name.endswith("#0")]
-    model = fit(train, cfg, updates, seed=seed, log=log)
+    model = fit(train, cfg, updates, seed=seed, loss=loss, balance=balance, log=log)
     out = {"test": test, "network": predict(model, test)}
     if svr:
         out["svr"] = svr_probe(model, train, test, seed=seed)
@@ -399,6 +429,7 @@ def held_out(recs: list[Recording], test_speakers: set[str], cfg: ModelConfig,
 
 def cross_validate(recs: list[Recording], cfg: ModelConfig, updates: int, folds: int = 5,
                    seed: int = 0, svr: bool = True, schemes=("speaker_cv", "loco"),
+                   loss: str = "mse", balance: str = "corpus",
                    log: Callable[[str], None] = print) -> dict:
     """Speaker-held-out cross-validation over all corpora pooled (``speaker_cv``), and
     leave-one-corpus-out (``loco``): per scheme and model (network, svr), ``report`` of the
@@ -414,7 +445,7 @@ def cross_validate(recs: list[Recording], cfg: ModelConfig, updates: int, folds:
         test, preds = [], {"network": [], "svr": []}
         for g in groups:
             log(f"{name}: holding out {len(g)} speakers")
-            res = held_out(recs, g, cfg, updates, seed, svr, log)
+            res = held_out(recs, g, cfg, updates, seed, svr, loss, balance, log)
             test += res["test"]
             for m in preds:
                 preds[m] += res.get(m, [])

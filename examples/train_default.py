@@ -43,9 +43,11 @@ VISUAL = dict(input_size=48, encoder_channels=[8, 16, 16], convlstm_hidden=16,
               dropout=0.0)
 # The paper's audio branch; features normalised per recording (ModelConfig.audio_norm): a
 # recording's own level and range are removed, with the training statistics as a 30 s prior.
-AUDIO = dict(audio_hidden=64, audio_layers=4, audio_norm="recording", audio_norm_prior=30.0)
-AUDIO_UPDATES = 4000  # batches of 64 steps per audio model
-AUDIO_COPIES = 2  # augmented copies (gain, speed/pitch, channel, noise) of every recording
+# Trained for speech.UPDATES batches on the clean recordings and speech.COPIES augmented copies
+# (gain, speed/pitch, channel, noise) of each.
+AUDIO = {k: v for k, v in speech.AUDIO_CONFIG.items() if k != "modality"}
+AUDIO_UPDATES = speech.UPDATES
+AUDIO_COPIES = speech.COPIES
 
 
 def log(msg: str) -> None:
@@ -163,13 +165,38 @@ def annotate_mean(weights: Path | AVModel, path: Path) -> dict:
 
     ann = Annotator(load_checkpoint(weights), device="cpu").annotate(path)
     out = {"file": path.name, "source": ann.source,
-           **{t: round(float(ann.table[t].mean()), 4) for t in ann.targets}}
+           **{t: round(float(ann.table[t].mean()), 4) for t in ann.targets},
+           "last_step": {t: round(float(ann.step_values[-1, j]), 4)
+                         for j, t in enumerate(ann.targets)}}
     for head, values in (("audio_head", ann.steps.audio_values),
                          ("visual_head", ann.steps.visual_values)):
         if values is not None:
             out[head] = {t: round(float(np.nanmean(values[:, j])), 4)
                          for j, t in enumerate(ann.targets)}
     return out
+
+
+def cremad_joined(model: AVModel) -> list[dict]:
+    """CREMA-D actor 1002's six clips joined into one recording of that speaker (as annotate
+    reads audio: 16 kHz mono), each clip scored by its steps' mean, ranked by valence."""
+    from avemo_cli.audio import egemaps
+    from avemo_cli.demux import AUDIO_RATE, probe, read_audio
+    from avemo_cli.predict import predict_steps
+
+    clips = C.cremad(SHARED / "crema-d")
+    audio = [read_audio(probe(c.path)) for c, _ in clips]
+    x = np.concatenate(audio)
+    rate = model.cfg.rate
+    n = int(np.ceil(len(x) / AUDIO_RATE * rate))
+    f = egemaps(x, AUDIO_RATE, n, rate, model.cfg.audio_window)
+    pred = predict_steps(model, f.values, audio_valid=f.valid).values
+    ends = np.cumsum([len(a) / AUDIO_RATE for a in audio])
+    which = np.searchsorted(ends, np.arange(n) / rate, side="right")
+    rows = [{"file": c.path.name, "emotion": c.emotion,
+             "valence": round(float(pred[which == i, 0].mean()), 4),
+             "arousal": round(float(pred[which == i, 1].mean()), 4)}
+            for i, (c, _) in enumerate(clips)]
+    return sorted(rows, key=lambda r: -r["valence"])
 
 
 def train_audio(work: Path, updates: int, jobs: int) -> None:
@@ -184,7 +211,10 @@ def train_audio(work: Path, updates: int, jobs: int) -> None:
     ranking = sorted(({**annotate_mean(path, c.path), "emotion": c.emotion,
                        "crowd_voice_vote": vote} for c, vote in C.cremad(SHARED / "crema-d")),
                      key=lambda r: -r["valence"])
-    result = {"held_out": held, "cremad_1002": ranking, "updates": updates,
+    joined = cremad_joined(final)
+    log(f"CREMA-D 1002 joined, by valence: {[r['emotion'] for r in joined]}")
+    result = {"held_out": held, "cremad_1002": ranking, "cremad_1002_joined": joined,
+              "updates": updates,
               "augmented_copies": AUDIO_COPIES, "cross_validation_minutes": cv_minutes,
               "final_minutes": round((time.time() - t0) / 60, 1),
               "label_mapping": C.EMOTION_VA}
@@ -198,16 +228,11 @@ def train_audio(work: Path, updates: int, jobs: int) -> None:
 
 
 def reliability_weights(audio_ccc: dict, visual_ccc: dict) -> dict[str, list[float]]:
-    """Per target [audio, visual] fusion weights from held-out CCCs, inverse to each head's
-    error variance: a head correlating r with the truth has, once scaled, noise variance
-    proportional to (1 - r^2) / r^2, so it is weighted by r^2 / (1 - r^2) (r = its CCC, taken
-    in [0, 0.95]); the two weights are normalised to sum to 1."""
+    """Per target [audio, visual] fusion weights proportional to each head's held-out CCC
+    (negative CCCs count as 0), normalised to sum to 1."""
     out = {}
     for t in ("valence", "arousal"):
-        w = []
-        for r in (audio_ccc[t], visual_ccc[t]):
-            r = min(max(float(r), 0.0), 0.95)
-            w.append(r * r / (1 - r * r))
+        w = [max(float(audio_ccc[t]), 0.0), max(float(visual_ccc[t]), 0.0)]
         total = sum(w) or 1.0
         out[t] = [round(w[0] / total, 4), round(w[1] / total, 4)]
     return out
@@ -216,10 +241,13 @@ def reliability_weights(audio_ccc: dict, visual_ccc: dict) -> dict[str, list[flo
 # ---------------------------------------------------------------- assemble
 
 def loco_ccc(audio_metrics: dict) -> dict[str, float]:
-    """The audio head's cross-corpus CCC per target: each corpus scored (clips alone) by the
-    model trained on the other two, averaged over the three held-out corpora."""
+    """The audio head's cross-corpus CCC per target: each corpus scored by the model trained on
+    the other two, averaged over the three held-out corpora and over the two ways a voice is
+    annotated (each clip alone, the mean of its steps; and clips inside a joined recording of
+    their speaker)."""
     held = audio_metrics["held_out"]
-    runs = [held[k]["network"]["clip"][k[5:]] for k in held if k.startswith("loco_")]
+    runs = [held[k]["network"][kind][k[5:]] for k in held if k.startswith("loco_")
+            for kind in ("clip", "recording")]
     return {t: round(float(np.mean([r[f"{t}_ccc"] for r in runs])), 4)
             for t in ("valence", "arousal")}
 
@@ -240,7 +268,7 @@ def assemble(work: Path) -> Path:
     weights = reliability_weights(audio_ccc, visual_ccc)
     metrics["fusion"] = {"weights": weights, "audio_ccc_leave_one_corpus_out": audio_ccc,
                          "visual_ccc_ferplus_test": visual_ccc,
-                         "rule": "weight ~ r^2 / (1 - r^2), r = held-out CCC in [0, 0.95]"}
+                         "rule": "weight proportional to held-out CCC (negative = 0)"}
     log(f"fusion weights [audio, visual]: {weights}")
     cfg = ModelConfig(modality="av", **VISUAL, **AUDIO, fusion="weighted",
                       fusion_weights=weights)

@@ -228,6 +228,7 @@ def test_cross_corpus_pipeline_on_real_speech(tmp_path):
     assert {r.speaker for r in res["test"]} == {"emodb:03"}
     assert all(r.name.endswith("#0") for r in res["test"])
     rep = speech.report(res["test"], res["network"])
+    assert rep["clip_last"]["all"]["n"] == rep["clip"]["all"]["n"]
     assert rep["clip"]["all"]["n"] == sum(c.speaker == "emodb:03" for c in clips)
     assert rep["recording"]["all"]["n"] == 2  # one block per emotion
     assert len(res["svr"]) == len(res["test"]) and res["svr"][0].shape[1] == 2

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from avemo_cli.checkpoint import load_checkpoint
+from avemo_cli.checkpoint import load_checkpoint, read_metadata
 from avemo_cli.cli import main
 from avemo_cli.testing.corpus import build_corpus
 
@@ -182,7 +182,8 @@ def test_damaged_cache_entry_is_recomputed(corpus, tmp_path):
 
 def test_categorical_layout_trains_speaker_independently(tmp_path):
     """EmoDB anger / sadness / happiness as <partition>/<emotion>/ folders, split by speaker:
-    an audio model must separate high-arousal anger from low-arousal sadness on unseen voices."""
+    an audio model must separate high-arousal anger from low-arousal sadness on unseen voices.
+    Trained with recording-level normalisation, which the checkpoint carries to eval."""
     from avemo_cli.categorical import emodb
 
     root = tmp_path / "emodb"
@@ -195,8 +196,9 @@ def test_categorical_layout_trains_speaker_independently(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "run"
     code, stdout, err = run("train", "--data", root, "--layout", "categorical", "--modality",
                             "audio", "--epochs", 8, "--lr", "1e-3", "--out", out, "--cache",
-                            cache, "--jobs", 2, "-q")
+                            cache, "--jobs", 2, "--audio-norm", "recording", "-q")
     assert code == 0, err
+    assert read_metadata(stdout.strip())["model"]["audio_norm"] == "recording"
     code, stdout, err = run("eval", "--data", root, "--layout", "categorical", "--weights",
                             stdout.strip(), "--cache", cache, "--json", "--no-postprocess")
     assert code == 0, err
