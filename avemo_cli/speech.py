@@ -45,11 +45,11 @@ NEGATIVE = ("anger", "fear", "disgust", "sadness")
 
 # The default model's audio recipe (examples/train_default.py; benchmarks/bench_crosscorpus.py
 # defaults to the same): the paper's audio branch with recording-level normalisation (a 30 s
-# prior), 4,000 batches of 64 steps, two augmented copies of every recording.
+# prior), 4,000 batches of 64 steps, six augmented copies of every recording.
 AUDIO_CONFIG = {"modality": "audio", "audio_hidden": 64, "audio_layers": 4,
                 "audio_norm": "recording", "audio_norm_prior": 30.0}
 UPDATES = 4000
-COPIES = 2
+COPIES = 6
 
 
 # ----------------------------------------------------------------------------- audio

@@ -61,7 +61,7 @@ def print_tables(results: dict) -> None:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for scheme, models in results.items():
             for model, rep in models.items():
-                for corpus, s in rep[kind].items():
+                for corpus, s in rep.get(kind, {}).items():
                     if not s or (scheme.startswith("loco") and corpus == "all"):
                         continue
                     held = "speakers (5 folds)" if scheme == "speaker_cv" else \
@@ -91,7 +91,15 @@ def main() -> None:
     ap.add_argument("--no-svr", action="store_true")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--tables-from", type=Path, default=None,
+                    help="only print the tables of stored results (a --json file, or "
+                         "weights/default_metrics.json)")
     args = ap.parse_args()
+    if args.tables_from:
+        stored = json.loads(args.tables_from.read_text())
+        stored = stored.get("audio_speech", stored)
+        print_tables(stored.get("results") or stored["held_out"])
+        return
     import torch
 
     torch.set_num_threads(max(1, args.jobs))
