@@ -10,7 +10,8 @@ from conftest import shared_file
 def test_emodb_reader_uses_the_file_name():
     clips = C.emodb(shared_file("emodb"))
     assert len(clips) == 408
-    assert sorted({c.speaker for c in clips}) == ["03", "08", "09", "10", "11", "12", "13", "14"]
+    assert sorted({c.speaker for c in clips}) == [f"emodb:{s}" for s in
+                                                  ("03", "08", "09", "10", "11", "12", "13", "14")]
     happy = next(c for c in clips if c.path.name == "03a01Fa.wav")
     assert happy.emotion == "happiness" and (happy.valence, happy.arousal) == (0.8, 0.5)
     counts = {e: sum(c.emotion == e for c in clips) for e in C.EMODB_LETTERS.values()}
