@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import AvemoError
+from .errors import AvemoError, OutputError
 from .pipeline import STAGES, Annotation, Annotator
 from .writer import SUFFIX, write_csv
 
@@ -47,6 +47,29 @@ def find_media(folder: Path) -> list[Path]:
             if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTS:
                 found.append(Path(root) / name)
     return found
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Fail before any work if outputs cannot be written under ``output_dir``: it, or the
+    nearest existing folder above it (which the outputs' folders would be created in), must be
+    a folder that accepts a new file. Creates nothing that is left behind."""
+    out = Path(output_dir)
+    probe_dir = out
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        where = "it" if probe_dir == out else f"{probe_dir} in its path"
+        raise OutputError(f"{out}: cannot write outputs there ({where} is a file, not a folder)")
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".avemo-write-check-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write outputs there ({probe_dir}: "
+                          f"{exc.strerror or exc})") from None
+    return out
 
 
 def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = "."
@@ -97,7 +120,9 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                    plot: bool = False, overlay: bool = False) -> BatchReport:
     """Annotate every input into ``output_dir``. ``on_done(job, status, detail)`` is called with
     status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason).
-    ``plot`` / ``overlay`` also write the valence plot and the attention overlay video."""
+    ``plot`` / ``overlay`` also write the valence plot and the attention overlay video.
+    Raises ``OutputError`` before any work if ``output_dir`` cannot be written."""
+    check_output_dir(output_dir)
     report = BatchReport()
     jobs, bad = plan(inputs, output_dir)
     for src, reason in bad:

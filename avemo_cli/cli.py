@@ -53,12 +53,13 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     """
     from rich.console import Console
 
-    from .batch import annotate_files
+    from .batch import annotate_files, check_output_dir
     from .errors import AvemoError
     from .pipeline import Annotator
 
     console = Console(stderr=True)
     try:
+        check_output_dir(output_dir)  # before the model loads and any file is analysed
         annotator = Annotator(weights, device=device, faces_backend=faces_backend, stride=stride,
                               batch_size=batch_size, detect_every=detect_every)
     except (AvemoError, ValueError) as err:
@@ -80,6 +81,8 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
             report = annotate_files(inputs, annotator, output_dir, overwrite,
                                     on_start=prog.start, on_stage=prog.stage, on_done=on_done,
                                     plot=plot, overlay=overlay)
+        except AvemoError as err:  # the output folder went away or read-only since the check
+            _fail(str(err))
         except KeyboardInterrupt:
             prog.print("avemo: interrupted; outputs already written are complete, "
                        "the one in progress was not written (re-run to resume)")

@@ -20,3 +20,7 @@ class CheckpointError(AvemoError):
 
 class ModalityError(AvemoError):
     """The input lacks what the checkpoint needs, or the checkpoint lacks a needed branch."""
+
+
+class OutputError(AvemoError):
+    """The output location cannot be written (not a folder, no permission, read-only)."""

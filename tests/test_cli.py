@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -199,3 +200,29 @@ def test_default_model_annotates_the_bundled_sample(tmp_path, monkeypatch):
     assert t.face.mean() > 0.9 and t.voice.mean() > 0.9
     assert np.isfinite(t.valence).all() and t.valence.abs().max() <= 1
     assert (tmp_path / "sample.avemo.png").exists()
+
+
+def test_unusable_output_folder_fails_before_any_work(tmp_path, tiny_ckpt, monkeypatch):
+    from avemo_cli.batch import annotate_files
+    from avemo_cli.errors import OutputError
+    from avemo_cli.pipeline import Annotator
+
+    video = make_synthetic_video(tmp_path / "v.mp4", seconds=2.0)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    analysed = []
+    monkeypatch.setattr(Annotator, "annotate", lambda *a, **k: analysed.append(a))
+    for out, why in [(afile, "(it is a file, not a folder)"),
+                     (afile / "sub" / "dir", f"({afile} in its path is a file, not a folder)"),
+                     (Path("/proc/avemo-out"), "cannot write outputs there (/proc:")]:
+        code, stdout, err = run("annotate", video, "-o", out, "--weights", tiny_ckpt)
+        assert code == 2 and err.strip() == err.strip().splitlines()[0], err
+        assert f"{out}: cannot write outputs there" in err and why in err and not stdout
+        with pytest.raises(OutputError):
+            annotate_files([video], None, out)
+    assert not analysed
+    ok = tmp_path / "new" / "nested"
+    monkeypatch.undo()
+    code, stdout, err = run("annotate", video, "-o", ok, "--weights", tiny_ckpt, "-q")
+    assert code == 0 and (ok / "v.avemo.csv").exists()
+    assert not list(tmp_path.rglob(".avemo-write-check-*"))
