@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,7 +27,8 @@ N_FEATURES = 88
 @dataclass
 class AudioFeatures:
     values: np.ndarray  # (K, 88) float32, raw (not normalised)
-    valid: np.ndarray  # (K,) bool: the step lies inside the audio (voice column)
+    valid: np.ndarray  # (K,) bool: the step lies inside the audio and openSMILE could describe
+    # its window (not so for files of 1 s or less); the CSV's voice column
 
 
 def step_windows(n_steps: int, rate: float, duration: float, window: float,
@@ -83,7 +85,10 @@ def egemaps(samples: np.ndarray, sample_rate: int, n_steps: int, rate: float,
             feature_level=opensmile.FeatureLevel.Functionals,
             options={"frameModeFunctionalsConf": conf},
         )
-        with _deferred_interrupt():
+        with _deferred_interrupt(), warnings.catch_warnings():
+            # windows openSMILE cannot describe come back as NaN rows (marked invalid below);
+            # its own warning about them is not for the user's terminal
+            warnings.filterwarnings("ignore", message="Segment too short")
             table = smile.process_signal(samples, sample_rate)
     values = np.asarray(table.to_numpy(), dtype=np.float32)
     if values.shape != (n_steps, N_FEATURES):  # openSMILE drops windows past the end: hold last
@@ -94,6 +99,7 @@ def egemaps(samples: np.ndarray, sample_rate: int, n_steps: int, rate: float,
         fixed[:m] = values[:m]
         fixed[m:] = values[m - 1]
         values = fixed
+    degenerate = np.isnan(values).all(axis=1)  # e.g. a file of 1 s or less: nothing measured
     values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    valid = np.arange(n_steps) / rate < duration
+    valid = (np.arange(n_steps) / rate < duration) & ~degenerate
     return AudioFeatures(values, valid)

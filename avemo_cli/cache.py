@@ -27,7 +27,8 @@ from .faces import FaceTrack, shared_backend
 from .pipeline import Features, FeatureSettings, extract
 from .writer import atomic_path
 
-CACHE_VERSION = 2  # 2: analysis frames scaled up to max_side too
+CACHE_VERSION = 3  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
+# could not describe (files of 1 s or less) are not valid
 
 
 def default_cache_dir() -> Path:

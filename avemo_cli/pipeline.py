@@ -182,16 +182,24 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
     are interpolated from neighbouring face steps (the paper's rule). Returns the raw step
     predictions, the gap-filled values (before post-processing) and the source used."""
     cfg = model.cfg
-    use_audio = cfg.has_audio and feats.audio is not None
+    heard = feats.audio is not None and feats.audio.valid.any()
+    use_audio = cfg.has_audio and heard
     use_visual = cfg.has_visual and feats.track is not None and feats.face.any()
     if not (use_audio or use_visual):
+        if cfg.has_audio and feats.audio is not None:
+            raise ModalityError(f"{feats.info.path}: the audio is too short to describe "
+                                f"(openSMILE needs more than 1 s)"
+                                f"{' and no face was found' if cfg.has_visual else ''}")
         raise NoFaceError(f"{feats.info.path}: nothing this model can use (no face found"
                           f"{'' if cfg.has_audio else ' and no audio branch'})")
     steps = predict.predict_steps(model, feats.audio.values if use_audio else None,
                                   feats.model_crops() if use_visual else None, stride,
                                   batch_size, device,
                                   feats.audio.valid if use_audio else None)
-    values = fill_gaps(steps.values, feats.face) if use_visual else steps.values
+    values = steps.values
+    if use_audio and use_visual:  # where the voice was not heard, the face alone
+        values = np.where(feats.voice[:, None], values, steps.visual_values)
+    values = fill_gaps(values, feats.face) if use_visual else values
     source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
     return steps, values, source
 

@@ -50,3 +50,36 @@ def test_ctrl_c_during_opensmile_is_not_swallowed():
     with pytest.raises(KeyboardInterrupt):
         audio.egemaps(x, 16000, n_steps=480, rate=4, window=6.0)
     timer.join()
+
+
+def test_audio_of_one_second_or_less_is_not_voice_and_warns_nobody(recwarn):
+    """openSMILE cannot describe the windows of a file of 1 s or less (it fills them with NaN
+    and warns): those steps are not valid, and its warning does not reach the user."""
+    t = np.arange(16000) / 16000
+    tone = (0.1 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    short = audio.egemaps(tone, 16000, n_steps=4, rate=4, window=6.0)
+    assert not short.valid.any() and np.isfinite(short.values).all()
+    longer = audio.egemaps(np.tile(tone, 2)[:24000], 16000, n_steps=6, rate=4, window=6.0)
+    assert longer.valid.all()
+    assert not [w for w in recwarn if "Segment too short" in str(w.message)]
+
+
+def test_steps_without_voice_use_the_visual_head_alone(tmp_path):
+    from avemo_cli.faces import FaceTrack
+    from avemo_cli.pipeline import Features, predict_features
+    from avemo_cli.testing.tiny_checkpoint import tiny_model
+
+    k = 24
+    rng = np.random.default_rng(0)
+    valid = np.arange(k) < 15  # e.g. the audio track ends before the video
+    track = FaceTrack(rng.integers(0, 256, (k, 64, 64), dtype=np.uint8), np.ones(k, bool),
+                      np.zeros((k, 4)), np.zeros((k, 68, 2), np.float32), np.zeros((k, 2, 3)))
+    info = demux.MediaInfo(tmp_path / "x.mp4", k / 4, True, True, 64, 64, 4.0, 0, k)
+    feats = Features(info, k, info.frame_times(),
+                     audio.AudioFeatures(rng.normal(0, 10, (k, 88)).astype(np.float32), valid),
+                     track)
+    steps, values, source = predict_features(tiny_model("av", seed=4), feats)
+    assert source == "av"
+    assert np.allclose(values[valid], steps.values[valid])
+    assert np.allclose(values[~valid], steps.visual_values[~valid])
+    assert not np.allclose(steps.values[~valid], steps.visual_values[~valid])

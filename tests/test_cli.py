@@ -226,3 +226,15 @@ def test_unusable_output_folder_fails_before_any_work(tmp_path, tiny_ckpt, monke
     code, stdout, err = run("annotate", video, "-o", ok, "--weights", tiny_ckpt, "-q")
     assert code == 0 and (ok / "v.avemo.csv").exists()
     assert not list(tmp_path.rglob(".avemo-write-check-*"))
+
+
+def test_audio_too_short_to_describe_is_a_one_line_error(tmp_path, tiny_audio_ckpt):
+    from conftest import ffmpeg
+
+    wav = tmp_path / "blip.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=0.8", "-ar", "16000", str(wav))
+    code, stdout, err = run("annotate", wav, "-o", tmp_path, "--weights", tiny_audio_ckpt, "-q")
+    assert code == 1 and not stdout
+    assert "blip.wav: the audio is too short to describe" in err
+    assert "Segment too short" not in err and "Traceback" not in err
+    assert not (tmp_path / "blip.avemo.csv").exists()
