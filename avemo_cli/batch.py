@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 from .errors import AvemoError, OutputError
 from .pipeline import STAGES, Annotation, Annotator
-from .writer import SUFFIX, write_csv
+from .writer import SUFFIX, remove_stale_temporaries, write_csv
 
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
               ".3gp", ".mts", ".ts"}
@@ -133,6 +133,8 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
         if on_start:
             on_start(job, i, len(jobs))
         extras = extra_outputs(job, plot, overlay)
+        for out in (job.output, *extras):  # what a killed earlier run left half-written
+            remove_stale_temporaries(out)
         if not overwrite and job.output.exists() and all(p.exists() for p in extras):
             report.skipped.append(job.output)
             if on_done:

@@ -43,6 +43,37 @@ def frame_table(step_values: np.ndarray, targets: list[str], rate: float,
     return pd.DataFrame(table, columns=COLUMNS)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists (another user's), or not a pid we can judge: leave its files
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that ``atomic_path`` left beside ``path`` in runs that were
+    killed before they could clean up (``.<name>.tmp<pid>[suffix]`` of a process that no longer
+    exists on this machine). Returns what was removed."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}.tmp"
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        digits = "".join(c for c in tmp.name[len(prefix):].split(".")[0] if c.isdigit())
+        if not digits or _alive(int(digits)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends

@@ -238,3 +238,18 @@ def test_audio_too_short_to_describe_is_a_one_line_error(tmp_path, tiny_audio_ck
     assert "blip.wav: the audio is too short to describe" in err
     assert "Segment too short" not in err and "Traceback" not in err
     assert not (tmp_path / "blip.avemo.csv").exists()
+
+
+def test_a_rerun_cleans_what_a_killed_run_left(tmp_path, tiny_ckpt):
+    video = make_synthetic_video(tmp_path / "v.mp4", seconds=2.0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [out / f".v.avemo.csv.tmp{dead}", out / f".v.avemo.png.tmp{dead}.png"]
+    for p in left:
+        p.write_text("half-written")
+    code, stdout, err = run("annotate", video, "-o", out, "--weights", tiny_ckpt, "--plot", "-q")
+    assert code == 0, err
+    assert (out / "v.avemo.csv").exists() and (out / "v.avemo.png").exists()
+    assert not any(p.exists() for p in left)
