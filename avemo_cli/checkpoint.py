@@ -97,6 +97,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: tensors do not match the model settings ({first})") \
             from None
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values "
+                              f"(e.g. {broken[0]}): a damaged or diverged model")
     model.eval().to(device)
     return Checkpoint(model, cfg, meta.get("postprocess", {}), meta.get("provenance", {}), path)
 

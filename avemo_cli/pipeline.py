@@ -19,7 +19,7 @@ import torch
 from . import audio as audio_stage
 from . import demux, faces, postprocess, predict, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
-from .errors import ModalityError, NoFaceError
+from .errors import CheckpointError, ModalityError, NoFaceError
 
 STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "overlay")
 
@@ -196,6 +196,9 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
                                   feats.model_crops() if use_visual else None, stride,
                                   batch_size, device,
                                   feats.audio.valid if use_audio else None)
+    if not np.isfinite(steps.values).all():
+        raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
+                              f"or infinite): a damaged or diverged checkpoint")
     values = steps.values
     if use_audio and use_visual:  # where the voice was not heard, the face alone
         values = np.where(feats.voice[:, None], values, steps.visual_values)

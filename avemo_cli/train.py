@@ -115,6 +115,27 @@ def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: Mode
     return out
 
 
+LABEL_RANGE = (-1.0, 1.0)  # valence and arousal, as avemo writes them
+
+
+def check_label_range(seq: Sequence, targets: list[str]) -> None:
+    """Refuse a sequence whose labels for ``targets`` are missing values or lie outside
+    ``LABEL_RANGE`` (a rating on another scale would train a model to other numbers)."""
+    where = seq.label_path or seq.media
+    lo, hi = LABEL_RANGE
+    for t in targets:
+        if seq.labels is None or t not in seq.labels:
+            continue
+        v = seq.labels[t].to_numpy(np.float64)
+        if not np.isfinite(v).all():
+            raise TrainError(f"{where}: {t} has {int((~np.isfinite(v)).sum())} missing or "
+                             f"non-finite value(s); fill or drop those rows")
+        if v.min() < lo - 1e-6 or v.max() > hi + 1e-6:
+            bad = v.min() if v.min() < lo - 1e-6 else v.max()
+            raise TrainError(f"{where}: {t} value {bad:g} is outside [{lo:g}, {hi:g}]; "
+                             f"rescale the ratings to that range")
+
+
 def _git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -227,6 +248,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
     for p in ("train", "devel"):
         if not by_part[p]:
             raise TrainError(f"{opts.data}: no labelled {p} sequences in the {opts.layout} layout")
+    for seq in by_part["train"] + by_part["devel"]:
+        check_label_range(seq, cfg.targets)
     settings = FeatureSettings.for_model(cfg, opts.faces_backend)
     cache = FeatureCache(opts.cache)
     train_items = prepare_sequences(by_part["train"], settings, cfg, cache, opts.jobs, log)
@@ -284,11 +307,16 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
             batch = _batch(train_items, samples[order[b:b + opts.batch_size]], cfg, device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 loss = _batch_loss(model, batch, cfg, opts.loss)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise TrainError(f"epoch {epoch + 1}: the training loss is {value} (diverged); "
+                                 f"nothing was saved from this epoch: lower --lr and re-run "
+                                 f"(--resume goes on from the last finished epoch)")
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             n = len(batch["gold"])
-            total += float(loss.detach()) * n
+            total += value * n
             seen += n
         train_s = time.perf_counter() - t0
         preds, golds = evaluate_items(model, devel_items, device)

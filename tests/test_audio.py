@@ -83,3 +83,23 @@ def test_steps_without_voice_use_the_visual_head_alone(tmp_path):
     assert np.allclose(values[valid], steps.values[valid])
     assert np.allclose(values[~valid], steps.visual_values[~valid])
     assert not np.allclose(steps.values[~valid], steps.visual_values[~valid])
+
+
+def test_non_finite_predictions_are_an_error_not_blank_columns(tmp_path):
+    import pytest
+    import torch
+
+    from avemo_cli.errors import CheckpointError
+    from avemo_cli.pipeline import Features, predict_features
+    from avemo_cli.testing.tiny_checkpoint import tiny_model
+
+    k = 12
+    info = demux.MediaInfo(tmp_path / "x.wav", k / 4, False, True)
+    feats = Features(info, k, None, audio.AudioFeatures(np.zeros((k, 88), np.float32),
+                                                        np.ones(k, bool)))
+    model = tiny_model("audio")
+    predict_features(model, feats)  # finite: fine
+    with torch.no_grad():
+        model.audio_head.bias[0] = float("inf")  # e.g. diverged after loading
+    with pytest.raises(CheckpointError, match="x.wav: the model's predictions are not finite"):
+        predict_features(model, feats)

@@ -203,3 +203,49 @@ def test_categorical_layout_trains_speaker_independently(tmp_path):
                             stdout.strip(), "--cache", cache, "--json", "--no-postprocess")
     assert code == 0, err
     assert json.loads(stdout)["arousal"]["ccc"] > 0.5
+
+
+def test_out_of_range_or_missing_labels_are_refused(corpus, tmp_path):
+    """A label file on another scale (1e9) or with gaps is a one-line refusal naming it, before
+    any feature extraction or training."""
+    import shutil
+
+    for bad_value, cause in (("1e9", "outside [-1, 1]"), ("nan", "missing or non-finite")):
+        root = tmp_path / f"avec_{bad_value}"
+        shutil.copytree(corpus, root, symlinks=True)
+        lab = root / "labels" / "Train_02.csv"
+        rows = lab.read_text().splitlines()
+        name, t, a, v, liking = rows[5].split(";")
+        rows[5] = ";".join([name, t, a, bad_value, liking])
+        lab.write_text("\n".join(rows) + "\n")
+        code, stdout, err = run("train", "--data", root, "--modality", "audio", "--epochs", 1,
+                                "--out", tmp_path / "run", "--cache", tmp_path / "cache", "-q")
+        assert code == 2 and not stdout, err
+        assert str(lab) in err and "valence" in err and cause in err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()
+
+
+def test_diverging_training_stops_without_a_checkpoint(corpus, tmp_path):
+    code, stdout, err = run("train", "--data", corpus, "--modality", "audio", "--epochs", 2,
+                            "--lr", "1e30", "--out", tmp_path / "run", "--cache",
+                            tmp_path / "cache", "-q")
+    assert code == 2 and "the training loss is" in err and "lower --lr" in err
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_a_checkpoint_holding_nan_is_a_one_line_error(corpus, tmp_path, tiny_audio_ckpt):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_audio_ckpt))
+    state["audio_head.weight"][0, 0] = float("nan")
+    bad = tmp_path / "nan.safetensors"
+    save_file(state, str(bad), metadata={"avemo": json.dumps(read_metadata(tiny_audio_ckpt))})
+    with pytest.raises(Exception, match="NaN or infinite values"):
+        load_checkpoint(bad)
+    wav = shared_file("emodb", "03a01Fa.wav")
+    code, stdout, err = run("annotate", wav, "-o", tmp_path / "out", "--weights", bad)
+    assert code == 2 and str(bad) in err and "NaN" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    code, stdout, err = run("eval", "--data", corpus, "--weights", bad, "--cache",
+                            tmp_path / "cache")
+    assert code == 2 and str(bad) in err and "Traceback" not in err
