@@ -307,8 +307,12 @@ def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batc
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout: target -> metric -> value.")
 @click.option("--plot", "plot_dir", default=None, type=click.Path(file_okay=False),
               help="Write a predicted-vs-gold figure per sequence and a CCC summary here.")
+@click.option("--min-coverage", default=0.5, show_default=True,
+              type=click.FloatRange(0.0, 1.0),
+              help="Fail when a prediction covers less than this share of its gold labels "
+                   "(partial coverage above it is a warning).")
 def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, metric, how,
-             no_postprocess, per_sequence, save_pred, device, as_json, plot_dir):
+             no_postprocess, per_sequence, save_pred, device, as_json, plot_dir, min_coverage):
     """Score predictions: RMSE, CC and CCC per target (the paper's table format)."""
     import json
 
@@ -319,15 +323,19 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
     if pred or gold:
         if not (pred and gold) or data or weights:
             raise click.UsageError("use either --pred DIR --gold DIR, or --data DIR --weights CKPT")
-        result = _guard(E.evaluate_folders, Path(pred), Path(gold), metrics, how)
+        result = _guard(E.evaluate_folders, Path(pred), Path(gold), metrics, how,
+                        min_coverage)
         title = f"{pred} against {gold}"
     else:
         if not (data and weights):
             raise click.UsageError("use either --data DIR --weights CKPT, or --pred DIR --gold DIR")
         log = lambda msg: click.echo(msg, err=True)  # noqa: E731
         result = _guard(E.evaluate_model, data, weights, layout, partition, split,
-                        not no_postprocess, device, cache, jobs, metrics, how, save_pred, log)
+                        not no_postprocess, device, cache, jobs, metrics, how, save_pred, log,
+                        min_coverage)
         title = f"{Path(weights).name} on {partition}"
+    for note in result.warnings:
+        click.echo(f"avemo: warning: {note}", err=True)
     if plot_dir:
         files = result.plot(plot_dir)
         click.echo(f"plots: {len(files)} figures in {plot_dir}", err=True)

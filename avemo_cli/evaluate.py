@@ -37,6 +37,8 @@ class EvalResult:
     unmatched: list[str] = field(default_factory=list)
     preds: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     golds: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    coverage: dict[str, float] = field(default_factory=dict)  # sequence -> share of gold scored
+    warnings: list[str] = field(default_factory=list)  # partial coverage, unmatched files
 
     def plot(self, folder: str | Path) -> list[Path]:
         """One figure per sequence (predicted against gold over time, like the paper's
@@ -55,14 +57,39 @@ class EvalResult:
         out: dict = {t: v for t, v in self.scores.items()}
         if with_sequences:
             out["sequences"] = self.per_sequence
+            out["coverage"] = self.coverage
         return out
 
 
+def read_prediction(path: Path) -> pd.DataFrame:
+    """One avemo CSV, checked: readable, not empty, a numeric ``time`` and target columns."""
+    try:
+        table = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: empty prediction file") from None
+    except Exception as exc:
+        raise DatasetError(f"{path}: unreadable prediction file ({exc})") from None
+    if "time" not in table.columns:
+        raise DatasetError(f"{path}: not an avemo CSV (no time column; found "
+                           f"{', '.join(map(str, table.columns)) or 'none'})")
+    if table.empty:
+        raise DatasetError(f"{path}: no prediction rows")
+    for col in ["time", *(t for t in TARGETS if t in table.columns)]:
+        try:
+            table[col] = pd.to_numeric(table[col])
+        except (ValueError, TypeError):
+            raise DatasetError(f"{path}: non-numeric values in the {col} column") from None
+    if table["time"].isna().any():
+        raise DatasetError(f"{path}: rows without a time")
+    return table
+
+
 def read_predictions(folder: Path) -> dict[str, pd.DataFrame]:
-    found = {p.name[: -len(writer.SUFFIX)]: p for p in sorted(Path(folder).rglob("*" + writer.SUFFIX))}
+    found = {p.name[: -len(writer.SUFFIX)]: p
+             for p in sorted(Path(folder).rglob("*" + writer.SUFFIX))}
     if not found:
         raise DatasetError(f"{folder}: no *{writer.SUFFIX} prediction files")
-    return {name: pd.read_csv(p) for name, p in found.items()}
+    return {name: read_prediction(p) for name, p in found.items()}
 
 
 def read_gold(folder: Path) -> dict[str, pd.DataFrame]:
@@ -87,13 +114,42 @@ def aligned(pred: pd.DataFrame, gold: pd.DataFrame, target: str) -> tuple[np.nda
     return p, g
 
 
+def coverage(pred: pd.DataFrame, gold: pd.DataFrame) -> float:
+    """Share of the gold label rows that the prediction covers in time (gold more than half a
+    second past the prediction's last row is not scored)."""
+    gt = gold["time"].to_numpy(np.float64)
+    return float(np.mean(gt <= pred["time"].to_numpy(np.float64).max() + 0.5)) if len(gt) else 0.0
+
+
 def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
-             metrics=M.METRICS, how: str = "concat") -> EvalResult:
+             metrics=M.METRICS, how: str = "concat", min_coverage: float = 0.5) -> EvalResult:
+    """Score matched sequences. Sequences whose prediction covers less than all of the gold
+    are named in ``warnings``; any below ``min_coverage`` is an error. Files without a partner
+    are listed in ``unmatched`` (and in ``warnings``)."""
     names = sorted(set(preds) & set(golds))
+    only_pred, only_gold = sorted(set(preds) - set(golds)), sorted(set(golds) - set(preds))
     unmatched = sorted(set(preds) ^ set(golds))
     if not names:
         raise DatasetError("no prediction file matches a gold file by name "
                            "(<name>.avemo.csv against <name>.csv)")
+    notes = []
+    if only_pred:
+        notes.append(f"{len(only_pred)} prediction(s) without gold, not scored: "
+                     f"{', '.join(only_pred)}")
+    if only_gold:
+        notes.append(f"{len(only_gold)} gold file(s) without a prediction, not scored: "
+                     f"{', '.join(only_gold)}")
+    cover = {n: coverage(preds[n], golds[n]) for n in names}
+    for n in names:
+        if cover[n] < 1.0:
+            notes.append(f"{n}: the prediction covers {cover[n]:.0%} of the gold "
+                         f"({int(round(cover[n] * len(golds[n])))} of {len(golds[n])} "
+                         f"label rows); the rest is not scored")
+    low = [n for n in names if cover[n] < min_coverage]
+    if low:
+        raise DatasetError(f"{', '.join(low)}: the prediction covers less than "
+                           f"{min_coverage:.0%} of the gold (lowest {min(cover[n] for n in low):.0%}"
+                           f"); check that they are the same recording, or lower --min-coverage")
     targets = [t for t in TARGETS if any(t in golds[n] and t in preds[n] and
                                          preds[n][t].notna().any() for n in names)]
     pairs = {t: {n: aligned(preds[n], golds[n], t) for n in names
@@ -103,13 +159,22 @@ def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
               for t in targets}
     per_seq = {n: {t: {m: M.FUNCTIONS[m](*pairs[t][n]) for m in metrics}
                    for t in targets if n in pairs[t]} for n in names}
+    for t in targets:
+        for n, (p, g) in pairs[t].items():
+            ok = ~np.isnan(p) & ~np.isnan(g)
+            if ok.sum() < 2:
+                notes.append(f"{n}: {t} has {int(ok.sum())} scored row(s); CC and CCC need "
+                             f"two or more (nan)")
+            elif np.ptp(g[ok]) == 0:
+                notes.append(f"{n}: {t} gold is constant ({g[ok][0]:g}); its CC is undefined "
+                             f"(nan) and its CCC measures only the offset")
     return EvalResult(scores, per_seq, names, unmatched,
-                      {n: preds[n] for n in names}, {n: golds[n] for n in names})
+                      {n: preds[n] for n in names}, {n: golds[n] for n in names}, cover, notes)
 
 
-def evaluate_folders(pred_dir: Path, gold_dir: Path, metrics=M.METRICS, how="concat"
-                     ) -> EvalResult:
-    return evaluate(read_predictions(pred_dir), read_gold(gold_dir), metrics, how)
+def evaluate_folders(pred_dir: Path, gold_dir: Path, metrics=M.METRICS, how="concat",
+                     min_coverage: float = 0.5) -> EvalResult:
+    return evaluate(read_predictions(pred_dir), read_gold(gold_dir), metrics, how, min_coverage)
 
 
 def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
@@ -155,10 +220,11 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
 def evaluate_model(data, weights, layout="avec2017", partition="devel", split=None,
                    use_postprocess=True, device="auto", cache=None, jobs=1, metrics=M.METRICS,
                    how="concat", save_pred: str | Path | None = None,
-                   log: Callable[[str], None] = print) -> EvalResult:
+                   log: Callable[[str], None] = print, min_coverage: float = 0.5
+                   ) -> EvalResult:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(save_pred) if save_pred else Path(tmp)
         gold = predict_partition(data, weights, out, layout, partition, split, use_postprocess,
                                  device, cache, jobs, log)
         preds = read_predictions(out)
-        return evaluate({n: preds[n] for n in gold}, gold, metrics, how)
+        return evaluate({n: preds[n] for n in gold}, gold, metrics, how, min_coverage)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -249,3 +250,37 @@ def test_a_checkpoint_holding_nan_is_a_one_line_error(corpus, tmp_path, tiny_aud
     code, stdout, err = run("eval", "--data", corpus, "--weights", bad, "--cache",
                             tmp_path / "cache")
     assert code == 2 and str(bad) in err and "Traceback" not in err
+
+
+def test_eval_says_what_it_scored(tmp_path):
+    pred, gold = tmp_path / "pred", tmp_path / "gold"
+    pred.mkdir()
+    gold.mkdir()
+    t = np.round(np.arange(81) * 0.1, 1)
+    g = pd.DataFrame({"time": t, "valence": np.sin(t), "arousal": np.cos(t)})
+    g.to_csv(gold / "a.csv", index=False)
+    g.assign(valence=0.3).to_csv(gold / "flat.csv", index=False)
+    g.to_csv(gold / "c.csv", index=False)  # no prediction
+    full = pd.DataFrame({"frame": range(81), "time": t, "valence": np.sin(t) * 0.9,
+                         "arousal": np.cos(t), "face": 1, "voice": 1})
+    full.head(10).to_csv(pred / "a.avemo.csv", index=False)  # 10 rows against 8 s of gold
+    full.to_csv(pred / "flat.avemo.csv", index=False)
+    full.to_csv(pred / "b.avemo.csv", index=False)  # no gold
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
+    assert code == 2 and "a: the prediction covers less than 50% of the gold (lowest 19%)" in err
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--min-coverage", "0.1",
+                            "--json", "--per-sequence")
+    assert code == 0, err
+    assert "a: the prediction covers 19% of the gold (15 of 81 label rows)" in err
+    assert "1 prediction(s) without gold, not scored: b" in err
+    assert "1 gold file(s) without a prediction, not scored: c" in err
+    assert "flat: valence gold is constant (0.3)" in err
+    out = json.loads(stdout)
+    assert out["coverage"] == {"a": pytest.approx(15 / 81), "flat": 1.0}
+    for content, cause in (("", "empty prediction file"),
+                           ("frame,valence\n0,0.1\n", "no time column"),
+                           ("frame,time,valence\n0,zero,0.1\n", "non-numeric values in the time")):
+        (pred / "flat.avemo.csv").write_text(content)
+        code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
+        assert code == 2 and "flat.avemo.csv" in err and cause in err, err
+        assert len(err.strip().splitlines()) == 1
