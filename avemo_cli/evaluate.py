@@ -147,9 +147,10 @@ def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
                          f"label rows); the rest is not scored")
     low = [n for n in names if cover[n] < min_coverage]
     if low:
+        lowest = min(cover[n] for n in low)
         raise DatasetError(f"{', '.join(low)}: the prediction covers less than "
-                           f"{min_coverage:.0%} of the gold (lowest {min(cover[n] for n in low):.0%}"
-                           f"); check that they are the same recording, or lower --min-coverage")
+                           f"{min_coverage:.0%} of the gold (lowest {lowest:.0%}); check that "
+                           f"they are the same recording, or lower --min-coverage")
     targets = [t for t in TARGETS if any(t in golds[n] and t in preds[n] and
                                          preds[n][t].notna().any() for n in names)]
     pairs = {t: {n: aligned(preds[n], golds[n], t) for n in names
