@@ -56,10 +56,9 @@ COPIES = 6
 
 def load_clips(shared: Path, corpora=("emodb", "ravdess", "emovo")) -> list[C.Clip]:
     """The labelled speech clips of the named corpora under ``shared`` (../shared/data)."""
-    folders = {"emodb": "emodb", "ravdess": "ravdess", "emovo": "emovo"}
     out: list[C.Clip] = []
-    for name in corpora:
-        out += C.SPEECH_CORPORA[name](shared / folders[name])
+    for name in corpora:  # each corpus in the folder of its name
+        out += C.SPEECH_CORPORA[name](shared / name)
     return out
 
 
