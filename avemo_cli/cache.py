@@ -17,7 +17,7 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -29,6 +29,25 @@ from .writer import atomic_path
 
 CACHE_VERSION = 3  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
 # could not describe (files of 1 s or less) are not valid
+
+
+def save_npz(path: Path, arrays: dict) -> None:
+    """``np.savez`` under ``path`` atomically (a killed run never leaves a truncated entry)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def spawn_map(fn: Callable, items: list, jobs: int = 1, chunksize: int = 1) -> Iterator:
+    """``fn`` over ``items`` in ``jobs`` spawned processes (no fork after torch/OpenMP start-up),
+    results in order as they come; in this process when ``jobs`` <= 1 or there is one item."""
+    if jobs <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        yield from pool.map(fn, items, chunksize=chunksize)
 
 
 def default_cache_dir() -> Path:
@@ -68,8 +87,7 @@ class FeatureCache:
             return None  # missing or damaged (e.g. truncated): recompute
 
     def _write(self, path: Path, arrays: dict) -> None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        save_npz(path, arrays)
 
     def load(self, media: Path, settings: FeatureSettings, want_audio: bool, want_visual: bool,
              digest: str | None = None) -> Features | None:
@@ -158,14 +176,6 @@ def extract_all(media: Iterable[Path], settings: FeatureSettings, want_audio: bo
         if on_done:
             on_done(*result)
 
-    if jobs <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            done(_extract_one(t))
-    else:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # no fork after torch/OpenMP start-up
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            for result in pool.map(_extract_one, tasks):
-                done(result)
+    for result in spawn_map(_extract_one, tasks, jobs):
+        done(result)
     return counts

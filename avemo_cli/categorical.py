@@ -170,15 +170,10 @@ def align_stills(images: np.ndarray, size: int, upsample: int = 4, jobs: int = 1
     """Align small face images the way annotation aligns video frames: upsample (dlib finds
     faces of 80 px and more), detect (or take the centred box), 68 landmarks, the same template
     and crop. Returns the crops and whether dlib detected each face."""
-    chunks = [(images[i:i + 512], size, upsample) for i in range(0, len(images), 512)]
-    if jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    from .cache import spawn_map
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_align_chunk, chunks))
-    else:
-        parts = [_align_chunk(c) for c in chunks]
+    chunks = [(images[i:i + 512], size, upsample) for i in range(0, len(images), 512)]
+    parts = list(spawn_map(_align_chunk, chunks, jobs))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

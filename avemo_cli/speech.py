@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +33,7 @@ import torch
 
 from . import categorical as C
 from .audio import egemaps
+from .cache import save_npz, spawn_map
 from .demux import AUDIO_RATE, probe, read_audio
 from .metrics import ccc
 from .model import AVModel, ModelConfig
@@ -75,14 +74,8 @@ def decode_all(clips: list[C.Clip], cache: Path, jobs: int = 2) -> list[np.ndarr
     if path.exists():
         with np.load(path) as z:
             return [z[str(i)] for i in range(len(clips))]
-    paths = [str(c.path) for c in clips]
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            audio = list(pool.map(_decode, paths, chunksize=16))
-    else:
-        audio = [_decode(p) for p in paths]
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{str(i): a for i, a in enumerate(audio)})
+    audio = list(spawn_map(_decode, [str(c.path) for c in clips], jobs, chunksize=16))
+    save_npz(path, {str(i): a for i, a in enumerate(audio)})
     return audio
 
 
@@ -179,14 +172,9 @@ def _features_cached(specs, audio, clips, rate, window, cache: Path, jobs: int, 
             return [(z[f"v{i}"], z[f"m{i}"]) for i in range(len(specs))]
     jobs_in = [([audio[i] for b in s[3] for i in b], s[4], rate, window) for s in specs]
     log(f"eGeMAPS for {len(specs)} recordings ...")
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            feats = list(pool.map(_features, jobs_in, chunksize=8))
-    else:
-        feats = [_features(j) for j in jobs_in]
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{f"v{i}": v for i, (v, _) in enumerate(feats)},
-             **{f"m{i}": m for i, (_, m) in enumerate(feats)})
+    feats = list(spawn_map(_features, jobs_in, jobs, chunksize=8))
+    save_npz(path, {**{f"v{i}": v for i, (v, _) in enumerate(feats)},
+                    **{f"m{i}": m for i, (_, m) in enumerate(feats)}})
     return feats
 
 
@@ -308,9 +296,9 @@ def svr_probe(model: AVModel, train: list[Recording], test: list[Recording], n: 
 
     rows, weights = training_rows(train, skip)
     pick = rows[np.random.default_rng(seed).choice(len(rows), n, p=weights)]
-    cache: dict[int, np.ndarray] = {}
-    x = np.stack([cache.setdefault(int(i), z(train[i]))[k] for i, k in pick])
-    y = np.stack([train[i].targets[k] for i, k in pick])
+    used = {int(i): (z(train[i]), train[i].targets) for i in np.unique(pick[:, 0])}
+    x = np.stack([used[int(i)][0][k] for i, k in pick])
+    y = np.stack([used[int(i)][1][k] for i, k in pick])
     svrs = [SVR(C=1.0, epsilon=0.05).fit(x, y[:, j]) for j in range(y.shape[1])]
     out = []
     for r in test:
