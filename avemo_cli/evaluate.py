@@ -27,6 +27,7 @@ from .datasets import DatasetError, load_dataset, read_labels
 from .pipeline import FeatureSettings, predict_features, resolve_device, to_table
 
 TARGETS = ("valence", "arousal")
+PAST_END = 0.5  # s: gold this far past a prediction's last row is still scored, not beyond
 
 
 @dataclass
@@ -110,15 +111,16 @@ def aligned(pred: pd.DataFrame, gold: pd.DataFrame, target: str) -> tuple[np.nda
     if not ok.any():
         return np.full_like(g, np.nan), g
     p = np.interp(gt, pt[ok], col[ok])
-    p[gt > pt[ok][-1] + 0.5] = np.nan
+    p[gt > pt[ok][-1] + PAST_END] = np.nan
     return p, g
 
 
 def coverage(pred: pd.DataFrame, gold: pd.DataFrame) -> float:
-    """Share of the gold label rows that the prediction covers in time (gold more than half a
-    second past the prediction's last row is not scored)."""
+    """Share of the gold label rows that the prediction covers in time (gold more than
+    ``PAST_END`` past the prediction's last row is not scored)."""
     gt = gold["time"].to_numpy(np.float64)
-    return float(np.mean(gt <= pred["time"].to_numpy(np.float64).max() + 0.5)) if len(gt) else 0.0
+    end = pred["time"].to_numpy(np.float64).max()
+    return float(np.mean(gt <= end + PAST_END)) if len(gt) else 0.0
 
 
 def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
@@ -128,7 +130,7 @@ def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
     are listed in ``unmatched`` (and in ``warnings``)."""
     names = sorted(set(preds) & set(golds))
     only_pred, only_gold = sorted(set(preds) - set(golds)), sorted(set(golds) - set(preds))
-    unmatched = sorted(set(preds) ^ set(golds))
+    unmatched = sorted(only_pred + only_gold)
     if not names:
         raise DatasetError("no prediction file matches a gold file by name "
                            "(<name>.avemo.csv against <name>.csv)")

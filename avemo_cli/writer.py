@@ -43,6 +43,11 @@ def frame_table(step_values: np.ndarray, targets: list[str], rate: float,
     return pd.DataFrame(table, columns=COLUMNS)
 
 
+def _temporary_prefix(path: Path) -> str:
+    """How ``atomic_path``'s temporary names for ``path`` begin (the writing pid follows)."""
+    return f".{path.name}.tmp"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -58,13 +63,13 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     killed before they could clean up (``.<name>.tmp<pid>[suffix]`` of a process that no longer
     exists on this machine). Returns what was removed."""
     path = Path(path)
-    removed = []
-    prefix = f".{path.name}.tmp"
+    removed: list[Path] = []
+    prefix = _temporary_prefix(path)
     if not path.parent.is_dir():
         return removed
-    for tmp in path.parent.glob(f".{path.name}.tmp*"):
-        digits = "".join(c for c in tmp.name[len(prefix):].split(".")[0] if c.isdigit())
-        if not digits or _alive(int(digits)):
+    for tmp in path.parent.glob(prefix + "*"):
+        pid = tmp.name[len(prefix):].split(".")[0]  # what follows is atomic_path's suffix
+        if not pid.isdigit() or _alive(int(pid)):
             continue
         try:
             tmp.unlink()
@@ -82,7 +87,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     Every avemo output (CSVs, figures, videos, checkpoints, cache entries) is written so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
