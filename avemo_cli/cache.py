@@ -15,7 +15,6 @@ import json
 import os
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -27,8 +26,9 @@ from .faces import FaceTrack, shared_backend
 from .pipeline import Features, FeatureSettings, extract
 from .writer import atomic_path
 
-CACHE_VERSION = 3  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
-# could not describe (files of 1 s or less) are not valid
+CACHE_VERSION = 4  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
+# could not describe (files of 1 s or less) are not valid; 4: frame times from the container,
+# display size after the sample aspect ratio
 
 
 def save_npz(path: Path, arrays: dict) -> None:
@@ -106,7 +106,8 @@ class FeatureCache:
         if meta is None:
             return None
         meta["path"] = Path(media)
-        info = demux.MediaInfo(**meta)
+        pts = next(iter(parts.values()))["pts"]
+        info = demux.MediaInfo(**meta, pts=pts if len(pts) else None)
         n = int(next(iter(parts.values()))["n_steps"])
         feats = Features(info, n, info.frame_times() if info.has_video else None)
         if "audio" in parts and parts["audio"]["values"].size:
@@ -121,8 +122,10 @@ class FeatureCache:
     def store(self, feats: Features, settings: FeatureSettings, want_audio: bool,
               want_visual: bool, digest: str | None = None) -> None:
         digest = digest or file_digest(feats.info.path)
-        meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(feats.info).items()}
-        common = {"info": np.array(json.dumps(meta)), "n_steps": np.array(feats.n_steps)}
+        pts = feats.info.pts
+        common = {"info": np.array(json.dumps(feats.info.to_json())),
+                  "n_steps": np.array(feats.n_steps),
+                  "pts": pts if pts is not None else np.zeros(0)}
         if want_audio:
             a = feats.audio
             self._write(self._path(digest, "audio", settings), {

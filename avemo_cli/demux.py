@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -47,16 +47,29 @@ class MediaInfo:
     duration: float  # seconds
     has_video: bool
     has_audio: bool
-    width: int = 0  # display size, after rotation
+    width: int = 0  # display size: after the sample aspect ratio and rotation
     height: int = 0
-    fps: float = 0.0
+    fps: float = 0.0  # nominal frame rate (the container's; frames may not keep it)
     rotation: int = 0  # degrees, as stored in the file's display matrix
     n_frames: int = 0  # video frames (one CSV row each)
     audio_codec: str = ""  # ffmpeg's name for the first audio stream's codec ("aac", ...)
+    sar: float = 1.0  # sample (pixel) aspect ratio of the stored frames
+    pts: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # (n_frames,) presentation time of every frame in seconds, from the container
 
     def frame_times(self) -> np.ndarray:
-        """Presentation time of every video frame (constant frame rate assumed)."""
+        """Presentation time of every video frame: the container's timestamps (on ffmpeg's
+        timeline, the one the analysis steps are placed on), or ``i / fps`` where it has none."""
+        if self.pts is not None and len(self.pts) == self.n_frames:
+            return self.pts
         return np.arange(self.n_frames, dtype=np.float64) / self.fps
+
+    def to_json(self) -> dict:
+        """The fields that are plain values (``pts`` is an array; stored beside them)."""
+        return {"path": str(self.path), "duration": self.duration, "has_video": self.has_video,
+                "has_audio": self.has_audio, "width": self.width, "height": self.height,
+                "fps": self.fps, "rotation": self.rotation, "n_frames": self.n_frames,
+                "audio_codec": self.audio_codec, "sar": self.sar}
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -65,7 +78,9 @@ _SIZE = re.compile(r", (\d{2,5})x(\d{2,5})")
 _FPS = re.compile(r"([\d.]+)(k?) fps")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
-_FRAME_COUNT = re.compile(r"frame=\s*(\d+)")
+_SAR = re.compile(r"SAR (\d+):(\d+)")
+_AV_NOPTS = -(2 ** 63)
+DISCARD = 0x4  # AV_PKT_FLAG_DISCARD: a packet an edit list leaves out of the presentation
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -81,11 +96,38 @@ def _short_reason(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg could not read it"
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
-    """Read duration, streams, size, frame rate, rotation and frame count of ``path``.
+def packet_times(path: Path) -> np.ndarray:
+    """Presentation time (seconds, sorted) of every video frame, from the container's packets.
 
-    Uses ``ffmpeg -i`` (the imageio-ffmpeg wheel ships no ffprobe), and counts video frames by a
-    stream copy to the null muxer, which reads packets without decoding them.
+    A stream copy of the first video stream to ffmpeg's ``framecrc`` muxer lists each packet's
+    timestamps without decoding anything. ffmpeg shifts them by the file's start time, as it does
+    the decoded frames the analysis sees, and packets an edit list leaves out (flag ``DISCARD``)
+    are dropped. NaN for a packet without a timestamp.
+    """
+    proc = _run(["-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+                 "-f", "framecrc", "-"])
+    tb = None
+    pts = []
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        if line.startswith("#tb 0:"):
+            num, den = line.split(":", 1)[1].strip().split("/")
+            tb = int(num) / int(den)
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=")), 0)
+            if len(fields) >= 6 and not flags & DISCARD:
+                pts.append(int(fields[2]))
+    times = np.asarray(pts, np.float64) * (tb or np.nan)
+    times[np.asarray(pts, np.int64) == _AV_NOPTS] = np.nan
+    return np.sort(times)
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Read duration, streams, size, frame rate, rotation and frame times of ``path``.
+
+    Uses ``ffmpeg -i`` (the imageio-ffmpeg wheel ships no ffprobe), and reads the frames'
+    presentation times from the container's packets (``packet_times``), so variable frame
+    rates, timestamp gaps and edit lists give true times.
     """
     path = Path(path)
     if not path.exists():
@@ -116,17 +158,22 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise MediaError(f"{path}: cannot read the video stream's size or frame rate")
     fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
     width, height = int(size.group(1)), int(size.group(2))
+    sar_m = _SAR.search(video)
+    sar = int(sar_m.group(1)) / int(sar_m.group(2)) if sar_m and int(sar_m.group(2)) else 1.0
+    sar = sar if sar > 0 else 1.0  # "SAR 0:1" means unknown: square
+    width = max(2, int(round(width * sar / 2)) * 2) if sar != 1.0 else width
     rot = _ROTATION.search(err)
     rotation = int(round(float(rot.group(1) or rot.group(2)))) % 360 if rot else 0
     if rotation in (90, 270):
         width, height = height, width
-    count = _run(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"])
-    counts = _FRAME_COUNT.findall(count.stderr.decode("utf-8", "replace"))
-    n_frames = int(counts[-1]) if counts else int(round(duration * fps))
+    pts: np.ndarray | None = packet_times(path)
+    n_frames = len(pts)
+    if np.isnan(pts).any():  # a container without timestamps (raw streams): a constant rate
+        pts = None
     if n_frames == 0:
         raise MediaError(f"{path}: the video stream has no frames")
     return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames,
-                     audio_codec)
+                     audio_codec, sar, pts)
 
 
 def analysis_size(info: MediaInfo, max_side: int) -> tuple[int, int]:

@@ -285,6 +285,8 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
                           s=f"{canvas_w}x{canvas_h}", framerate=annotation.rate)
     parts = layers.split()
     video, top = main.video, 0
+    if info.sar != 1.0:  # anamorphic: drawn on the display-sized, square-pixel picture
+        video = video.filter("scale", info.width, info.height).filter("setsar", 1)
     for i, (x0, y0, x1, y1) in enumerate(layers_of.regions):
         part = parts[i].crop(0, top, x1 - x0, y1 - y0)
         video = ffmpeg.overlay(video, part, x=x0, y=y0, eof_action="repeat")

@@ -272,7 +272,7 @@ class Features:
 def step_count(info: demux.MediaInfo, rate: float) -> int:
     """Analysis steps of a file: up to the last video frame's time, or the audio's end."""
     if info.has_video:
-        return int(np.floor((info.n_frames - 1) / info.fps * rate + 1e-6)) + 1
+        return int(np.floor(max(0.0, info.frame_times()[-1]) * rate + 1e-6)) + 1
     return max(1, int(np.ceil(info.duration * rate - 1e-6)))
 
 

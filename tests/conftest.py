@@ -68,3 +68,14 @@ def decoded_frame_count(path: Path) -> int:
     import re
 
     return int(re.findall(r"frame=\s*(\d+)", proc.stderr)[-1])
+
+
+def decoded_frame_times(path: Path) -> list[float]:
+    """Presentation time of every frame, as ffmpeg's decoder hands them to its filters
+    (``showinfo``): the reference that ``demux.probe``'s packet timestamps must match."""
+    import re
+
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map",
+                           "0:v:0", "-vf", "showinfo", "-fps_mode", "passthrough", "-f", "null",
+                           "-"], capture_output=True, text=True)
+    return [float(t) for t in re.findall(r"pts_time:\s*(-?[\d.]+)", proc.stderr)]

@@ -7,7 +7,8 @@ import pytest
 from avemo_cli import demux
 from avemo_cli.errors import MediaError
 
-from conftest import decoded_frame_count, ffmpeg, make_synthetic_video, shared_file
+from conftest import decoded_frame_count, decoded_frame_times, ffmpeg, make_synthetic_video, \
+    shared_file
 
 
 @pytest.mark.parametrize("name", ["WDA_KatieHill_000.mp4", "subj01_timepoint01.mp4",
@@ -86,3 +87,88 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
             demux.probe(path)
         msg = str(err.value)
         assert str(path) in msg and cause in msg and "\n" not in msg
+
+
+def _gapped(path, audio=True):
+    """25 fps, a 0.84 s gap in the timestamps after 2 s, then 2 s more (tone throughout)."""
+    args = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=4.84"]
+    if audio:
+        args += ["-f", "lavfi", "-i", "sine=frequency=440:duration=4.84", "-c:a", "aac"]
+    ffmpeg(*args, "-vf", "select='lt(t,2)+gte(t,2.84)'", "-fps_mode", "passthrough",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+def _variable_rate(path):
+    """Every third frame of the first 2 s dropped (16.7 fps there, 25 fps after)."""
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=4", "-vf",
+           "select='gte(t,2)+not(eq(mod(n,3),0))'", "-fps_mode", "passthrough",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+def _edit_listed(path, tmp_path):
+    """An MP4 cut at 1.3 s by stream copy: an edit list hides the 33 frames before the cut
+    that the decoder still needs (from the keyframe at 0 s)."""
+    src = tmp_path / "long.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=6", "-c:v", "libx264",
+           "-g", "50", "-pix_fmt", "yuv420p", str(src))
+    ffmpeg("-ss", "1.3", "-i", str(src), "-c", "copy", str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gapped", "variable", "edit-listed"])
+def test_frame_times_come_from_the_container(tmp_path, kind):
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "gapped":
+        _gapped(path, audio=False)
+    elif kind == "variable":
+        _variable_rate(path)
+    else:
+        _edit_listed(path, tmp_path)
+    info = demux.probe(path)
+    truth = np.asarray(decoded_frame_times(path))
+    assert info.n_frames == len(truth) == decoded_frame_count(path)
+    assert np.abs(info.frame_times() - truth).max() < 0.5 / 25  # within half a frame
+    if kind == "gapped":  # a constant rate would be off by up to 0.44 s after the gap
+        assert np.abs(np.arange(len(truth)) / info.fps - truth).max() > 0.3
+
+
+def test_gapped_video_csv_time_is_true(tmp_path, tiny_ckpt):
+    from avemo_cli.pipeline import Annotator
+
+    path = _gapped(tmp_path / "gap.mp4")
+    table = Annotator(tiny_ckpt, device="cpu").annotate(path).table
+    truth = np.asarray(decoded_frame_times(path))
+    assert len(table) == len(truth)
+    assert np.abs(table["time"].to_numpy() - truth).max() < 0.5 / 25
+    assert table["time"].is_monotonic_increasing
+
+
+def _anamorphic(src, path, stretch):
+    """The first 6 s of ``src`` stored ``stretch`` times narrower, with pixels ``1/stretch``
+    wider (sample aspect ratio): displayed as the original."""
+    ffmpeg("-t", "6", "-i", str(src), "-an", "-vf",
+           f"scale=trunc(iw*{stretch}/2)*2:ih,setsar={1 / stretch:.6f}", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+def test_sample_aspect_ratio_is_honoured(tmp_path):
+    from avemo_cli.faces import make_backend
+    from avemo_cli.pipeline import FeatureSettings, extract
+
+    src = shared_file("videos", "WDA_KatieHill_000.mp4")
+    square = tmp_path / "square.mp4"
+    ffmpeg("-t", "6", "-i", str(src), "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           str(square))
+    squeezed = _anamorphic(src, tmp_path / "squeezed.mp4", 9 / 16)
+    a, b = demux.probe(square), demux.probe(squeezed)
+    assert abs(b.sar - 16 / 9) < 0.01
+    assert abs(b.width / b.height - a.width / a.height) < 0.01  # displayed as the original
+    frame = next(iter(demux.iter_frames(b, rate=4)))
+    assert frame.shape == next(iter(demux.iter_frames(a, rate=4))).shape
+    backend = make_backend("dlib")
+    rates = [extract(info, FeatureSettings(), False, True, lambda: backend).face.mean()
+             for info in (a, b)]
+    assert rates[0] > 0.9 and abs(rates[0] - rates[1]) <= 0.05
