@@ -1,8 +1,9 @@
 """Stage 2 — audio features: eGeMAPSv02 functionals (88 per step) over a sliding window.
 
-One openSMILE pass per file: the eGeMAPS config's frame-mode functionals are given an explicit
-list of windows, one ending at every analysis step (``frameMode = list``), so the low-level
-descriptors are computed once and only the functionals are evaluated per window.
+openSMILE runs over the audio in passes of a minute of steps as it streams in from ffmpeg:
+the eGeMAPS config's frame-mode functionals are given an explicit list of windows, one ending at
+every analysis step of the pass (``frameMode = list``), so the low-level descriptors are computed
+once per pass and only the functionals per window. Memory does not grow with the file.
 
 Window for the step at time t: [t - window, t] (causal, as the AVEC features), clipped to the
 file. Near the start, where fewer than ``window`` seconds exist, the window is what there is
@@ -18,8 +19,11 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterable
 
 import numpy as np
+
+from ._memory import trim_heap
 
 N_FEATURES = 88
 
@@ -31,10 +35,19 @@ class AudioFeatures:
     # its window (not so for files of 1 s or less); the CSV's voice column
 
 
-def step_windows(n_steps: int, rate: float, duration: float, window: float,
+PASS_SECONDS = 60.0  # analysis steps per openSMILE pass: bounds the audio held at once
+HISTORY = 2.0  # seconds of audio before a pass's first window (filters and pitch smoothing
+# settle there, as they had in a pass over the whole file: 0.5 s was already exact)
+LOOKAHEAD = 1.0  # seconds of audio after a pass's last step before it runs while streaming
+HOP = 0.01  # eGeMAPS low-level frame step: passes start on this grid, as whole-file frames do
+
+
+def step_windows(steps: int | np.ndarray, rate: float, duration: float, window: float,
                  min_window: float = 1.0) -> np.ndarray:
-    """(K, 2) start/end seconds of the window that ends at each analysis step."""
-    t = np.arange(n_steps, dtype=np.float64) / rate
+    """(K, 2) start/end seconds of the window that ends at each analysis step (``steps``: a
+    count, meaning steps 0..K-1, or the step indices)."""
+    idx = np.arange(steps) if np.ndim(steps) == 0 else np.asarray(steps)
+    t = idx.astype(np.float64) / rate
     end = np.minimum(t, duration)
     start = np.maximum(0.0, end - window)
     short = end - start < min_window
@@ -69,37 +82,98 @@ def _deferred_interrupt():
         raise KeyboardInterrupt
 
 
-def egemaps(samples: np.ndarray, sample_rate: int, n_steps: int, rate: float,
-            window: float = 6.0) -> AudioFeatures:
-    """eGeMAPSv02 functionals for the window ending at each of ``n_steps`` steps."""
-    opensmile = _smile_class()
-    duration = len(samples) / sample_rate
-    wins = step_windows(n_steps, rate, duration, window)
-    frame_list = ",".join(f"{s:.3f}s-{e:.3f}s" for s, e in wins)
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = os.path.join(tmp, "frame_mode.conf.inc")
-        with open(conf, "w") as f:
-            f.write(f"frameMode = list\nframeList = {frame_list}\n")
-        smile = opensmile.Smile(
-            feature_set=opensmile.FeatureSet.eGeMAPSv02,
-            feature_level=opensmile.FeatureLevel.Functionals,
-            options={"frameModeFunctionalsConf": conf},
-        )
+class _Extractor:
+    """One configured openSMILE eGeMAPS extractor whose window list is rewritten per pass
+    (openSMILE reads its configuration afresh for every signal it processes)."""
+
+    def __init__(self):
+        opensmile = _smile_class()
+        self._tmp = tempfile.TemporaryDirectory()
+        self.conf = os.path.join(self._tmp.name, "frame_mode.conf.inc")
+        with open(self.conf, "w") as f:
+            f.write("frameMode = list\nframeList = 0.000s-1.000s\n")
+        self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                                     feature_level=opensmile.FeatureLevel.Functionals,
+                                     options={"frameModeFunctionalsConf": self.conf})
+
+    def __call__(self, samples: np.ndarray, sample_rate: int, wins: np.ndarray) -> np.ndarray:
+        """(len(wins), 88) functionals of ``samples`` over windows ``wins`` (seconds into
+        ``samples``); NaN rows for windows openSMILE cannot describe."""
+        with open(self.conf, "w") as f:
+            f.write("frameMode = list\nframeList = "
+                    + ",".join(f"{s:.3f}s-{e:.3f}s" for s, e in wins) + "\n")
         with _deferred_interrupt(), warnings.catch_warnings():
-            # windows openSMILE cannot describe come back as NaN rows (marked invalid below);
-            # its own warning about them is not for the user's terminal
+            # windows openSMILE cannot describe come back as NaN rows (marked invalid by the
+            # caller); its own warning about them is not for the user's terminal
             warnings.filterwarnings("ignore", message="Segment too short")
-            table = smile.process_signal(samples, sample_rate)
-    values = np.asarray(table.to_numpy(), dtype=np.float32)
-    if values.shape != (n_steps, N_FEATURES):  # openSMILE drops windows past the end: hold last
-        fixed = np.empty((n_steps, N_FEATURES), np.float32)
-        m = min(len(values), n_steps)
-        if m == 0:
-            raise ValueError("openSMILE returned no functionals")
-        fixed[:m] = values[:m]
-        fixed[m:] = values[m - 1]
-        values = fixed
+            table = self.smile.process_signal(samples, sample_rate)
+        values = np.asarray(table.to_numpy(), dtype=np.float32)
+        if len(values) != len(wins):  # openSMILE drops windows past the end: hold the last
+            if len(values) == 0:
+                raise ValueError("openSMILE returned no functionals")
+            values = np.concatenate([values[: len(wins)],
+                                     np.repeat(values[-1:], max(0, len(wins) - len(values)), 0)])
+        return values
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int, rate: float,
+                   window: float = 6.0, pass_seconds: float = PASS_SECONDS) -> AudioFeatures:
+    """eGeMAPSv02 functionals for the window ending at each of ``n_steps`` steps, from the
+    audio in consecutive ``blocks`` (e.g. ``demux.iter_audio``).
+
+    openSMILE runs once per ``pass_seconds`` of steps, over the audio from ``HISTORY`` seconds
+    before the pass's first window; audio no later pass needs is let go. Memory is bounded by
+    the pass, not the file; a file within one pass gets exactly one pass over all of it.
+    """
+    values = np.zeros((n_steps, N_FEATURES), np.float32)
+    per_pass = max(1, int(round(pass_seconds * rate)))
+    held: list[np.ndarray] = []
+    held_from = 0  # sample index of held[0][0]
+    total = 0
+    done = 0
+    extract = _Extractor()
+
+    def run(stop: int, duration: float) -> None:
+        nonlocal done, held, held_from
+        wins = step_windows(np.arange(done, stop), rate, duration, window)
+        t0 = max(0.0, np.floor((wins[:, 0].min() - HISTORY) / HOP) * HOP)
+        first = int(round(t0 * sample_rate))
+        data = np.concatenate(held) if len(held) > 1 else held[0]
+        values[done:stop] = extract(data[first - held_from:], sample_rate, wins - t0)
+        trim_heap()  # openSMILE's buffers of this pass, freed: back to the system
+        done = stop
+        # later windows start at or after (stop / rate - window): keep from HISTORY before it
+        keep_t = max(0.0, np.floor((stop / rate - window - HISTORY) / HOP) * HOP)
+        keep = max(held_from, min(int(round(keep_t * sample_rate)), held_from + len(data)))
+        held, held_from = [data[keep - held_from:]], keep
+
+    try:
+        for block in blocks:
+            held.append(block)
+            total += len(block)
+            while done < n_steps:
+                stop = min(done + per_pass, n_steps)
+                if total / sample_rate < max((stop - 1) / rate, 1.0) + LOOKAHEAD:
+                    break
+                run(stop, np.inf)  # the audio goes on past these windows
+        if total == 0:
+            raise ValueError("no audio samples")
+        duration = total / sample_rate
+        while done < n_steps:
+            run(min(done + per_pass, n_steps), duration)
+    finally:
+        extract.close()
     degenerate = np.isnan(values).all(axis=1)  # e.g. a file of 1 s or less: nothing measured
     values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     valid = (np.arange(n_steps) / rate < duration) & ~degenerate
     return AudioFeatures(values, valid)
+
+
+def egemaps(samples: np.ndarray, sample_rate: int, n_steps: int, rate: float,
+            window: float = 6.0) -> AudioFeatures:
+    """eGeMAPSv02 functionals for the window ending at each of ``n_steps`` steps of an audio
+    signal held in memory (``egemaps_stream`` with one block)."""
+    return egemaps_stream([samples], sample_rate, n_steps, rate, window)

@@ -186,12 +186,42 @@ def analysis_size(info: MediaInfo, max_side: int) -> tuple[int, int]:
     return w, h
 
 
+def _stream(args: list[str], chunk: int, path: Path, what: str,
+            partial: bool = False) -> Iterator[bytes]:
+    """Run ffmpeg ``args`` and yield its stdout in pieces of ``chunk`` bytes (and the shorter
+    last piece when ``partial``). ffmpeg is stopped when the consumer stops early; a failure is
+    a ``MediaError`` naming ``what`` failed."""
+    with tempfile.TemporaryFile() as errf:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf)
+        assert proc.stdout is not None
+        finished = False
+        try:
+            while True:
+                buf = proc.stdout.read(chunk)
+                if len(buf) < chunk:
+                    if partial and buf:
+                        yield buf
+                    break
+                yield buf
+            finished = True
+        finally:
+            if not finished:  # the consumer stopped early (or failed): stop ffmpeg too
+                proc.kill()
+            proc.stdout.close()
+            code = proc.wait()
+        if finished and code != 0:
+            errf.seek(0)
+            raise MediaError(f"{path}: {what} failed "
+                             f"({_short_reason(errf.read().decode('utf-8', 'replace'))})")
+
+
 def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
                 gray: bool = True) -> Iterator[np.ndarray]:
     """Yield analysis frames (``H x W`` uint8, or ``H x W x 3`` RGB) at ``rate`` per second.
 
-    ffmpeg resamples (``fps`` filter: the input frame nearest each step time k / rate), rotates
-    per the display matrix (ffmpeg's autorotate) and scales; one frame is in memory at a time.
+    ffmpeg resamples (``fps`` filter: the input frame nearest each step time k / rate, by the
+    frames' timestamps), rotates per the display matrix (ffmpeg's autorotate) and scales to the
+    display shape (so non-square pixels come out square); one frame is in memory at a time.
     """
     w, h = analysis_size(info, max_side)
     channels = 1 if gray else 3
@@ -202,32 +232,19 @@ def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
         .output("pipe:", format="rawvideo", pix_fmt="gray" if gray else "rgb24")
         .global_args("-nostdin", "-v", "error")
     )
-    args = stream.compile(cmd=ffmpeg_exe())
-    frame_bytes = w * h * channels
-    with tempfile.TemporaryFile() as errf:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf)
-        finished = False
-        try:
-            while True:
-                buf = proc.stdout.read(frame_bytes)
-                if len(buf) < frame_bytes:
-                    break
-                frame = np.frombuffer(buf, np.uint8)
-                yield frame.reshape(h, w) if gray else frame.reshape(h, w, 3)
-            finished = True
-        finally:
-            if not finished:  # the consumer stopped early (or failed): stop ffmpeg too
-                proc.kill()
-            proc.stdout.close()
-            code = proc.wait()
-        if finished and code != 0:
-            errf.seek(0)
-            raise MediaError(f"{info.path}: video decoding failed "
-                             f"({_short_reason(errf.read().decode('utf-8', 'replace'))})")
+    shape = (h, w) if gray else (h, w, 3)
+    for buf in _stream(stream.compile(cmd=ffmpeg_exe()), w * h * channels, info.path,
+                       "video decoding"):
+        yield np.frombuffer(buf, np.uint8).reshape(shape)
 
 
-def read_audio(info: MediaInfo, sample_rate: int = AUDIO_RATE) -> np.ndarray:
-    """The first audio stream as mono float32 at ``sample_rate`` (whole file; ~4 MB per minute)."""
+AUDIO_BLOCK = 10.0  # seconds of audio per block that iter_audio yields
+
+
+def iter_audio(info: MediaInfo, sample_rate: int = AUDIO_RATE,
+               block: float = AUDIO_BLOCK) -> Iterator[np.ndarray]:
+    """The first audio stream as mono float32 at ``sample_rate``, in blocks of ``block``
+    seconds (the last one shorter): memory does not grow with the file's length."""
     if not info.has_audio:
         raise MediaError(f"{info.path}: no audio track")
     args = (
@@ -236,11 +253,17 @@ def read_audio(info: MediaInfo, sample_rate: int = AUDIO_RATE) -> np.ndarray:
         .global_args("-nostdin", "-v", "error")
         .compile(cmd=ffmpeg_exe())
     )
-    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        raise MediaError(f"{info.path}: audio decoding failed "
-                         f"({_short_reason(proc.stderr.decode('utf-8', 'replace'))})")
-    samples = np.frombuffer(proc.stdout, np.float32).copy()
-    if samples.size == 0:
+    n = 0
+    for buf in _stream(args, int(block * sample_rate) * 4, info.path, "audio decoding",
+                       partial=True):
+        samples = np.frombuffer(buf[: len(buf) // 4 * 4], np.float32)
+        n += len(samples)
+        yield samples
+    if n == 0:
         raise MediaError(f"{info.path}: the audio track is empty")
-    return samples
+
+
+def read_audio(info: MediaInfo, sample_rate: int = AUDIO_RATE) -> np.ndarray:
+    """The whole first audio stream at once (``iter_audio``'s blocks joined; ~4 MB a minute):
+    for short clips; the annotation pipeline streams."""
+    return np.concatenate(list(iter_audio(info, sample_rate)))

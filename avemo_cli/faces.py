@@ -179,13 +179,32 @@ def _plausible(new: Box, old: Box, shape: tuple[int, ...]) -> bool:
     return 0 <= cx < w and 0 <= cy < h and 0.8 <= ratio <= 1.25 and iou(new, old) >= 0.5
 
 
+class _Rows:
+    """Rows appended into one preallocated array (grown by doubling if the expected count is
+    passed): no list of small arrays and no final copy of them all."""
+
+    def __init__(self, shape: tuple, dtype, capacity: int):
+        self.data = np.empty((max(1, capacity),) + shape, dtype)
+        self.n = 0
+
+    def append(self, row) -> None:
+        if self.n == len(self.data):
+            self.data = np.concatenate([self.data, np.empty_like(self.data)])
+        self.data[self.n] = row
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        return self.data[: self.n]
+
+
 def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: int,
-                detect_every: int = 8) -> FaceTrack:
+                detect_every: int = 8, expected: int = 0) -> FaceTrack:
     """Run detection, landmarks, tracking and alignment over a stream of analysis frames.
 
-    Memory holds one frame at a time plus the small per-step crops.
+    Memory holds one frame at a time plus the small per-step crops (room for ``expected``
+    steps is made up front).
     """
-    crops, found, boxes, lms, mats = [], [], [], [], []
+    rows: dict[str, _Rows] | None = None
     box: Box | None = None
     rel = None
     last_detect = -10 ** 9
@@ -193,6 +212,12 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
     frame_size = (0, 0)
     for k, frame in enumerate(frames):
         frame_size = (frame.shape[1], frame.shape[0])
+        if rows is None:
+            rows = {"crops": _Rows((crop_size, crop_size) + frame.shape[2:], np.uint8, expected),
+                    "found": _Rows((), bool, expected),
+                    "boxes": _Rows((4,), np.float64, expected),
+                    "landmarks": _Rows((68, 2), np.float32, expected),
+                    "matrices": _Rows((2, 3), np.float64, expected)}
         lm = None
         if box is not None and k - last_detect < detect_every:
             lm = backend.landmarks(frame, box)
@@ -216,28 +241,16 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
             else:
                 box = None
         if lm is None:
-            shape = (crop_size, crop_size) + frame.shape[2:]
-            crops.append(np.zeros(shape, np.uint8))
-            found.append(False)
-            boxes.append((np.nan,) * 4)
-            lms.append(np.full((68, 2), np.nan))
-            mats.append(np.full((2, 3), np.nan))
-            continue
-        crop, m = align_face(frame, lm, crop_size)
-        crops.append(crop)
-        found.append(True)
-        boxes.append(box)
-        lms.append(lm)
-        mats.append(m)
-    k = len(found)
-    empty_shape = (0, crop_size, crop_size)
-    return FaceTrack(
-        crops=np.stack(crops) if crops else np.zeros(empty_shape, np.uint8),
-        found=np.array(found, bool),
-        boxes=np.array(boxes, np.float64).reshape(k, 4),
-        landmarks=np.array(lms, np.float32).reshape(k, 68, 2),
-        matrices=np.array(mats, np.float64).reshape(k, 2, 3),
-        frame_size=frame_size,
-        detections=detections,
-        tracked=tracked,
-    )
+            row = {"crops": 0, "found": False, "boxes": np.nan, "landmarks": np.nan,
+                   "matrices": np.nan}
+        else:
+            crop, m = align_face(frame, lm, crop_size)
+            row = {"crops": crop, "found": True, "boxes": box, "landmarks": lm, "matrices": m}
+        for name, value in row.items():
+            rows[name].append(value)
+    if rows is None:
+        return FaceTrack(np.zeros((0, crop_size, crop_size), np.uint8), np.zeros(0, bool),
+                         np.zeros((0, 4)), np.zeros((0, 68, 2), np.float32),
+                         np.zeros((0, 2, 3)), frame_size, detections, tracked)
+    return FaceTrack(**{name: r.array() for name, r in rows.items()}, frame_size=frame_size,
+                     detections=detections, tracked=tracked)

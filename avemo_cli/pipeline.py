@@ -1,6 +1,6 @@
 """The annotation pipeline: a media file in, a per-frame valence/arousal table out.
 
-    demux.probe -> faces.track_faces(demux.iter_frames) -> audio.egemaps(demux.read_audio)
+    demux.probe -> faces.track_faces(demux.iter_frames) -> audio.egemaps_stream(demux.iter_audio)
     -> predict.predict_steps -> postprocess.apply_postprocess -> writer.frame_table
 
 ``Annotator`` holds the loaded model and the face backend, so a batch pays for them once.
@@ -193,9 +193,10 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
         raise NoFaceError(f"{feats.info.path}: nothing this model can use (no face found"
                           f"{'' if cfg.has_audio else ' and no audio branch'})")
     steps = predict.predict_steps(model, feats.audio.values if use_audio else None,
-                                  feats.model_crops() if use_visual else None, stride,
+                                  feats.track.crops if use_visual else None, stride,
                                   batch_size, device,
-                                  feats.audio.valid if use_audio else None)
+                                  feats.audio.valid if use_audio else None,
+                                  nearest_index(feats.face) if use_visual else None)
     if not np.isfinite(steps.values).all():
         raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
                               f"or infinite): a damaged or diverged checkpoint")
@@ -290,17 +291,15 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
         frames = _Timed(demux.iter_frames(info, settings.rate, settings.max_side,
                                           gray=settings.channels == 1), timings, "demux")
         feats.track = faces.track_faces(frames, backend(), settings.crop_size,
-                                        settings.detect_every)
+                                        settings.detect_every, expected=n_steps)
         timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
     if want_audio and info.has_audio:
         say("audio")
-        t1 = time.perf_counter()
-        samples = demux.read_audio(info)
-        timings["demux"] += time.perf_counter() - t1
-        t1 = time.perf_counter()
-        feats.audio = audio_stage.egemaps(samples, demux.AUDIO_RATE, n_steps, settings.rate,
-                                          settings.audio_window)
-        timings["audio"] += time.perf_counter() - t1
+        t1, decode_before = time.perf_counter(), timings["demux"]
+        blocks = _Timed(demux.iter_audio(info), timings, "demux")
+        feats.audio = audio_stage.egemaps_stream(blocks, demux.AUDIO_RATE, n_steps,
+                                                 settings.rate, settings.audio_window)
+        timings["audio"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
     return feats
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._memory import trim_heap
 from .model import AVModel
 
 MAX_SPAN_CLIPS = 128  # clip ends per shared-feature span
@@ -62,15 +63,19 @@ def _fill(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
 @torch.inference_mode()
 def predict_steps(model: AVModel, audio: np.ndarray | None = None,
                   crops: np.ndarray | None = None, stride: int = 1, batch_size: int = 32,
-                  device: str | torch.device = "cpu", audio_valid: np.ndarray | None = None
-                  ) -> StepPredictions:
+                  device: str | torch.device = "cpu", audio_valid: np.ndarray | None = None,
+                  crop_index: np.ndarray | None = None) -> StepPredictions:
     """Predict every step of one recording from its raw per-step eGeMAPS ``audio`` (K, 88)
     and/or aligned face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both are
     given. The audio is first adapted to the recording (``AudioBranch.adapt``, by the
-    checkpoint's ``audio_norm``) from its steps inside the audio (``audio_valid``; all if None)."""
+    checkpoint's ``audio_norm``) from its steps inside the audio (``audio_valid``; all if None).
+    ``crop_index`` (K,), when given, says which of ``crops`` each step sees (steps without a
+    face see the nearest face's crop: no second copy of the crops is made for that)."""
     if audio is None and crops is None:
         raise ValueError("predict_steps needs audio features, face crops, or both")
-    n = len(audio) if audio is not None else len(crops)
+    if crops is not None and crop_index is None:
+        crop_index = np.arange(len(crops))
+    n = len(audio) if audio is not None else len(crop_index)
     t = model.cfg.clip_steps
     ends = clip_ends(n, stride)
     z_audio = z_visual = None
@@ -90,16 +95,18 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
         ctx = model.cfg.shared_context
         zs, maps = [], []
         for group in _spans(ends, t):
+            trim_heap()  # the previous span's activations, freed: back to the system
             q0 = int(group[0])  # padded index q = step + T - 1; clip ending at e is [e, e + T)
             steps = np.maximum(np.arange(q0, int(group[-1]) + t) - (t - 1), 0)
-            frames = vis.prepare(torch.from_numpy(crops[steps]).to(device)).unsqueeze(0)
+            frames = vis.prepare(torch.from_numpy(crops[crop_index[steps]]).to(device))
+            frames = frames.unsqueeze(0)
             enc, feat = vis.frame_features(frames)
             for b in range(0, len(group), batch_size):
                 off = torch.from_numpy(group[b:b + batch_size] - q0).to(device)
                 win = off[:, None] + torch.arange(t, device=device)[None, :]
                 z, att = vis.clip_forward(enc[0][win], feat[0][win[:, : t - ctx]])
                 zs.append(z)
-                maps.append(att[:, -1])
+                maps.append(att[:, -1].clone())  # a view would keep all T maps alive
         z_visual = torch.cat(zs)
         att_v = _fill(torch.cat(maps).float().cpu().numpy(), ends, n)
     steps = np.arange(n)

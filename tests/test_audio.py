@@ -6,12 +6,12 @@ from conftest import shared_file
 
 
 def test_windows_end_at_each_step_and_handle_the_start():
-    w = audio.step_windows(n_steps=40, rate=4, duration=9.0, window=6.0)
+    w = audio.step_windows(40, rate=4, duration=9.0, window=6.0)
     assert np.allclose(w[0], [0.0, 1.0])  # start of file: the minimum window, reaching forward
     assert np.allclose(w[8], [0.0, 2.0])  # fewer than 6 s so far: what there is
     assert np.allclose(w[30], [1.5, 7.5])  # steady state: the 6 s ending at the step
     assert np.allclose(w[39], [3.0, 9.0])  # past the end of the audio: clipped to the file
-    short = audio.step_windows(n_steps=8, rate=4, duration=0.5, window=6.0)
+    short = audio.step_windows(8, rate=4, duration=0.5, window=6.0)
     assert np.all(short[:, 0] == 0) and np.all(short[:, 1] == 0.5)  # shorter than the minimum
 
 
@@ -103,3 +103,19 @@ def test_non_finite_predictions_are_an_error_not_blank_columns(tmp_path):
         model.audio_head.bias[0] = float("inf")  # e.g. diverged after loading
     with pytest.raises(CheckpointError, match="x.wav: the model's predictions are not finite"):
         predict_features(model, feats)
+
+
+def test_streamed_passes_equal_one_pass_over_the_whole_audio():
+    """Memory is bounded by running openSMILE in passes over the audio as it streams in; with
+    HISTORY seconds before each pass, every step's features are those of one whole-file pass."""
+    import glob
+
+    files = sorted(glob.glob(str(shared_file("emodb") / "*.wav")))[:60]
+    x = np.concatenate([demux.read_audio(demux.probe(f)) for f in files])  # 2 min of speech
+    n = int(len(x) / 16000 * 4)
+    whole = audio.egemaps_stream([x], 16000, n, rate=4, pass_seconds=1e9)
+    blocks = [x[i:i + 7 * 16000] for i in range(0, len(x), 7 * 16000)]
+    passes = audio.egemaps_stream(blocks, 16000, n, rate=4, pass_seconds=30)  # four passes
+    scale = whole.values.std(axis=0) + 1e-6
+    assert (np.abs(whole.values - passes.values) / scale).max() < 1e-3
+    assert (whole.valid == passes.valid).all() and whole.valid.all()
