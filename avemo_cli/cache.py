@@ -166,6 +166,13 @@ def _extract_one(args) -> tuple[str, str, str | None]:
         return media, "error", str(err)
 
 
+def describe_counts(counts: dict[str, int]) -> str:
+    """``extract_all``'s counts as the one line train, eval and extract print."""
+    n = counts["miss"]
+    return (f"avemo: {n} file{'' if n == 1 else 's'} analysed, {counts['hit']} analysed by an "
+            f"earlier run, {counts['error']} failed")
+
+
 def extract_all(media: Iterable[Path], settings: FeatureSettings, want_audio: bool,
                 want_visual: bool, cache: FeatureCache, jobs: int = 1,
                 on_done: Callable[[str, str, str | None], None] | None = None

@@ -77,6 +77,19 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return meta
 
 
+def state_mismatch(expected: dict, state: dict) -> str:
+    """The first way ``state`` fails to fit a model whose state dict is ``expected``, naming
+    the tensor ("" when it fits)."""
+    for name, ref in expected.items():
+        if name not in state:
+            return f"{name} is missing"
+        if tuple(state[name].shape) != tuple(ref.shape):
+            return (f"{name} has shape {tuple(state[name].shape)}, the model's is "
+                    f"{tuple(ref.shape)}")
+    extra = sorted(set(state) - set(expected))
+    return f"{extra[0]} is not a tensor of this model" if extra else ""
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint file into an ``AVModel`` in eval mode on ``device``."""
     from safetensors.torch import load_file
@@ -92,11 +105,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = AVModel(cfg)
     try:
         state = load_file(str(path))
-        model.load_state_dict(state, strict=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: tensors do not match the model settings ({first})") \
-            from None
+        raise CheckpointError(f"{path}: unreadable tensors ({first})") from None
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{path}: tensors do not match the model settings ({mismatch})")
+    model.load_state_dict(state, strict=True)
     broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise CheckpointError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values "

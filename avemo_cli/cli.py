@@ -17,10 +17,50 @@ def _fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Avemo(click.Group):
+    """The command group, with the boundary guard: whatever a user can cause (bad options,
+    unreadable or unwritable files, an unusable checkpoint or device) ends in one line on stderr
+    and exit status 2 (130 for Ctrl-C), never a traceback."""
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        from .errors import AvemoError
+
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as done:  # --help, --version
+            sys.exit(done.exit_code)
+        except _NO_ARGS as err:  # bare "avemo": the help
+            click.echo(err.format_message(), err=True)
+            sys.exit(2)
+        except click.ClickException as err:
+            where = getattr(err, "ctx", None)
+            hint = f" (see '{where.command_path} -h')" if where is not None else ""
+            _fail(f"{err.format_message()}{hint}", err.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        except AvemoError as err:
+            _fail(str(err))
+        except OSError as err:  # a file the user named: unreadable, unwritable, disk full
+            name = f"{err.filename}: " if err.filename else ""
+            _fail(f"{name}{err.strerror or err}")
+
+
+QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress and no notices.")
+DEVICE = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+                      help="Where the networks run.")
+FACES = click.option("--faces", "faces_backend", default="dlib", show_default=True,
+                     type=click.Choice(["dlib", "fan"]), help="Face detection/landmark backend.")
+
+
+@click.group(cls=_Avemo, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="avemo")
 def main():
     """Per-frame emotional valence/arousal annotation of talking-face videos."""
+    _one_line_warnings()
 
 
 @main.command()
@@ -29,16 +69,15 @@ def main():
               help="Folder for <stem>.avemo.csv outputs (mirrors input folders).")
 @click.option("--weights", default=None, metavar="NAME|PATH",
               help="Checkpoint file, or the name of a shipped model [default: default].")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
-@click.option("--faces", "faces_backend", default="dlib", show_default=True,
-              type=click.Choice(["dlib", "fan"]), help="Face detection/landmark backend.")
+@DEVICE
+@FACES
 @click.option("--stride", default=1, show_default=True, type=click.IntRange(min=1),
               help="Predict every Nth analysis step and interpolate between (faster).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--detect-every", default=8, show_default=True, type=click.IntRange(min=1),
               help="Re-run the face detector at least every N steps (tracking in between).")
 @click.option("--overwrite", is_flag=True, help="Redo inputs whose output already exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress and no skip notices.")
+@QUIET
 @click.option("--profile", is_flag=True, help="Print seconds per stage and the real-time factor.")
 @click.option("--plot", is_flag=True, help="Also write <stem>.avemo.png: valence/arousal over time.")
 @click.option("--overlay", is_flag=True,
@@ -54,16 +93,12 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     from rich.console import Console
 
     from .batch import annotate_files, check_output_dir
-    from .errors import AvemoError
     from .pipeline import Annotator
 
     console = Console(stderr=True)
-    try:
-        check_output_dir(output_dir)  # before the model loads and any file is analysed
-        annotator = Annotator(weights, device=device, faces_backend=faces_backend, stride=stride,
-                              batch_size=batch_size, detect_every=detect_every)
-    except (AvemoError, ValueError) as err:
-        _fail(str(err))
+    check_output_dir(output_dir)  # before the model loads and any file is analysed
+    annotator = Annotator(weights, device=device, faces_backend=faces_backend, stride=stride,
+                          batch_size=batch_size, detect_every=detect_every)
     loaded = time.perf_counter()
 
     with _Progress(console, enabled=not quiet, stages_per_file=5 + plot + overlay) as prog:
@@ -81,8 +116,6 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
             report = annotate_files(inputs, annotator, output_dir, overwrite,
                                     on_start=prog.start, on_stage=prog.stage, on_done=on_done,
                                     plot=plot, overlay=overlay)
-        except AvemoError as err:  # the output folder went away or read-only since the check
-            _fail(str(err))
         except KeyboardInterrupt:
             prog.print("avemo: interrupted; outputs already written are complete, "
                        "the one in progress was not written (re-run to resume)")
@@ -90,8 +123,10 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     if profile:
         _print_profile(console, report, loaded - _START, time.perf_counter() - _START)
     if report.failed:
-        n = len(report.failed)
-        console.print(f"avemo: {n} input{'s' if n > 1 else ''} failed", highlight=False, soft_wrap=True)
+        total = len(report.failed) + len(report.written) + len(report.skipped)
+        if total > 1:  # one input's failure is its own error line
+            console.print(f"avemo: {len(report.failed)} of {_plural(total, 'input')} failed",
+                          highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
@@ -178,22 +213,23 @@ def _data_options(f):
     return f
 
 
-def _guard(fn, *args, **kwargs):
-    """Run ``fn``; a user-caused error becomes one line and exit status 2."""
-    import warnings
+def _hidden_alias(name: str, dest: str):
+    """An old option name kept working, not shown in --help."""
+    return click.option(name, dest, default=None, hidden=True, type=click.Path())
 
-    from .errors import AvemoError
+
+def _one_line_warnings() -> None:
+    """Python warnings (eval's coverage notes, ...) as one ``avemo: warning:`` line each."""
+    import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
         click.echo(f"avemo: warning: {message}", err=True)
 
     warnings.showwarning = show
-    try:
-        return fn(*args, **kwargs)
-    except AvemoError as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @main.command()
@@ -201,38 +237,43 @@ def _guard(fn, *args, **kwargs):
 @_data_options
 @click.option("--modality", default="av", show_default=True,
               type=click.Choice(["av", "audio", "video"]))
-@click.option("--faces", "faces_backend", default="dlib", show_default=True,
-              type=click.Choice(["dlib", "fan"]))
-def extract(data, split, layout, cache, jobs, modality, faces_backend):
-    """Fill the feature cache for a corpus (what train and eval would extract)."""
-    from .cache import FeatureCache, extract_all
+@FACES
+@DEVICE
+@QUIET
+def extract(data, split, layout, cache, jobs, modality, faces_backend, device, quiet):
+    """Extract the audio features and face crops of a corpus ahead of train and eval (they
+    reuse them instead of analysing the files again)."""
+    from .cache import FeatureCache, describe_counts, extract_all
     from .datasets import load_dataset
     from .model import ModelConfig
-    from .pipeline import FeatureSettings
+    from .pipeline import FeatureSettings, resolve_device
 
-    def run():
-        seqs = load_dataset(data, layout, split)
-        cfg = ModelConfig(modality=modality)
-        fc = FeatureCache(cache)
+    resolve_device(device)
+    seqs = load_dataset(data, layout, split)
+    cfg = ModelConfig(modality=modality)
+    fc = FeatureCache(cache)
 
-        def done(media, status, err):
-            click.echo(f"{status}: {media}" + (f" ({err})" if err else ""), err=True)
+    def done(media, status, err):
+        if status == "error":
+            click.echo(f"avemo: error: {err}", err=True)
+        elif not quiet:
+            click.echo(f"{'analysed' if status == 'miss' else 'analysed earlier'}: {media}",
+                       err=True)
 
-        counts = extract_all([s.media for s in seqs], FeatureSettings.for_model(
-            cfg, faces_backend), cfg.has_audio, cfg.has_visual, fc, jobs, done)
-        click.echo(f"features: {counts['hit']} cached, {counts['miss']} extracted, "
-                   f"{counts['error']} failed (cache {fc.root})", err=True)
-        return counts
-
-    counts = _guard(run)
+    counts = extract_all([s.media for s in seqs], FeatureSettings.for_model(
+        cfg, faces_backend), cfg.has_audio, cfg.has_visual, fc, jobs, done)
+    if not quiet:
+        click.echo(f"{describe_counts(counts)} (features kept in {fc.root})", err=True)
     sys.exit(1 if counts["error"] else 0)
 
 
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
 @_data_options
-@click.option("--out", "out", default="runs/avemo", show_default=True, type=click.Path(),
-              help="Run folder: best.safetensors, last.pt, metrics.jsonl, run.json.")
+@click.option("-o", "--output-dir", "out", default="runs/avemo", show_default=True,
+              type=click.Path(), help="Run folder: best.safetensors, last.pt, metrics.jsonl, "
+                                      "run.json.")
+@_hidden_alias("--out", "out_alias")
 @click.option("--modality", default="av", show_default=True,
               type=click.Choice(["av", "audio", "video"]))
 @click.option("--targets", default="valence,arousal", show_default=True)
@@ -253,20 +294,22 @@ def extract(data, split, layout, cache, jobs, modality, faces_backend):
                    "and eval apply the same).")
 @click.option("--config", "config_json", default=None, type=click.Path(exists=True),
               help="JSON file of further model settings (layer widths, window, ...).")
-@click.option("--faces", "faces_backend", default="dlib", show_default=True,
-              type=click.Choice(["dlib", "fan"]))
-@click.option("--device", default="auto", show_default=True)
+@FACES
+@DEVICE
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
-@click.option("-q", "--quiet", is_flag=True)
-def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batch_size, lr,
-          loss, no_audio_attention, no_visual_attention, visual_backbone, clip_stride,
-          audio_norm, config_json, faces_backend, device, seed, resume, quiet):
+@click.option("--resume", is_flag=True, help="Continue the run in -o from its last epoch.")
+@QUIET
+def train(data, split, layout, cache, jobs, out, out_alias, modality, targets, epochs,
+          batch_size, lr, loss, no_audio_attention, no_visual_attention, visual_backbone,
+          clip_stride, audio_norm, config_json, faces_backend, device, seed, resume, quiet):
     """Train on a corpus with the paper's recipe; score each epoch on Devel (CCC)."""
     import json
 
+    from .pipeline import resolve_device
     from .train import TrainOptions, train as run_train
 
+    resolve_device(device)
+    out = out_alias or out
     config = {}
     if config_json:
         try:
@@ -281,7 +324,7 @@ def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batc
         clip_stride=clip_stride, audio_norm=audio_norm, device=device, seed=seed, resume=resume,
         jobs=jobs, cache=cache, faces_backend=faces_backend, config=config)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    best = _guard(run_train, opts, log)
+    best = run_train(opts, log)
     click.echo(str(best))
 
 
@@ -301,9 +344,11 @@ def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batc
               type=click.Choice(["concat", "mean"]))
 @click.option("--no-postprocess", is_flag=True, help="Score raw model output.")
 @click.option("--per-sequence", is_flag=True, help="Also score each sequence.")
-@click.option("--save-pred", default=None, type=click.Path(),
+@click.option("-o", "--output-dir", "save_pred", default=None, type=click.Path(),
               help="With --weights: keep the predicted CSVs in this folder.")
-@click.option("--device", default="auto", show_default=True)
+@_hidden_alias("--save-pred", "save_pred_alias")
+@FACES
+@DEVICE
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout: target -> metric -> value.")
 @click.option("--plot", "plot_dir", default=None, type=click.Path(file_okay=False),
               help="Write a predicted-vs-gold figure per sequence and a CCC summary here.")
@@ -311,8 +356,10 @@ def train(data, split, layout, cache, jobs, out, modality, targets, epochs, batc
               type=click.FloatRange(0.0, 1.0),
               help="Fail when a prediction covers less than this share of its gold labels "
                    "(partial coverage above it is a warning).")
+@QUIET
 def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, metric, how,
-             no_postprocess, per_sequence, save_pred, device, as_json, plot_dir, min_coverage):
+             no_postprocess, per_sequence, save_pred, save_pred_alias, faces_backend, device,
+             as_json, plot_dir, min_coverage, quiet):
     """Score predictions: RMSE, CC and CCC per target (the paper's table format)."""
     import json
 
@@ -323,29 +370,32 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
     if pred or gold:
         if not (pred and gold) or data or weights:
             raise click.UsageError("use either --pred DIR --gold DIR, or --data DIR --weights CKPT")
-        result = _guard(E.evaluate_folders, Path(pred), Path(gold), metrics, how,
-                        min_coverage)
+        result = E.evaluate_folders(Path(pred), Path(gold), metrics, how, min_coverage)
         title = f"{pred} against {gold}"
     else:
         if not (data and weights):
             raise click.UsageError("use either --data DIR --weights CKPT, or --pred DIR --gold DIR")
-        log = lambda msg: click.echo(msg, err=True)  # noqa: E731
-        result = _guard(E.evaluate_model, data, weights, layout, partition, split,
-                        not no_postprocess, device, cache, jobs, metrics, how, save_pred, log,
-                        min_coverage)
+        from .pipeline import resolve_device
+
+        resolve_device(device)
+        log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+        result = E.evaluate_model(data, weights, layout, partition, split, not no_postprocess,
+                                  device, cache, jobs, metrics, how, save_pred or save_pred_alias,
+                                  log, min_coverage, faces_backend)
         title = f"{Path(weights).name} on {partition}"
     for note in result.warnings:
         click.echo(f"avemo: warning: {note}", err=True)
     if plot_dir:
         files = result.plot(plot_dir)
-        click.echo(f"plots: {len(files)} figures in {plot_dir}", err=True)
+        if not quiet:
+            click.echo(f"avemo: {_plural(len(files), 'figure')} written to {plot_dir}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(per_sequence), indent=2, allow_nan=True))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{title} ({len(result.sequences)} sequences, {how})")
+    table = Table(title=f"{title} ({_plural(len(result.sequences), 'sequence')}, {how})")
     table.add_column("sequence" if per_sequence else "")
     table.add_column("target")
     for m in metrics:

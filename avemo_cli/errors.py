@@ -24,3 +24,7 @@ class ModalityError(AvemoError):
 
 class OutputError(AvemoError):
     """The output location cannot be written (not a folder, no permission, read-only)."""
+
+
+class DeviceError(AvemoError):
+    """An unknown or unavailable compute device (``--device``)."""

@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import metrics as M
 from . import writer
-from .cache import FeatureCache, extract_all
+from .cache import FeatureCache, describe_counts, extract_all
 from .checkpoint import load_checkpoint, resolve_weights
 from .datasets import DatasetError, load_dataset, read_labels
 from .pipeline import FeatureSettings, predict_features, resolve_device, to_table
@@ -184,7 +184,8 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
                       layout: str = "avec2017", partition: str = "devel",
                       split: str | None = None, use_postprocess: bool = True, device="auto",
                       cache: str | None = None, jobs: int = 1,
-                      log: Callable[[str], None] = print) -> dict[str, Path]:
+                      log: Callable[[str], None] = print,
+                      faces_backend: str = "dlib") -> dict[str, Path]:
     """Annotate a partition's videos into ``out_dir`` (features from the cache); returns the
     gold labels of each written sequence, by name (a categorical clip's constant label is laid
     on its prediction's time grid)."""
@@ -195,17 +196,16 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
     dev = resolve_device(device)
     ckpt = load_checkpoint(resolve_weights(str(weights)), dev)
     cfg = ckpt.config
-    settings = FeatureSettings.for_model(cfg)
+    settings = FeatureSettings.for_model(cfg, faces_backend)
     fc = FeatureCache(cache)
     counts = extract_all([s.media for s in labelled], settings, cfg.has_audio, cfg.has_visual,
                          fc, jobs)
-    log(f"features: {counts['hit']} cached, {counts['miss']} extracted, "
-        f"{counts['error']} failed")
+    log(describe_counts(counts))
     gold = {}
     for s in labelled:
         feats = fc.load(s.media, settings, cfg.has_audio, cfg.has_visual)
         if feats is None:
-            log(f"warning: {s.media}: features could not be extracted; skipped")
+            log(f"avemo: warning: {s.media}: could not be analysed; skipped")
             continue
         _, values, source = predict_features(ckpt.model, feats, 1, 32, dev)
         _, _, table = to_table(ckpt, feats, values, source, use_postprocess)
@@ -223,11 +223,11 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
 def evaluate_model(data, weights, layout="avec2017", partition="devel", split=None,
                    use_postprocess=True, device="auto", cache=None, jobs=1, metrics=M.METRICS,
                    how="concat", save_pred: str | Path | None = None,
-                   log: Callable[[str], None] = print, min_coverage: float = 0.5
-                   ) -> EvalResult:
+                   log: Callable[[str], None] = print, min_coverage: float = 0.5,
+                   faces_backend: str = "dlib") -> EvalResult:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(save_pred) if save_pred else Path(tmp)
         gold = predict_partition(data, weights, out, layout, partition, split, use_postprocess,
-                                 device, cache, jobs, log)
+                                 device, cache, jobs, log, faces_backend)
         preds = read_predictions(out)
         return evaluate({n: preds[n] for n in gold}, gold, metrics, how, min_coverage)

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from . import audio as audio_stage
 from . import demux, faces, postprocess, predict, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
-from .errors import CheckpointError, ModalityError, NoFaceError
+from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
 
 STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "overlay")
 
@@ -43,13 +44,23 @@ class Annotation:
     targets: list[str] = field(default_factory=lambda: ["valence", "arousal"])
 
 
+DEVICES = "auto|cpu|cuda[:N]"
+
+
 def resolve_device(device: str | None) -> torch.device:
-    """``auto`` (or None): CUDA when present, else CPU."""
+    """``auto`` (or None): CUDA when present, else CPU; ``cpu``; ``cuda`` or ``cuda:N``.
+    Anything else, or CUDA where there is none, is a ``DeviceError``."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise DeviceError(f"--device {device}: not a device (use {DEVICES})")
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

@@ -26,8 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cache import FeatureCache, extract_all
-from .checkpoint import load_checkpoint, save_checkpoint
+from .cache import FeatureCache, describe_counts, extract_all
+from .checkpoint import load_checkpoint, save_checkpoint, state_mismatch
 from .datasets import Sequence, load_dataset
 from .errors import AvemoError
 from .metrics import ccc
@@ -102,10 +102,10 @@ def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: Mode
     t0 = time.perf_counter()
     counts = extract_all([s.media for s in seqs], settings, cfg.has_audio, cfg.has_visual,
                          cache, jobs, on_done)
-    log(f"features: {counts['hit']} cached, {counts['miss']} extracted, {counts['error']} "
-        f"failed ({time.perf_counter() - t0:.1f} s; cache {cache.root})")
+    log(f"{describe_counts(counts)} ({time.perf_counter() - t0:.1f} s; features kept in "
+        f"{cache.root})")
     for e in errors:
-        log(f"warning: {e}; sequence skipped")
+        log(f"avemo: warning: {e}; sequence skipped")
     out = []
     for s in seqs:
         feats = cache.load(s.media, settings, cfg.has_audio, cfg.has_visual)
@@ -275,10 +275,21 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
     state_path = out / "last.pt"
     metrics_path = out / "metrics.jsonl"
     if opts.resume and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or not {"model", "optim", "epoch"} <= set(state):
+                raise ValueError("not an avemo training state")
+        except Exception as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrainError(f"{state_path}: damaged training state ({why}); remove it to "
+                             f"start afresh or use another --out") from None
         if state.get("config") != cfg.to_dict():
             raise TrainError(f"{state_path}: the run was started with other model settings; "
                              f"resume with the same options or use another --out")
+        mismatch = state_mismatch(model.state_dict(), state["model"])
+        if mismatch:
+            raise TrainError(f"{state_path}: {mismatch}; resume with the same options or use "
+                             f"another --out")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         start_epoch, best_score, best_epoch = state["epoch"], state["best"], state["best_epoch"]

@@ -49,8 +49,16 @@ def test_mismatched_tensors_are_refused(tmp_path):
     state = load_file(str(path))
     state.pop("fusion.weight")
     save_file(state, str(tmp_path / "b.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match="b.safetensors: tensors do not match"):
+    with pytest.raises(CheckpointError, match="b.safetensors: tensors do not match the model "
+                                              "settings \\(fusion.weight is missing\\)"):
         load_checkpoint(tmp_path / "b.safetensors")
+    state = load_file(str(path))
+    name = next(k for k, v in state.items() if v.ndim == 2)
+    state[name] = state[name][:, :-1].contiguous()  # one column short: the tensor is named
+    save_file(state, str(tmp_path / "c.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "c.safetensors")
+    assert f"{name} has shape" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_resolve_weights(tmp_path, monkeypatch):

@@ -84,7 +84,7 @@ def test_bad_files_in_a_folder_are_reported_and_the_rest_written(tmp_path, tiny_
     for name, cause in [("zero.mp4", "empty file"), ("text.mp4", "unreadable media"),
                         ("cut.mp4", "unreadable media")]:
         assert any(name in ln and cause in ln for ln in errors), stderr
-    assert "Traceback" not in stderr and "3 inputs failed" in stderr
+    assert "Traceback" not in stderr and "avemo: 3 of 4 inputs failed" in stderr
 
 
 def test_audio_only_inputs(tmp_path, tiny_ckpt):
@@ -153,8 +153,12 @@ def test_console_script_entry_point(tmp_path, tiny_ckpt):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "03a01Fa.avemo.csv")
-    assert "Usage" in subprocess.run([sys.executable, "-m", "avemo_cli", "annotate"],
-                                     capture_output=True, text=True).stderr
+    bare = subprocess.run([sys.executable, "-m", "avemo_cli", "annotate"], capture_output=True,
+                          text=True)
+    assert bare.returncode == 2
+    assert bare.stderr == "avemo: error: Missing argument 'INPUTS...'. (see 'avemo annotate -h')\n"
+    assert "Usage" in subprocess.run([sys.executable, "-m", "avemo_cli"], capture_output=True,
+                                     text=True).stderr
 
 
 def test_interrupt_keeps_finished_outputs_and_no_partial_file(tmp_path, tiny_ckpt):
@@ -253,3 +257,86 @@ def test_a_rerun_cleans_what_a_killed_run_left(tmp_path, tiny_ckpt):
     assert code == 0, err
     assert (out / "v.avemo.csv").exists() and (out / "v.avemo.png").exists()
     assert not any(p.exists() for p in left)
+
+
+def _bad_inputs(tmp: Path, tiny: Path) -> list[tuple[list, int]]:
+    """(arguments, documented exit status) of things a user gets wrong, for every subcommand."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    video = make_synthetic_video(tmp / "v.mp4", seconds=1)
+    a_file = tmp / "a_file.txt"
+    a_file.write_text("not a folder\n")
+    text_ckpt = tmp / "broken.safetensors"
+    text_ckpt.write_text("not a checkpoint\n")
+    bad_json = tmp / "model.json"
+    bad_json.write_text("{not json")
+    preds, gold, empty_pred = tmp / "pred", tmp / "gold", tmp / "pred_empty"
+    for d in (preds, gold, empty_pred):
+        d.mkdir(exist_ok=True)
+    (gold / "s.csv").write_text("time,valence,arousal\n0.0,0.1,0.2\n0.1,0.2,0.3\n")
+    (empty_pred / "s.avemo.csv").write_text("")
+    out = tmp / "out"
+    return [
+        (["annotate", tmp / "missing.mp4", "-o", out, "--weights", tiny], 1),
+        (["annotate", a_file, "-o", out, "--weights", tiny], 1),
+        (["annotate", video, "-o", out, "--weights", tiny, "--device", "tpu"], 2),
+        (["annotate", video, "-o", a_file, "--weights", tiny], 2),
+        (["annotate", video, "-o", out, "--weights", tmp / "nope.safetensors"], 2),
+        (["annotate", video, "-o", out, "--weights", text_ckpt], 2),
+        (["annotate", video, "-o", out, "--weights", tiny, "--stride", "0"], 2),
+        (["annotate", "-o", out], 2),
+        (["annotate", video, "-o", out, "--no-such-option"], 2),
+        (["train", "--data", tmp / "missing", "-o", out], 2),
+        (["train", "--data", tmp, "-o", out, "--device", "tpu"], 2),
+        (["train", "--data", tmp, "-o", out, "--config", bad_json], 2),
+        (["train", "--data", tmp, "-o", out, "--layout", "sewa"], 2),
+        (["eval", "--pred", preds], 2),
+        (["eval", "--pred", empty_pred, "--gold", gold], 2),
+        (["eval", "--data", tmp, "--weights", tiny, "--device", "cuda:7"], 2),
+        (["eval", "--data", tmp, "--weights", tmp / "nope.safetensors", "-o", out], 2),
+        (["extract", "--data", tmp / "missing"], 2),
+        (["extract", "--data", tmp, "--device", "tpu"], 2),
+        (["extract", "--data", tmp, "--modality", "smell"], 2),
+    ]
+
+
+def test_every_subcommand_answers_bad_input_with_one_line(tmp_path, tiny_ckpt, monkeypatch):
+    """The bad-input corpus: one line on stderr (``avemo: error: ...``), no traceback, the
+    documented exit status, and nothing written."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine
+    cases = _bad_inputs(tmp_path / "in", tiny_ckpt)
+    for args, status in cases:
+        code, stdout, stderr = run(*args)
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        shown = " ".join(str(a) for a in args)
+        assert code == status, (shown, code, stderr)
+        assert len(lines) == 1 and lines[0].startswith("avemo: error: "), (shown, stderr)
+        assert "Traceback" not in stderr and stdout == "", (shown, stdout)
+        assert not (tmp_path / "in" / "out").exists() or \
+            not any((tmp_path / "in" / "out").rglob("*")), shown
+
+
+def test_readme_synopses_list_every_option_of_help():
+    """Each subcommand's synopsis in the README names exactly the options its --help shows."""
+    import re
+
+    import click
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```\n(avemo .*?)```", readme, flags=re.S)
+    documented: dict[str, set] = {}
+    command = None
+    for block in blocks:
+        for line in block.splitlines():
+            m = re.match(r"avemo (\w+)", line)
+            command = m.group(1) if m else command
+            documented.setdefault(command, set()).update(re.findall(r"(?<![\w-])(--?[\w-]+)",
+                                                                    line))
+    ctx = click.Context(main)
+    for name, cmd in main.commands.items():
+        shown = {opt for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden
+                 for opt in p.opts if opt.startswith("--")} - {"--help"}
+        listed = {o for o in documented.get(name, set()) if o.startswith("--")}
+        assert shown == listed, (name, "missing from README:", shown - listed,
+                                 "not an option:", listed - shown)

@@ -62,7 +62,7 @@ def test_audio_training_kill_resume_and_eval(corpus, tmp_path):
     proc.send_signal(signal.SIGKILL)
     _, first_err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, first_err
-    assert "0 cached" in first_err  # the first run extracted everything
+    assert "analysed, 0 analysed by an earlier run" in first_err  # the first run did all
     state = torch.load(out / "last.pt", weights_only=True)
     done = state["epoch"]
     assert 1 <= done < 25
@@ -71,7 +71,8 @@ def test_audio_training_kill_resume_and_eval(corpus, tmp_path):
                             "--lr", "1e-3", "--out", out, "--cache", cache, "--resume")
     assert code == 0, err
     assert f"resuming from epoch {done}" in err
-    assert "features: 6 cached, 0 extracted" in err and "3 cached, 0 extracted" in err
+    assert "0 files analysed, 6 analysed by an earlier run" in err and \
+        "0 files analysed, 3 analysed by an earlier run" in err
     epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
     assert epochs == list(range(1, 26))
     best = load_checkpoint(stdout.strip())
@@ -132,12 +133,12 @@ def test_av_training_runs_end_to_end(corpus, tmp_path):
                                   "visual_z": 8, "audio_hidden": 8}))
     cache = tmp_path / "cache"
     code, _, err = run("extract", "--data", corpus, "--modality", "av", "--cache", cache)
-    assert code == 0 and "0 cached, 9 extracted" in err
+    assert code == 0 and "9 files analysed, 0 analysed by an earlier run" in err
     code, stdout, err = run("train", "--data", corpus, "--modality", "av", "--epochs", 2,
                             "--config", config, "--clip-stride", 4, "--out", tmp_path / "run",
                             "--cache", cache)
     assert code == 0, err
-    assert "features: 6 cached, 0 extracted" in err  # extract filled the cache
+    assert "0 files analysed, 6 analysed by an earlier run" in err  # extract filled it
     ck = load_checkpoint(stdout.strip())
     assert ck.config.modality == "av" and ck.config.c3d_channels == [4, 8, 8, 8]
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
