@@ -233,6 +233,16 @@ def test_diverging_training_stops_without_a_checkpoint(corpus, tmp_path):
                             tmp_path / "cache", "-q")
     assert code == 2 and "the training loss is" in err and "lower --lr" in err
     assert not (tmp_path / "run" / "best.safetensors").exists()
+    # a damaged training state is one line naming it, not a traceback (same features: cached)
+    state = tmp_path / "run" / "last.pt"
+    state.parent.mkdir(exist_ok=True)
+    state.write_bytes(b"PK\x03\x04 truncated by a full disk")
+    code, stdout, err = run("train", "--data", corpus, "--modality", "audio", "--epochs", 2,
+                            "-o", tmp_path / "run", "--cache", tmp_path / "cache", "-q",
+                            "--resume")
+    assert code == 2 and not stdout and "Traceback" not in err
+    assert err.startswith(f"avemo: error: {state}: damaged training state") and \
+        len(err.strip().splitlines()) == 1
 
 
 def test_a_checkpoint_holding_nan_is_a_one_line_error(corpus, tmp_path, tiny_audio_ckpt):
