@@ -19,7 +19,8 @@ NOSE_TIP = 30
 
 def anchor_points(landmarks: np.ndarray) -> np.ndarray:
     """(3, 2) eye centres and nose tip from (68, 2) landmarks."""
-    return np.stack([landmarks[LEFT_EYE].mean(0), landmarks[RIGHT_EYE].mean(0), landmarks[NOSE_TIP]])
+    return np.stack([landmarks[LEFT_EYE].mean(0), landmarks[RIGHT_EYE].mean(0),
+                     landmarks[NOSE_TIP]])
 
 
 def similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None
@@ -81,7 +82,8 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int | tuple[int, int]) -> 
     return out[..., 0] if image.ndim == 2 else out
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The aligned ``size`` square crop of the face and its 2x3 image-to-crop matrix."""
     m = alignment_matrix(landmarks, size)
     return warp(image, m, size), m

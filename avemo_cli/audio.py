@@ -46,7 +46,7 @@ def step_windows(steps: int | np.ndarray, rate: float, duration: float, window: 
                  min_window: float = 1.0) -> np.ndarray:
     """(K, 2) start/end seconds of the window that ends at each analysis step (``steps``: a
     count, meaning steps 0..K-1, or the step indices)."""
-    idx = np.arange(steps) if np.ndim(steps) == 0 else np.asarray(steps)
+    idx = np.arange(steps) if isinstance(steps, (int, np.integer)) else np.asarray(steps)
     t = idx.astype(np.float64) / rate
     end = np.minimum(t, duration)
     start = np.maximum(0.0, end - window)

@@ -77,7 +77,8 @@ class FeatureCache:
     def _path(self, digest: str, part: str, settings: FeatureSettings) -> Path:
         key = json.dumps({"v": CACHE_VERSION, "part": part, **_part_settings(part, settings)},
                          sort_keys=True)
-        return self.root / digest[:2] / f"{digest}.{part}.{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+        name = f"{digest}.{part}.{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+        return self.root / digest[:2] / name
 
     def _read(self, path: Path) -> dict | None:
         try:
@@ -114,9 +115,9 @@ class FeatureCache:
             feats.audio = AudioFeatures(parts["audio"]["values"], parts["audio"]["valid"])
         if "faces" in parts and parts["faces"]["found"].size:
             f = parts["faces"]
+            size = (int(f["frame_size"][0]), int(f["frame_size"][1]))
             feats.track = FaceTrack(f["crops"], f["found"], f["boxes"], f["landmarks"],
-                                    f["matrices"], tuple(int(v) for v in f["frame_size"]),
-                                    int(f["detections"]))
+                                    f["matrices"], size, int(f["detections"]))
         return feats
 
     def store(self, feats: Features, settings: FeatureSettings, want_audio: bool,
@@ -133,17 +134,13 @@ class FeatureCache:
                 "values": a.values if a else np.zeros((0, 88), np.float32),
                 "valid": a.valid if a else np.zeros(0, bool)})
         if want_visual:
-            t = feats.track
-            empty = t is None
+            t = feats.track or FaceTrack(np.zeros((0,), np.uint8), np.zeros(0, bool),
+                                         np.zeros((0, 4)), np.zeros((0, 68, 2), np.float32),
+                                         np.zeros((0, 2, 3)))  # stored as "no track"
             self._write(self._path(digest, "faces", settings), {
-                **common,
-                "crops": np.zeros((0,), np.uint8) if empty else t.crops,
-                "found": np.zeros(0, bool) if empty else t.found,
-                "boxes": np.zeros((0, 4)) if empty else t.boxes,
-                "landmarks": np.zeros((0, 68, 2), np.float32) if empty else t.landmarks,
-                "matrices": np.zeros((0, 2, 3)) if empty else t.matrices,
-                "frame_size": np.array((0, 0) if empty else t.frame_size),
-                "detections": np.array(0 if empty else t.detections)})
+                **common, "crops": t.crops, "found": t.found, "boxes": t.boxes,
+                "landmarks": t.landmarks, "matrices": t.matrices,
+                "frame_size": np.array(t.frame_size), "detections": np.array(t.detections)})
 
 
 def _extract_one(args) -> tuple[str, str, str | None]:

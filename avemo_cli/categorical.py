@@ -204,7 +204,8 @@ def still_clips(crops, steps: int, generator=None, jitter: bool = True):
     theta[..., 1, 0] = torch.sin(ang) / zoom * flip
     theta[..., 1, 1] = torch.cos(ang) / zoom
     theta[..., 0, 2], theta[..., 1, 2] = tx, ty
-    grid = F.affine_grid(theta.view(-1, 2, 3), (b * steps, 1, s, s), align_corners=False)
+    grid = F.affine_grid(theta.view(-1, 2, 3), [b * steps, 1, s, s],
+                         align_corners=False)
     frames = F.grid_sample(x.repeat_interleave(steps, 0), grid, padding_mode="border",
                            align_corners=False).view(b, steps, 1, s, s)
     contrast = 1 + 0.2 * (torch.rand(b, 1, 1, 1, 1, generator=g) - 0.5) * 2

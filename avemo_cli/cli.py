@@ -25,7 +25,7 @@ class _Avemo(click.Group):
     unreadable or unwritable files, an unusable checkpoint or device) ends in one line on stderr
     and exit status 2 (130 for Ctrl-C), never a traceback."""
 
-    def main(self, *args, **kwargs):  # type: ignore[override]
+    def main(self, *args, **kwargs):
         from .errors import AvemoError
 
         kwargs.pop("standalone_mode", None)
@@ -79,7 +79,8 @@ def main():
 @click.option("--overwrite", is_flag=True, help="Redo inputs whose output already exists.")
 @QUIET
 @click.option("--profile", is_flag=True, help="Print seconds per stage and the real-time factor.")
-@click.option("--plot", is_flag=True, help="Also write <stem>.avemo.png: valence/arousal over time.")
+@click.option("--plot", is_flag=True,
+              help="Also write <stem>.avemo.png: valence/arousal over time.")
 @click.option("--overlay", is_flag=True,
               help="Also write <stem>.avemo.mp4: the input with face box, visual attention heat "
                    "map, audio attention and valence/arousal gauges.")
@@ -193,7 +194,8 @@ def _print_profile(console, report, startup: float, wall: float) -> None:
     for stage in STAGES:
         sec = report.timings[stage]
         table.add_row(stage, f"{sec:.2f}", f"{sec / media:.3f}" if media else "-")
-    table.add_row("total (wall, incl. start-up)", f"{wall:.2f}", f"{wall / media:.3f}" if media else "-")
+    table.add_row("total (wall, incl. start-up)", f"{wall:.2f}",
+                  f"{wall / media:.3f}" if media else "-")
     console.print(table)
     if media:
         console.print(f"media: {media:.1f} s in {len(report.written)} file(s); real-time factor "

@@ -187,8 +187,9 @@ def load_generic(root: Path, split: Path | None = None) -> list[Sequence]:
             if part != "test":
                 warnings.warn(f"{m}: no label file {lab.name} beside it; skipped")
                 continue
-            lab = None
-        seqs.append(Sequence(rel, part, m, lab, read_generic_labels(lab) if lab else None))
+            seqs.append(Sequence(rel, part, m, None, None))
+            continue
+        seqs.append(Sequence(rel, part, m, lab, read_generic_labels(lab)))
     for lab in sorted(root.rglob("*.csv")):
         if lab.name.endswith(".avemo.csv") or (split and lab.resolve() == split.resolve()):
             continue

@@ -166,10 +166,10 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     rotation = int(round(float(rot.group(1) or rot.group(2)))) % 360 if rot else 0
     if rotation in (90, 270):
         width, height = height, width
-    pts: np.ndarray | None = packet_times(path)
-    n_frames = len(pts)
-    if np.isnan(pts).any():  # a container without timestamps (raw streams): a constant rate
-        pts = None
+    times = packet_times(path)
+    n_frames = len(times)
+    # a container without timestamps (raw streams): a constant rate
+    pts = None if np.isnan(times).any() else times
     if n_frames == 0:
         raise MediaError(f"{path}: the video stream has no frames")
     return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames,

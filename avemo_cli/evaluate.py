@@ -212,11 +212,12 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
         writer.write_csv(table, out_dir / (s.media.stem + writer.SUFFIX))
         if s.label_path is not None:
             gold[s.media.stem] = read_labels(s.label_path)
-        else:
+        elif s.labels is not None:
+            labels = s.labels
             gold[s.media.stem] = pd.DataFrame(
-                {"time": table["time"], **{t: np.interp(table["time"], s.labels["time"],
-                                                        s.labels[t])
-                                           for t in TARGETS if t in s.labels}})
+                {"time": table["time"], **{t: np.interp(table["time"], labels["time"],
+                                                        labels[t])
+                                           for t in TARGETS if t in labels}})
     return gold
 
 

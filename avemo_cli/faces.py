@@ -87,7 +87,7 @@ class FanBackend:
             getattr(face_alignment.LandmarksType, "_2D")
         import inspect
 
-        options = {"device": device, "face_detector": "sfd"}
+        options: dict[str, object] = {"device": device, "face_detector": "sfd"}
         if "compile" in inspect.signature(face_alignment.FaceAlignment).parameters:
             options["compile"] = False  # torch.compile costs minutes on first use; not worth it
         try:
@@ -103,7 +103,7 @@ class FanBackend:
 
     def detect(self, image: np.ndarray) -> list[Box]:
         dets = self._fa.face_detector.detect_from_image(self._rgb(image).copy())
-        return [tuple(float(v) for v in d[:4]) for d in dets]
+        return [(float(d[0]), float(d[1]), float(d[2]), float(d[3])) for d in dets]
 
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
         out = self._fa.get_landmarks_from_image(self._rgb(image), detected_faces=[list(box)])
@@ -206,7 +206,7 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
     """
     rows: dict[str, _Rows] | None = None
     box: Box | None = None
-    rel = None
+    rel: np.ndarray | None = None  # the box relative to the landmarks, at the last detection
     last_detect = -10 ** 9
     detections = tracked = 0
     frame_size = (0, 0)
@@ -219,7 +219,7 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
                     "landmarks": _Rows((68, 2), np.float32, expected),
                     "matrices": _Rows((2, 3), np.float64, expected)}
         lm = None
-        if box is not None and k - last_detect < detect_every:
+        if box is not None and rel is not None and k - last_detect < detect_every:
             lm = backend.landmarks(frame, box)
             new_box = _box_on(lm, rel)
             if _plausible(new_box, box, frame.shape):
@@ -240,6 +240,7 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
                 rel = _relation(box, lm)
             else:
                 box = None
+        row: dict[str, object]
         if lm is None:
             row = {"crops": 0, "found": False, "boxes": np.nan, "landmarks": np.nan,
                    "matrices": np.nan}

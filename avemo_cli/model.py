@@ -136,6 +136,8 @@ class ModelConfig:
 
 
 class AudioBranch(nn.Module):
+    mean: torch.Tensor  # buffers: training statistics of the raw features
+    std: torch.Tensor
     """Temporal attention (eq. 1, 4) over eGeMAPS steps followed by a stacked LSTM."""
 
     def __init__(self, cfg: ModelConfig):
@@ -320,6 +322,8 @@ class VisualBranch(nn.Module):
 class AVModel(nn.Module):
     """The audio-visual network with a head per branch and a fusion head (modality "av")."""
 
+    fusion_weights: torch.Tensor  # buffer (weighted fusion): (targets, 2)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -341,7 +345,8 @@ class AVModel(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LSTM):
                 for name, p in m.named_parameters():
                     (nn.init.xavier_uniform_ if "weight" in name else nn.init.zeros_)(p)
@@ -352,14 +357,25 @@ class AVModel(nn.Module):
         if z_audio is not None and z_visual is not None:
             if self.fusion is None:  # weighted: each target a weighted mean of the two heads
                 w = self.fusion_weights.to(z_audio.dtype)
-                return (self.audio_head(self.dropout(z_audio)) * w[:, 0]
-                        + self.visual_head(self.dropout(z_visual)) * w[:, 1])
+                return (self.audio_pred(z_audio) * w[:, 0] + self.visual_pred(z_visual) * w[:, 1])
             return self.fusion(self.dropout(torch.cat([z_audio, z_visual], 1)))
         if z_audio is not None:
-            return self.audio_head(self.dropout(z_audio))
+            return self.audio_pred(z_audio)
         if z_visual is not None:
-            return self.visual_head(self.dropout(z_visual))
+            return self.visual_pred(z_visual)
         raise ValueError("no input")
+
+    def audio_pred(self, z_audio: torch.Tensor) -> torch.Tensor:
+        """The audio head's prediction from the audio branch's output."""
+        if self.audio_head is None:
+            raise ValueError("this model has no audio branch")
+        return self.audio_head(self.dropout(z_audio))
+
+    def visual_pred(self, z_visual: torch.Tensor) -> torch.Tensor:
+        """The visual head's prediction from the visual branch's output."""
+        if self.visual_head is None:
+            raise ValueError("this model has no visual branch")
+        return self.visual_head(self.dropout(z_visual))
 
     def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
@@ -374,11 +390,11 @@ class AVModel(nn.Module):
             if self.audio is None:
                 raise ValueError("this model has no audio branch")
             za, out["audio_attention"] = self.audio(self.audio.normalise(audio))
-            out["audio_pred"] = self.audio_head(self.dropout(za))
+            out["audio_pred"] = self.audio_pred(za)
         if video is not None:
             if self.visual is None:
                 raise ValueError("this model has no visual branch")
             zv, out["visual_attention"] = self.visual(video)
-            out["visual_pred"] = self.visual_head(self.dropout(zv))
+            out["visual_pred"] = self.visual_pred(zv)
         out["pred"] = self.heads(za, zv)
         return out

@@ -132,7 +132,7 @@ class _Panel:
         self.h = self.row * rows + self.row // 2
         self.x = max(4, int(width * 0.02))
         self.y = height - self.h - max(4, int(height * 0.02))
-        self.labels = {t: _text(t, self.row) for t in self.targets}
+        self.labels: dict[str, np.ndarray] = {t: _text(t, self.row) for t in self.targets}
         self.labels["audio"] = _text("audio attention", self.row)
         self.label_w = int(self.row * 5.2)
 
@@ -301,6 +301,7 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
                               pix_fmt="yuv420p", acodec=acodec, movflags="+faststart")
                 .global_args("-nostdin", "-v", "error", "-y").compile(cmd=ffmpeg_exe()))
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=errf)
+        assert proc.stdin is not None
         try:
             for k in range(n_steps):
                 proc.stdin.write(layers_of.draw(k).tobytes())

@@ -203,16 +203,17 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
                                 f"{' and no face was found' if cfg.has_visual else ''}")
         raise NoFaceError(f"{feats.info.path}: nothing this model can use (no face found"
                           f"{'' if cfg.has_audio else ' and no audio branch'})")
-    steps = predict.predict_steps(model, feats.audio.values if use_audio else None,
-                                  feats.track.crops if use_visual else None, stride,
-                                  batch_size, device,
-                                  feats.audio.valid if use_audio else None,
-                                  nearest_index(feats.face) if use_visual else None)
+    heard_audio = feats.audio if use_audio else None
+    seen = feats.track if use_visual else None
+    steps = predict.predict_steps(model, heard_audio.values if heard_audio else None,
+                                  seen.crops if seen else None, stride, batch_size, device,
+                                  heard_audio.valid if heard_audio else None,
+                                  nearest_index(feats.face) if seen else None)
     if not np.isfinite(steps.values).all():
         raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
                               f"or infinite): a damaged or diverged checkpoint")
     values = steps.values
-    if use_audio and use_visual:  # where the voice was not heard, the face alone
+    if steps.visual_values is not None and use_audio:  # no voice heard: the face alone
         values = np.where(feats.voice[:, None], values, steps.visual_values)
     values = fill_gaps(values, feats.face) if use_visual else values
     source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
@@ -277,6 +278,8 @@ class Features:
         """(K, S, S[, 3]) crops, steps without a face holding the nearest face (model input);
         computed once (training reads it for every clip)."""
         if self._crops is None:
+            if self.track is None:
+                raise ValueError(f"{self.info.path}: no face crops (video not analysed)")
             self._crops = _hold_nearest(_fit_length(self.track.crops, self.n_steps), self.face)
         return self._crops
 

@@ -71,27 +71,35 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
     checkpoint's ``audio_norm``) from its steps inside the audio (``audio_valid``; all if None).
     ``crop_index`` (K,), when given, says which of ``crops`` each step sees (steps without a
     face see the nearest face's crop: no second copy of the crops is made for that)."""
-    if audio is None and crops is None:
-        raise ValueError("predict_steps needs audio features, face crops, or both")
     if crops is not None and crop_index is None:
         crop_index = np.arange(len(crops))
-    n = len(audio) if audio is not None else len(crop_index)
+    if audio is not None:
+        n = len(audio)
+    elif crop_index is not None:
+        n = len(crop_index)
+    else:
+        raise ValueError("predict_steps needs audio features, face crops, or both")
     t = model.cfg.clip_steps
     ends = clip_ends(n, stride)
     z_audio = z_visual = None
     att_a = att_v = None
     if audio is not None:
-        feats = torch.from_numpy(model.audio.adapt(audio, audio_valid)).to(device)
+        branch = model.audio
+        if branch is None:
+            raise ValueError("this model has no audio branch")
+        feats = torch.from_numpy(branch.adapt(audio, audio_valid)).to(device)
         idx = torch.from_numpy(clip_steps(ends, t)).to(device)
         zs, ws = [], []
         for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
-            z, w = model.audio(model.audio.normalise(feats[idx[b:b + batch_size * 8]]))
+            z, w = branch(branch.normalise(feats[idx[b:b + batch_size * 8]]))
             zs.append(z)
             ws.append(w)
         z_audio = torch.cat(zs)
         att_a = _fill(torch.cat(ws).float().cpu().numpy(), ends, n)
-    if crops is not None:
+    if crops is not None and crop_index is not None:
         vis = model.visual
+        if vis is None:
+            raise ValueError("this model has no visual branch")
         ctx = model.cfg.shared_context
         zs, maps = [], []
         for group in _spans(ends, t):
@@ -122,6 +130,9 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
     v_only = every_step(None, z_visual) if z_visual is not None else None
     if a_only is not None and v_only is not None:
         values = every_step(z_audio, z_visual)
+    elif a_only is not None:
+        values = a_only
     else:
-        values = a_only if a_only is not None else v_only
+        assert v_only is not None  # one of the two ran
+        values = v_only
     return StepPredictions(values, predicted, att_a, att_v, a_only, v_only)

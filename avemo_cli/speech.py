@@ -249,10 +249,12 @@ def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int
 
     torch.manual_seed(seed)
     model = AVModel(cfg)
+    branch = model.audio
+    assert branch is not None, "the speech recipe trains an audio model"
     mean, std = audio_statistics([r.values[r.valid] for r in recs])
-    model.audio.mean.copy_(torch.from_numpy(mean))
-    model.audio.std.copy_(torch.from_numpy(std))
-    feats = [model.audio.adapt(r.values, r.valid) for r in recs]
+    branch.mean.copy_(torch.from_numpy(mean))
+    branch.std.copy_(torch.from_numpy(std))
+    feats = [branch.adapt(r.values, r.valid) for r in recs]
     targets = [r.targets for r in recs]
     rows, weights = training_rows(recs, skip, balance)
     rng = np.random.default_rng(seed)
@@ -429,7 +431,8 @@ def cross_validate(recs: list[Recording], cfg: ModelConfig, updates: int, folds:
         plan.update({f"loco_{c}": [{r.speaker for r in recs if r.corpus == c}]
                      for c in sorted({r.corpus for r in recs})})
     for name, groups in plan.items():
-        test, preds = [], {"network": [], "svr": []}
+        test: list = []
+        preds: dict[str, list] = {"network": [], "svr": []}
         for g in groups:
             log(f"{name}: holding out {len(g)} speakers")
             res = held_out(recs, g, cfg, updates, seed, svr, loss, balance, log)

@@ -114,7 +114,8 @@ def main() -> None:
                                     schemes=args.schemes.split(","), loss=args.loss,
                                     balance=args.balance)
     print(f"\nmachine: {machine()}; {time.time() - t0:.0f} s; norm {args.norm} "
-          f"(prior {args.prior} s), loss {args.loss}, balance {args.balance}, {args.updates} updates of 64, "
+          f"(prior {args.prior} s), loss {args.loss}, balance {args.balance}, "
+          f"{args.updates} updates of 64, "
           f"{args.copies} augmented copies")
     print_tables(results)
     if args.json:

@@ -15,7 +15,7 @@ from ..model import AVModel, ModelConfig
 
 def tiny_config(modality: str = "av", **overrides) -> ModelConfig:
     """The paper's architecture with very small layer widths."""
-    settings = dict(
+    settings: dict = dict(
         modality=modality, audio_hidden=8, audio_layers=4, audio_attention_hidden=8,
         encoder_channels=[4, 8, 8], convlstm_hidden=8, c3d_channels=[4, 8, 8, 8],
         fc_hidden=16, visual_z=8,
