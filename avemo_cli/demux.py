@@ -238,6 +238,26 @@ def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
         yield np.frombuffer(buf, np.uint8).reshape(shape)
 
 
+def sample_frames(info: MediaInfo, n: int, max_side: int = 480,
+                  gray: bool = True) -> list[np.ndarray]:
+    """``n`` analysis frames spread evenly over the video, each read by seeking (a few short
+    ffmpeg runs, not a decode of the whole file); frames that cannot be read are left out."""
+    w, h = analysis_size(info, max_side)
+    channels = 1 if gray else 3
+    last = info.frame_times()[-1] if info.n_frames else info.duration
+    frames = []
+    for t in np.linspace(0.0, max(0.0, last), n + 2)[1:-1]:
+        args = (ffmpeg.input(str(info.path), ss=f"{t:.3f}").video.filter("scale", w, h)
+                .output("pipe:", format="rawvideo", pix_fmt="gray" if gray else "rgb24",
+                        vframes=1)
+                .global_args("-nostdin", "-v", "error").compile(cmd=ffmpeg_exe()))
+        buf = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+        if len(buf) == w * h * channels:
+            frame = np.frombuffer(buf, np.uint8)
+            frames.append(frame.reshape(h, w) if gray else frame.reshape(h, w, 3))
+    return frames
+
+
 AUDIO_BLOCK = 10.0  # seconds of audio per block that iter_audio yields
 
 

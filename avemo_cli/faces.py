@@ -179,6 +179,18 @@ def _plausible(new: Box, old: Box, shape: tuple[int, ...]) -> bool:
     return 0 <= cx < w and 0 <= cy < h and 0.8 <= ratio <= 1.25 and iou(new, old) >= 0.5
 
 
+TURNS = {1: "90 degrees counter-clockwise", 2: "180 degrees", 3: "90 degrees clockwise"}
+
+
+def turn_with_faces(frames: list[np.ndarray], backend: FaceBackend) -> int | None:
+    """Quarter turns (counter-clockwise, as ``np.rot90``) under which ``backend`` finds a face
+    in any of ``frames``: 0 as they are, else the first of 1, 3, 2 that does; None if none."""
+    for k in (0, 1, 3, 2):
+        if any(backend.detect(np.ascontiguousarray(np.rot90(f, k))) for f in frames):
+            return k
+    return None
+
+
 class _Rows:
     """Rows appended into one preallocated array (grown by doubling if the expected count is
     passed): no list of small arrays and no final copy of them all."""

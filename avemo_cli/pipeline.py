@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,6 +22,10 @@ from . import audio as audio_stage
 from . import demux, faces, postprocess, predict, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
+
+class OrientationWarning(UserWarning):
+    """No face was found as the video is displayed, but one appears when it is turned."""
+
 
 STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "overlay")
 
@@ -42,6 +47,7 @@ class Annotation:
     timings: dict[str, float] = field(default_factory=dict)
     rate: float = 4.0  # analysis steps per second
     targets: list[str] = field(default_factory=lambda: ["valence", "arousal"])
+    notices: list[str] = field(default_factory=list)  # what the user should know (also warned)
 
 
 DEVICES = "auto|cpu|cuda[:N]"
@@ -167,9 +173,17 @@ class Annotator:
                                 f"(an audio-only model)")
         feats = extract(info, self.settings, use_audio, use_visual,
                         lambda: self.backend, timings, say)
-        if use_visual and not feats.face.any() and not use_audio:
-            why = "no audio track" if not info.has_audio else f"{name} has no audio branch"
-            raise NoFaceError(f"{info.path}: no face found in the video ({why})")
+        notices = []
+        if use_visual and not feats.face.any():
+            turned = self.turned_face(info)
+            if not use_audio:
+                why = "no audio track" if not info.has_audio else f"{name} has no audio branch"
+                raise NoFaceError(f"{info.path}: no face found in the video ({why})"
+                                  + (f"; {turned}" if turned else ""))
+            if turned:
+                notices.append(f"{info.path}: no face found as the video is displayed, so its "
+                               f"valence and arousal come from the voice alone; {turned}")
+                warnings.warn(notices[-1], OrientationWarning, stacklevel=2)
 
         say("model")
         t1 = time.perf_counter()
@@ -183,7 +197,18 @@ class Annotator:
         timings["postprocess"] += time.perf_counter() - t1
         return Annotation(info.path, info, table, source, steps, values, face,
                           feats.voice, feats.track, feats.audio, timings, cfg.rate,
-                          list(cfg.targets))
+                          list(cfg.targets), notices)
+
+    def turned_face(self, info: demux.MediaInfo, n: int = 6) -> str:
+        """When no face was found: a few frames tried in the other three orientations. Says
+        how the picture must be turned for faces to appear ("" if that finds none either)."""
+        frames = demux.sample_frames(info, n, self.max_side, gray=self.cfg.channels == 1)
+        k = faces.turn_with_faces(frames, self.backend)
+        if not k:
+            return ""
+        return (f"a face appears when the picture is rotated {faces.TURNS[k]} (the file's "
+                f"rotation tag says {info.rotation} degrees; it may be wrong or the camera was "
+                f"held sideways): rotate the video and annotate it again")
 
 
 def predict_features(model, feats: "Features", stride: int = 1, batch_size: int = 32,

@@ -3,7 +3,7 @@ import pytest
 
 from avemo_cli import align, demux, faces
 
-from conftest import make_synthetic_video, shared_file
+from conftest import ffmpeg, make_synthetic_video, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,34 @@ def test_small_videos_are_scaled_up_so_their_faces_are_found(tmp_path, dlib_back
     assert frames[0].shape == (320, 480)
     track = faces.track_faces(iter(frames), dlib_backend, crop_size=64)
     assert track.found.mean() >= 0.9
+
+
+@pytest.mark.parametrize("how", ["wrong rotation tag", "sideways camera"])
+def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tiny_video_ckpt):
+    """No face as displayed, but one when the picture is turned: one notice (a warning) saying
+    so, instead of a silent fall-back to the voice; a one-line error for a video-only model."""
+    import warnings
+
+    from avemo_cli.errors import NoFaceError
+    from avemo_cli.pipeline import Annotator, OrientationWarning
+
+    src = shared_file("videos", "WDA_KatieHill_000.mp4")
+    upright = tmp_path / "upright.mp4"
+    ffmpeg("-t", "3", "-i", str(src), "-c:v", "libx264", "-c:a", "aac", str(upright))
+    turned = tmp_path / "turned.mp4"
+    if how == "wrong rotation tag":
+        ffmpeg("-display_rotation", "90", "-i", str(upright), "-c", "copy", str(turned))
+    else:
+        ffmpeg("-i", str(upright), "-vf", "transpose=clock", "-c:v", "libx264", "-c:a", "aac",
+               str(turned))
+    ann = Annotator(tiny_ckpt, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        good = ann.annotate(upright)
+        bad = ann.annotate(turned)
+    assert good.source == "av" and not good.notices
+    assert bad.source == "audio" and len(bad.notices) == 1
+    assert "a face appears when the picture is rotated 90 degrees" in bad.notices[0]
+    assert [str(w.message) for w in caught if w.category is OrientationWarning] == bad.notices
+    with pytest.raises(NoFaceError, match="no face found in the video .*rotated 90 degrees"):
+        Annotator(tiny_video_ckpt, device="cpu").annotate(turned)
