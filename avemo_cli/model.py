@@ -182,7 +182,9 @@ class AudioBranch(nn.Module):
         m = (n * rows.mean(0) + n0 * mean_t) / (n + n0)
         var = (n * rows.var(0) + n0 * std_t ** 2) / (n + n0)
         s = np.sqrt(np.maximum(var, 1e-12))
-        return (mean_t + std_t * (values - m) / s).astype(np.float32)
+        # mean_t + std_t * (x - m) / s, as one float32 multiply-add over the recording
+        scale = std_t / s
+        return values * scale.astype(np.float32) + (mean_t - m * scale).astype(np.float32)
 
     def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """s: (B, T, F) normalised features -> Z^S (B, H), attention weights (B, T)."""

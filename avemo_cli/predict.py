@@ -88,10 +88,11 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
         if branch is None:
             raise ValueError("this model has no audio branch")
         feats = torch.from_numpy(branch.adapt(audio, audio_valid)).to(device)
-        idx = torch.from_numpy(clip_steps(ends, t)).to(device)
         zs, ws = [], []
         for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
-            z, w = branch(branch.normalise(feats[idx[b:b + batch_size * 8]]))
+            trim_heap()
+            idx = torch.from_numpy(clip_steps(ends[b:b + batch_size * 8], t)).to(device)
+            z, w = branch(branch.normalise(feats[idx]))
             zs.append(z)
             ws.append(w)
         z_audio = torch.cat(zs)

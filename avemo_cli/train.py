@@ -76,6 +76,10 @@ class Prepared:
     audio: np.ndarray | None = None  # (K, 88) features as the model sees them (adapt_audio)
 
 
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
 def adapt_audio(model: AVModel, items: list[Prepared]) -> None:
     """Each sequence's audio features adapted to its recording (``AudioBranch.adapt``, the
     same call ``predict_steps`` makes at annotation), once per sequence, before clips are cut."""
@@ -258,10 +262,11 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
         raise TrainError(f"{opts.data}: no train or devel sequence could be read")
     samples = training_samples(train_items, cfg, opts.clip_stride)
     if len(samples) == 0:
-        raise TrainError(f"{opts.data}: no labelled training steps usable by a "
+        article = "a" if cfg.modality == "video" else "an"
+        raise TrainError(f"{opts.data}: no labelled training steps usable by {article} "
                          f"{cfg.modality} model")
-    log(f"train: {len(train_items)} sequences, {len(samples)} clips; devel: "
-        f"{len(devel_items)} sequences; model {cfg.modality} on {device}")
+    log(f"train: {_count(len(train_items), 'sequence')}, {_count(len(samples), 'clip')}; "
+        f"devel: {_count(len(devel_items), 'sequence')}; model {cfg.modality} on {device}")
 
     torch.manual_seed(opts.seed)
     model = AVModel(cfg).to(device)

@@ -3,15 +3,18 @@
 For each length, the source video (default: the bundled sample) is looped by stream copy into
 a video of that many minutes, annotated by a fresh `avemo annotate` process with the default
 model, and the process's peak resident memory (its own, from the kernel's ``ru_maxrss``) is
-printed with the wall time. Memory must not grow with the length of the input.
+printed with the wall time: medians of ``--repeats`` runs (the peak varies by some tens of MiB
+from run to run with how the heap fragments), and each run's peak. Memory must not grow with the
+length of the input.
 
-    python benchmarks/bench_memory.py [--minutes 1 10 60] [--source VIDEO] [--weights default]
+    python benchmarks/bench_memory.py [--minutes 1 10 60] [--repeats 3] [--source VIDEO]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,19 +56,24 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--source", type=Path, default=HERE / "examples" / "sample.mp4")
     ap.add_argument("--weights", default="default")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
     print(f"avemo {__version__}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; source {args.source.name}")
-    print("| length (min) | peak memory (MiB) | wall (s) | x real time |")
-    print("| --- | --- | --- | --- |")
+    print("| length (min) | peak memory (MiB), median | each run | wall (s), median | "
+          "x real time |")
+    print("| --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for minutes in args.minutes:
             video = looped(args.source, minutes, tmp / f"looped_{minutes:g}min.mp4")
-            mib, sec = peak_rss([sys.executable, "-m", "avemo_cli", "annotate", str(video),
-                                 "-o", str(tmp / "out"), "--weights", args.weights, "-q",
-                                 "--overwrite"])
-            print(f"| {minutes:g} | {mib:.0f} | {sec:.1f} | {minutes * 60 / sec:.1f} |",
+            runs = [peak_rss([sys.executable, "-m", "avemo_cli", "annotate", str(video), "-o",
+                              str(tmp / "out"), "--weights", args.weights, "-q", "--overwrite"])
+                    for _ in range(args.repeats)]
+            mib = statistics.median(r[0] for r in runs)
+            sec = statistics.median(r[1] for r in runs)
+            each = ", ".join(f"{r[0]:.0f}" for r in runs)
+            print(f"| {minutes:g} | {mib:.0f} | {each} | {sec:.1f} | {minutes * 60 / sec:.1f} |",
                   flush=True)
             video.unlink()
 
