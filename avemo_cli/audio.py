@@ -141,8 +141,10 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
         wins = step_windows(np.arange(done, stop), rate, duration, window)
         t0 = max(0.0, np.floor((wins[:, 0].min() - HISTORY) / HOP) * HOP)
         first = int(round(t0 * sample_rate))
+        end = int(np.ceil((wins[:, 1].max() + LOOKAHEAD) * sample_rate))  # no audio past it
         data = np.concatenate(held) if len(held) > 1 else held[0]
-        values[done:stop] = extract(data[first - held_from:], sample_rate, wins - t0)
+        values[done:stop] = extract(data[first - held_from:end - held_from], sample_rate,
+                                    wins - t0)
         trim_heap()  # openSMILE's buffers of this pass, freed: back to the system
         done = stop
         # later windows start at or after (stop / rate - window): keep from HISTORY before it
