@@ -6,11 +6,14 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import __version__
 from .errors import AvemoError, OutputError
 from .pipeline import STAGES, Annotation, Annotator
+from .shards import UNSHARDED_MANIFEST, Manifest, Record, Shard
 from .writer import SUFFIX, remove_stale_temporaries, write_csv
 
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
@@ -23,6 +26,8 @@ MEDIA_EXTS = VIDEO_EXTS | AUDIO_EXTS
 class Job:
     source: Path
     output: Path
+    key: str = ""  # the input's path relative to the folder it was found in (its name, for a
+    # file given directly): what shards are chosen by
 
 
 @dataclass
@@ -83,22 +88,23 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            pairs = [(f, out / f.relative_to(p).parent / (f.stem + SUFFIX)) for f in find_media(p)]
+            pairs = [(f, out / f.relative_to(p).parent / (f.stem + SUFFIX),
+                      f.relative_to(p).as_posix()) for f in find_media(p)]
             if not pairs:
                 bad.append((p, f"{p}: no media files found in this folder"))
         elif p.exists():
-            pairs = [(p, out / (p.stem + SUFFIX))]
+            pairs = [(p, out / (p.stem + SUFFIX), p.name)]
         else:
             bad.append((p, f"{p}: no such file or folder"))
             continue
-        for src, dst in pairs:
+        for src, dst, key in pairs:
             if dst in claimed:
                 if claimed[dst].resolve() != src.resolve():
                     bad.append((src, f"{src}: its output {dst} is already the output of "
                                      f"{claimed[dst]}; annotate it into another -o folder"))
                 continue
             claimed[dst] = src
-            jobs.append(Job(src, dst))
+            jobs.append(Job(src, dst, key))
     return jobs, bad
 
 
@@ -112,71 +118,199 @@ def extra_outputs(job: Job, plot: bool, overlay: bool) -> list[Path]:
     return out
 
 
+@dataclass
+class Outcome:
+    """What became of one job: ``status`` written/skipped/failed, ``detail`` (the output paths,
+    one per line, or the reason), and its manifest record."""
+
+    status: str
+    detail: str
+    record: Record
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_job(annotator: Annotator, job: Job, plot: bool = False, overlay: bool = False,
+            on_stage: Callable[[str], None] | None = None) -> Outcome:
+    """Annotate one job's input and write its outputs; a failure is an outcome, not raised
+    (KeyboardInterrupt is)."""
+    t0 = time.perf_counter()
+    extras = extra_outputs(job, plot, overlay)
+    try:
+        result: Annotation = annotator.annotate(job.source, progress=on_stage)
+        t1 = time.perf_counter()
+        write_csv(result.table, job.output)
+        result.timings["write"] += time.perf_counter() - t1
+        for extra in extras:
+            stage = "plot" if extra.suffix == ".png" else "overlay"
+            if on_stage:
+                on_stage(stage)
+            t1 = time.perf_counter()
+            if stage == "plot":
+                from .plots import plot_track
+
+                plot_track(result.table, extra, job.source.name, result.info.has_video)
+            else:
+                from .overlay import render_overlay
+
+                render_overlay(result, extra)
+            result.timings[stage] += time.perf_counter() - t1
+    except AvemoError as err:
+        return Outcome("failed", str(err), _record(annotator, job, "failed", str(err), t0))
+    except Exception as err:  # a bug or an unforeseen input: still one line, batch goes on
+        if os.environ.get("AVEMO_DEBUG"):
+            traceback.print_exc()
+        line = str(err).strip().splitlines()
+        reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}".rstrip(": ")
+        return Outcome("failed", reason, _record(annotator, job, "failed", reason, t0))
+    outputs = [job.output, *extras]
+    record = _record(annotator, job, "ok", "", t0, [str(p) for p in outputs])
+    record.media_seconds = result.info.duration
+    record.frames = len(result.table)
+    record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
+    return Outcome("written", "\n".join(str(p) for p in outputs), record, result.timings)
+
+
+def _record(annotator: Annotator | None, job: Job, status: str, error: str = "",
+            t0: float | None = None, outputs: list[str] | None = None) -> Record:
+    ckpt = annotator.checkpoint if annotator is not None else None
+    return Record(str(job.source), status, error, outputs or [],
+                  round(time.perf_counter() - t0, 3) if t0 is not None else 0.0,
+                  avemo=__version__,
+                  model=ckpt.path.name if ckpt is not None and ckpt.path else "",
+                  model_sha256=_model_digest(ckpt.path) if ckpt is not None and ckpt.path
+                  else "")
+
+
+@lru_cache(maxsize=4)
+def _model_digest(path: Path) -> str:
+    from .cache import file_digest
+
+    return file_digest(path)
+
+
+_WORKER: dict[str, Annotator] = {}
+
+
+def _start_worker(weights: str, options: dict, threads: int) -> None:
+    """A --jobs worker process: its own model and face backend, ``threads`` for torch."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for all
+    torch.set_num_threads(threads)
+    _WORKER["annotator"] = Annotator(weights, **options)
+
+
+def _work(job: Job, plot: bool, overlay: bool) -> Outcome:
+    return run_job(_WORKER["annotator"], job, plot, overlay)
+
+
+def worker_threads(jobs: int) -> int:
+    """Torch threads per worker so that ``jobs`` workers share the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
 def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                    output_dir: str | os.PathLike = ".", overwrite: bool = False,
                    on_start: Callable[[Job, int, int], None] | None = None,
                    on_stage: Callable[[str], None] | None = None,
                    on_done: Callable[[Job, str, str], None] | None = None,
-                   plot: bool = False, overlay: bool = False) -> BatchReport:
+                   plot: bool = False, overlay: bool = False, jobs: int = 1,
+                   shard: Shard | None = None,
+                   on_record: Callable[[Record], None] | None = None) -> BatchReport:
     """Annotate every input into ``output_dir``. ``on_done(job, status, detail)`` is called with
-    status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason).
+    status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason);
+    ``on_record`` with each input's manifest record.
     ``plot`` / ``overlay`` also write the valence plot and the attention overlay video.
+    ``jobs`` > 1 annotates that many files at once in worker processes (each with its own
+    model; torch threads split between them). ``shard`` keeps only its share of the inputs.
+    A manifest of the run is written in ``output_dir`` (``shards.Manifest``).
     Raises ``OutputError`` before any work if ``output_dir`` cannot be written."""
     check_output_dir(output_dir)
     report = BatchReport()
-    jobs, bad = plan(inputs, output_dir)
-    for src, reason in bad:
-        report.failed.append((src, reason))
-        if on_done:
-            on_done(Job(src, Path()), "failed", reason)
-    for i, job in enumerate(jobs):
-        if on_start:
-            on_start(job, i, len(jobs))
-        extras = extra_outputs(job, plot, overlay)
-        for out in (job.output, *extras):  # what a killed earlier run left half-written
-            remove_stale_temporaries(out)
-        if not overwrite and job.output.exists() and all(p.exists() for p in extras):
+    planned, bad = plan(inputs, output_dir)
+    if shard is not None:
+        planned = [j for j in planned if shard.takes(j.key)]
+    manifest = Manifest(Path(output_dir) / (shard.manifest_name if shard else UNSHARDED_MANIFEST))
+
+    def finish(job: Job, outcome: Outcome) -> None:
+        manifest.add(outcome.record)
+        if on_record:
+            on_record(outcome.record)
+        if outcome.status == "written":
+            for k, v in outcome.timings.items():
+                report.timings[k] += v
+            report.media_seconds += outcome.record.media_seconds
+            report.written.append(job.output)
+        elif outcome.status == "skipped":
             report.skipped.append(job.output)
-            if on_done:
-                on_done(job, "skipped", f"{job.output} exists (use --overwrite to redo it)")
-            continue
-        try:
-            result: Annotation = annotator.annotate(job.source, progress=on_stage)
-            t1 = time.perf_counter()
-            write_csv(result.table, job.output)
-            result.timings["write"] += time.perf_counter() - t1
-            for extra in extras:
-                stage = "plot" if extra.suffix == ".png" else "overlay"
-                if on_stage:
-                    on_stage(stage)
-                t1 = time.perf_counter()
-                if stage == "plot":
-                    from .plots import plot_track
-
-                    plot_track(result.table, extra, job.source.name, result.info.has_video)
-                else:
-                    from .overlay import render_overlay
-
-                    render_overlay(result, extra)
-                result.timings[stage] += time.perf_counter() - t1
-        except AvemoError as err:
-            report.failed.append((job.source, str(err)))
-            if on_done:
-                on_done(job, "failed", str(err))
-            continue
-        except Exception as err:  # a bug or an unforeseen input: still one line, batch goes on
-            if os.environ.get("AVEMO_DEBUG"):
-                traceback.print_exc()
-            line = str(err).strip().splitlines()
-            reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}".rstrip(": ")
-            report.failed.append((job.source, reason))
-            if on_done:
-                on_done(job, "failed", reason)
-            continue
-        for k, v in result.timings.items():
-            report.timings[k] += v
-        report.media_seconds += result.info.duration
-        report.written.append(job.output)
+        else:
+            report.failed.append((job.source, outcome.detail))
         if on_done:
-            on_done(job, "written", "\n".join(str(p) for p in [job.output, *extras]))
+            on_done(job, outcome.status, outcome.detail)
+
+    try:
+        for src, reason in bad:
+            finish(Job(src, Path(), str(src)), Outcome("failed", reason, _record(
+                annotator, Job(src, Path()), "failed", reason)))
+        todo = []
+        for job in planned:
+            extras = extra_outputs(job, plot, overlay)
+            for out in (job.output, *extras):  # what a killed earlier run left half-written
+                remove_stale_temporaries(out)
+            if not overwrite and job.output.exists() and all(p.exists() for p in extras):
+                finish(job, Outcome("skipped",
+                                    f"{job.output} exists (use --overwrite to redo it)",
+                                    _record(annotator, job, "skipped", "", None,
+                                            [str(p) for p in (job.output, *extras)])))
+            else:
+                todo.append(job)
+        if jobs <= 1 or len(todo) <= 1:
+            for i, job in enumerate(todo):
+                if on_start:
+                    on_start(job, i, len(todo))
+                finish(job, run_job(annotator, job, plot, overlay, on_stage))
+        else:
+            _run_parallel(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish)
+    finally:
+        manifest.close()
     return report
+
+
+def _run_parallel(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
+                  on_start, finish) -> None:
+    """``todo`` over ``jobs`` worker processes (spawned: each loads the model once)."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    path = annotator.checkpoint.path
+    if path is None:
+        raise ValueError("jobs > 1 needs a checkpoint loaded from a file")
+    pool = ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_start_worker,
+                               initargs=(str(path), annotator.options, worker_threads(jobs)))
+    try:
+        pending: dict = {}
+        queue = list(enumerate(todo))
+        while queue or pending:
+            while queue and len(pending) < 2 * jobs:  # a few queued, the rest held back
+                i, job = queue.pop(0)
+                if on_start:
+                    on_start(job, i, len(todo))
+                pending[pool.submit(_work, job, plot, overlay)] = job
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as err:  # the worker died (killed, out of memory)
+                    reason = f"{job.source}: the worker process failed ({type(err).__name__})"
+                    outcome = Outcome("failed", reason,
+                                      _record(annotator, job, "failed", reason))
+                finish(job, outcome)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        raise
+    pool.shutdown()

@@ -84,8 +84,14 @@ def main():
 @click.option("--overlay", is_flag=True,
               help="Also write <stem>.avemo.mp4: the input with face box, visual attention heat "
                    "map, audio attention and valence/arousal gauges.")
+@click.option("--jobs", "jobs", default="1", show_default=True, metavar="N|auto",
+              help="Files annotated at once, each by its own worker process (auto: one per "
+                   "core); torch threads are split between them.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Annotate only shard I of N (0 <= I < N) of the inputs, chosen by a hash of "
+                   "each input's path; default: from a SLURM, Kubernetes or AWS Batch job array.")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
-             overwrite, quiet, profile, plot, overlay):
+             overwrite, quiet, profile, plot, overlay, jobs, shard):
     """Annotate videos, audio files and folders of them (searched recursively).
 
     Writes one CSV per input (frame, time, valence, arousal, face, voice). Prints each written
@@ -95,8 +101,13 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
 
     from .batch import annotate_files, check_output_dir
     from .pipeline import Annotator
+    from .shards import parse_shard, shard_from_env
 
     console = Console(stderr=True)
+    n_jobs = _jobs(jobs)
+    part = parse_shard(shard) if shard else shard_from_env()
+    if part is not None and not shard:
+        click.echo(f"avemo: shard {part.index}/{part.count} (from the {part.origin})", err=True)
     check_output_dir(output_dir)  # before the model loads and any file is analysed
     annotator = Annotator(weights, device=device, faces_backend=faces_backend, stride=stride,
                           batch_size=batch_size, detect_every=detect_every)
@@ -116,7 +127,8 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
         try:
             report = annotate_files(inputs, annotator, output_dir, overwrite,
                                     on_start=prog.start, on_stage=prog.stage, on_done=on_done,
-                                    plot=plot, overlay=overlay)
+                                    plot=plot, overlay=overlay, jobs=n_jobs, shard=part,
+                                    on_record=prog.record)
         except KeyboardInterrupt:
             prog.print("avemo: interrupted; outputs already written are complete, "
                        "the one in progress was not written (re-run to resume)")
@@ -141,6 +153,7 @@ class _Progress:
         self.progress = None
 
     def __enter__(self):
+        self.began = time.perf_counter()
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
                 TimeElapsedColumn
@@ -175,9 +188,28 @@ class _Progress:
         if self.progress is not None:
             self.progress.advance(self.task)
 
+    def record(self, rec):
+        """Aggregate rate: media seconds annotated per wall second since the first file."""
+        self.media = getattr(self, "media", 0.0) + rec.media_seconds
+        if self.progress is not None:
+            rate = self.media / max(1e-9, time.perf_counter() - self.began)
+            self.progress.update(self.task, description=f"files ({rate:.1f}x real time)")
+
     def print(self, text):
         (self.progress.console if self.progress is not None else self.console).print(
             text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _jobs(text: str) -> int:
+    """--jobs: a count, or auto (one per core)."""
+    import os
+
+    if text == "auto":
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise click.BadParameter(f"{text!r} is not a count of 1 or more, or auto",
+                                 param_hint="'--jobs'")
+    return int(text)
 
 
 def _print_profile(console, report, startup: float, wall: float) -> None:
@@ -201,6 +233,41 @@ def _print_profile(console, report, startup: float, wall: float) -> None:
         console.print(f"media: {media:.1f} s in {len(report.written)} file(s); real-time factor "
                       f"{media / wall:.1f}x (media seconds per wall second, start-up included)",
                       highlight=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="The totals as JSON on stdout.")
+def status(folder, as_json):
+    """Totals of the annotate runs whose manifests are in FOLDER (every shard of a job array):
+    done, skipped, failed with reasons, hours of media, rate, shards missing."""
+    import json
+
+    from .shards import summarise
+
+    summary = summarise(folder)
+    failed = sorted((r.input, r.error) for r in summary.records.values()
+                    if r.status == "failed")
+    totals = {"inputs": len(summary.records), "ok": summary.count("ok"),
+              "skipped": summary.count("skipped"), "failed": len(failed),
+              "media_hours": round(summary.media_hours, 3),
+              "rate_x_real_time": round(summary.rate, 1),
+              "manifests": len(summary.manifests),
+              "missing_shards": summary.missing_shards(),
+              "failures": [{"input": i, "error": e} for i, e in failed]}
+    if as_json:
+        click.echo(json.dumps(totals, indent=2))
+    else:
+        click.echo(f"{folder}: {_plural(totals['inputs'], 'input')} in "
+                   f"{_plural(totals['manifests'], 'manifest')}: {totals['ok']} annotated, "
+                   f"{totals['skipped']} skipped (already done), {totals['failed']} failed")
+        click.echo(f"media annotated: {totals['media_hours']:.2f} h at "
+                   f"{totals['rate_x_real_time']:.1f}x real time per worker")
+        for shard in totals["missing_shards"]:
+            click.echo(f"missing: the manifest of shard {shard} (not run, or still running)")
+        for i, e in failed:
+            click.echo(f"failed: {e if i in e else f'{i}: {e}'}")
+    sys.exit(1 if failed or totals["missing_shards"] else 0)
 
 
 def _data_options(f):

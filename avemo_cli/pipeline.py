@@ -128,6 +128,9 @@ class Annotator:
     def __init__(self, weights: str | Path | Checkpoint | None = None, device: str | None = "auto",
                  faces_backend: str = "dlib", stride: int = 1, batch_size: int = 32,
                  detect_every: int = 8, max_side: int = 480):
+        self.options = {"device": device, "faces_backend": faces_backend, "stride": stride,
+                        "batch_size": batch_size, "detect_every": detect_every,
+                        "max_side": max_side}  # what a worker process needs to make a twin
         self.device = resolve_device(device)
         self.checkpoint = weights if isinstance(weights, Checkpoint) else \
             load_checkpoint(resolve_weights(None if weights is None else str(weights)),

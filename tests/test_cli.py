@@ -1,4 +1,5 @@
 """The whole CLI with a tiny random checkpoint, on the real media in ../shared/data."""
+import json
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def annotated(tmp_path_factory, videos_dir, tiny_ckpt):
 def test_annotates_a_folder_of_real_videos(annotated, videos_dir):
     out, code, stdout, stderr = annotated
     assert code == 0, stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(n + ".avemo.csv" for n in NAMES)
+    assert sorted(p.name for p in out.iterdir()) == \
+        sorted([n + ".avemo.csv" for n in NAMES] + ["avemo-manifest.jsonl"])
     assert stdout.split() == [str(out / (n + ".avemo.csv")) for n in NAMES]  # results only
     for name in NAMES:
         table = pd.read_csv(out / f"{name}.avemo.csv")
@@ -54,11 +56,14 @@ def test_annotates_a_folder_of_real_videos(annotated, videos_dir):
 
 def test_second_run_skips_and_overwrite_redoes(annotated, videos_dir, tiny_ckpt):
     out, *_ = annotated
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.avemo.csv")}
     code, stdout, stderr = run("annotate", videos_dir, "-o", out, "--weights", tiny_ckpt)
     assert code == 0 and stdout == ""
     assert stderr.count("exists") == 5
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.avemo.csv")} == before
+    statuses = [json.loads(line)["status"]  # the run's manifest says why nothing was written
+                for line in (out / "avemo-manifest.jsonl").read_text().splitlines()]
+    assert statuses == ["skipped"] * 5
     code, stdout, stderr = run("annotate", videos_dir / "WDA_KatieHill_000.mp4", "-o", out,
                                "--weights", tiny_ckpt, "--overwrite")
     assert code == 0 and stdout.strip().endswith("WDA_KatieHill_000.avemo.csv")
@@ -180,7 +185,7 @@ def test_interrupt_keeps_finished_outputs_and_no_partial_file(tmp_path, tiny_ckp
     rest, err = proc.communicate(timeout=60)
     assert first.strip().endswith("take00.avemo.csv")
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("avemo-manifest"))
     assert 1 <= len(written) < 12 and all(n.endswith(".avemo.csv") for n in written)
     for name in written:  # complete files only, no temporary leftovers
         assert len(pd.read_csv(out / name)) == 200
@@ -313,8 +318,9 @@ def test_every_subcommand_answers_bad_input_with_one_line(tmp_path, tiny_ckpt, m
         assert code == status, (shown, code, stderr)
         assert len(lines) == 1 and lines[0].startswith("avemo: error: "), (shown, stderr)
         assert "Traceback" not in stderr and stdout == "", (shown, stdout)
-        assert not (tmp_path / "in" / "out").exists() or \
-            not any((tmp_path / "in" / "out").rglob("*")), shown
+        out = tmp_path / "in" / "out"  # nothing but the run's manifest (what failed, and why)
+        assert not out.exists() or not [p for p in out.rglob("*")
+                                        if not p.name.startswith("avemo-manifest")], shown
 
 
 def test_readme_synopses_list_every_option_of_help():

@@ -160,7 +160,8 @@ def test_audio_only_input_gets_a_plot_but_no_overlay(tmp_path, tiny_ckpt):
                             "--overlay")
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["03a01Fa.avemo.csv",
-                                                          "03a01Fa.avemo.png"]
+                                                          "03a01Fa.avemo.png",
+                                                          "avemo-manifest.jsonl"]
 
 
 def test_heat_warp_matches_the_alignment_warp():

@@ -1,0 +1,184 @@
+"""Scale-out over clusters: shards of a batch for job arrays, and a manifest per run.
+
+A shard is a deterministic 1/N of the inputs, chosen by a hash of each input's path relative
+to the folder it was found in (its name, for a file given directly): the same on every machine
+and every re-run, whatever order a folder lists in. Without ``--shard`` the job-array
+environment of SLURM, Kubernetes indexed jobs or AWS Batch array jobs is read.
+
+Each run writes ``avemo-manifest.<I>-of-<N>.jsonl`` (``avemo-manifest.jsonl`` unsharded) in the
+output folder, one JSON line per input as it finishes; ``summarise`` merges a folder's
+manifests (``avemo status DIR``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .errors import AvemoError
+
+MANIFEST_GLOB = "avemo-manifest*.jsonl"
+
+
+class ShardError(AvemoError):
+    """A malformed ``--shard`` or job-array environment."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 0 .. count - 1
+    count: int
+    origin: str = "--shard"  # where it came from (the option, or the job-array variables)
+
+    def __post_init__(self):
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ShardError(f"shard {self.index}/{self.count} ({self.origin}): the index must "
+                             f"be 0 to count - 1")
+
+    def takes(self, key: str) -> bool:
+        """Whether the input with this key (relative path, '/'-separated) is this shard's."""
+        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    @property
+    def manifest_name(self) -> str:
+        return f"avemo-manifest.{self.index}-of-{self.count}.jsonl"
+
+
+UNSHARDED_MANIFEST = "avemo-manifest.jsonl"
+
+
+def parse_shard(text: str) -> Shard:
+    """``I/N`` (I from 0 to N-1)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ShardError(f"--shard {text}: expected I/N, e.g. 0/4 (I from 0 to N-1)") from None
+    return Shard(i, n, f"--shard {text}")
+
+
+def _int(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ShardError(f"{name}={env[name]!r}: not a whole number") from None
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard a job-array task is, from its environment; None outside a job array.
+
+    SLURM: ``SLURM_ARRAY_TASK_ID`` minus ``SLURM_ARRAY_TASK_MIN`` (divided by
+    ``SLURM_ARRAY_TASK_STEP`` when the array has a step) of ``SLURM_ARRAY_TASK_COUNT``.
+    Kubernetes indexed jobs (``JOB_COMPLETION_INDEX``) and AWS Batch array jobs
+    (``AWS_BATCH_JOB_ARRAY_INDEX``) give only the index: the count comes from ``AVEMO_SHARDS``
+    (the Job's completions, the array's size).
+    """
+    env = os.environ if env is None else env
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        task = _int(env, "SLURM_ARRAY_TASK_ID")
+        first = _int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+        step = _int(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
+        count = _int(env, "SLURM_ARRAY_TASK_COUNT")
+        return Shard((task - first) // max(1, step), count,
+                     f"SLURM array task {task} of {count}")
+    for name, system in (("JOB_COMPLETION_INDEX", "Kubernetes indexed job"),
+                         ("AWS_BATCH_JOB_ARRAY_INDEX", "AWS Batch array job")):
+        if name in env:
+            if "AVEMO_SHARDS" not in env:
+                raise ShardError(f"{name} is set ({system}) but not AVEMO_SHARDS, the number of "
+                                 f"shards: set it to the job's size, or pass --shard I/N")
+            index, count = _int(env, name), _int(env, "AVEMO_SHARDS")
+            return Shard(index, count, f"{system} index {index} of {count}")
+    return None
+
+
+@dataclass
+class Record:
+    """One manifest line: what happened to one input."""
+
+    input: str
+    status: str  # ok, skipped or failed
+    error: str = ""
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # wall seconds spent on it
+    media_seconds: float = 0.0
+    frames: int = 0  # CSV rows
+    faces: float = 0.0  # share of analysis steps with a face
+    avemo: str = ""
+    model: str = ""
+    model_sha256: str = ""
+
+    def line(self) -> str:
+        return json.dumps(self.__dict__, ensure_ascii=False)
+
+
+class Manifest:
+    """The manifest of one run, appended line by line (a killed run keeps what it finished)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "w", encoding="utf-8")
+
+    def add(self, record: Record) -> None:
+        self._f.write(record.line() + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@dataclass
+class Summary:
+    manifests: list[Path]
+    records: dict[str, Record]  # by input; a later manifest line replaces an earlier one
+    shards: dict[int, set[int]]  # shard count -> indices whose manifest is present
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.records.values())
+
+    @property
+    def media_hours(self) -> float:
+        return sum(r.media_seconds for r in self.records.values() if r.status == "ok") / 3600
+
+    @property
+    def rate(self) -> float:
+        """Media seconds per processing second over the inputs annotated (per worker)."""
+        busy = sum(r.seconds for r in self.records.values() if r.status == "ok")
+        return self.media_hours * 3600 / busy if busy else 0.0
+
+    def missing_shards(self) -> list[str]:
+        return [f"{i}-of-{n}" for n, have in sorted(self.shards.items())
+                for i in range(n) if i not in have]
+
+
+def summarise(folder: str | os.PathLike) -> Summary:
+    """Merge the manifests in ``folder`` (not below it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AvemoError(f"{folder}: no such folder")
+    paths = sorted(folder.glob(MANIFEST_GLOB))
+    if not paths:
+        raise AvemoError(f"{folder}: no avemo manifests (avemo-manifest*.jsonl) in this folder")
+    records: dict[str, Record] = {}
+    shards: dict[int, set[int]] = {}
+    for path in paths:
+        parts = path.name.split(".")
+        if len(parts) == 3 and "-of-" in parts[1]:
+            i, n = parts[1].split("-of-")
+            if i.isdigit() and n.isdigit():
+                shards.setdefault(int(n), set()).add(int(i))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                rec = Record(**{k: v for k, v in data.items() if k in Record.__dataclass_fields__})
+            except (ValueError, TypeError):
+                raise AvemoError(f"{path}:{number}: not a manifest line") from None
+            records[rec.input] = rec
+    return Summary(paths, records, shards)
+

@@ -1,0 +1,136 @@
+"""Job-array shards, run manifests and `avemo status`, and `annotate --jobs`."""
+import json
+import random
+import shutil
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from avemo_cli.cli import main
+from avemo_cli.shards import Shard, ShardError, parse_shard, shard_from_env, summarise
+
+from conftest import shared_file
+
+
+def run(*args, env=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_shards_cover_every_input_exactly_once_whatever_the_order():
+    keys = [f"speaker{i // 10}/clip{i % 10}.mp4" for i in range(1000)]
+    picks = {n: [[k for k in keys if Shard(i, n).takes(k)] for i in range(n)] for n in (1, 3, 7)}
+    for n, shards in picks.items():
+        assert sorted(k for s in shards for k in s) == sorted(keys)  # each once
+        assert all(abs(len(s) - 1000 / n) < 0.2 * 1000 / n for s in shards)  # about even
+    shuffled = random.Random(1).sample(keys, len(keys))  # another listing order: same shards
+    assert [[k for k in shuffled if Shard(i, 3).takes(k)] for i in range(3)] == \
+        [sorted(s, key=shuffled.index) for s in picks[3]]
+
+
+def test_shard_option_and_job_array_environments():
+    assert parse_shard("2/3") == Shard(2, 3, "--shard 2/3")
+    for bad in ("3/3", "-1/3", "1/0", "x", "1/2/3"):
+        with pytest.raises(ShardError):
+            parse_shard(bad)
+    assert shard_from_env({}) is None
+    slurm = {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10",
+             "SLURM_ARRAY_TASK_COUNT": "3"}
+    s = shard_from_env(slurm)
+    assert (s.index, s.count) == (2, 3) and "SLURM" in s.origin
+    stepped = {**slurm, "SLURM_ARRAY_TASK_ID": "14", "SLURM_ARRAY_TASK_STEP": "2"}  # 10,12,14
+    assert (shard_from_env(stepped).index, shard_from_env(stepped).count) == (2, 3)
+    k8s = shard_from_env({"JOB_COMPLETION_INDEX": "4", "AVEMO_SHARDS": "5"})
+    aws = shard_from_env({"AWS_BATCH_JOB_ARRAY_INDEX": "0", "AVEMO_SHARDS": "2"})
+    assert (k8s.index, k8s.count, aws.index, aws.count) == (4, 5, 0, 2)
+    with pytest.raises(ShardError, match="AVEMO_SHARDS"):
+        shard_from_env({"JOB_COMPLETION_INDEX": "1"})
+    with pytest.raises(ShardError, match="not a whole number"):
+        shard_from_env({**slurm, "SLURM_ARRAY_TASK_ID": "x"})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Seven short speech clips in nested folders (audio-only inputs: quick to annotate)."""
+    root = tmp_path_factory.mktemp("corpus")
+    names = ["03a01Fa", "03a01Nc", "03a01Wa", "03a02Fc", "03a02Nc", "03a02Ta", "03a02Wb"]
+    for i, name in enumerate(names):
+        src = shared_file("emodb", f"{name}.wav")
+        (root / f"speaker{i % 3}").mkdir(exist_ok=True)
+        shutil.copy(src, root / f"speaker{i % 3}" / src.name)
+    return root
+
+
+def _manifest(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_three_slurm_tasks_cover_a_folder_once(folder, tmp_path, tiny_audio_ckpt):
+    out = tmp_path / "out"
+    inputs = sorted(str(p) for p in folder.rglob("*.wav"))
+    for task in range(3):
+        env = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": "0",
+               "SLURM_ARRAY_TASK_COUNT": "3"}
+        code, stdout, stderr = run("annotate", folder, "-o", out, "--weights", tiny_audio_ckpt,
+                                   "-q", env=env)
+        assert code == 0, stderr
+        assert f"avemo: shard {task}/3 (from the SLURM array task {task} of 3)" in stderr
+    manifests = sorted(out.glob("avemo-manifest*.jsonl"))
+    assert [m.name for m in manifests] == [f"avemo-manifest.{i}-of-3.jsonl" for i in range(3)]
+    records = [r for m in manifests for r in _manifest(m)]
+    assert sorted(r["input"] for r in records) == inputs  # every input once, over the shards
+    assert all(r["status"] == "ok" and r["error"] == "" and r["frames"] > 0 for r in records)
+    first = records[0]
+    assert first["avemo"] and first["model"] == tiny_audio_ckpt.name
+    assert len(first["model_sha256"]) == 64 and first["outputs"][0].endswith(".avemo.csv")
+    assert len(list(out.rglob("*.avemo.csv"))) == 7
+    # --shard 2/3 picks what SLURM task 2 of 3 picked
+    code, _, stderr = run("annotate", folder, "-o", tmp_path / "again", "--weights",
+                          tiny_audio_ckpt, "-q", "--shard", "2/3")
+    assert code == 0, stderr
+    again = _manifest(tmp_path / "again" / "avemo-manifest.2-of-3.jsonl")
+    assert [r["input"] for r in again] == [r["input"] for r in _manifest(manifests[2])]
+    code, stdout, _ = run("status", out, "--json")
+    totals = json.loads(stdout)
+    assert code == 0 and totals["inputs"] == 7 and totals["ok"] == 7 and totals["failed"] == 0
+    assert totals["missing_shards"] == [] and totals["media_hours"] > 0
+
+
+def test_status_merges_manifests_and_reports_failures(folder, tmp_path, tiny_audio_ckpt):
+    src = tmp_path / "in"
+    shutil.copytree(folder, src)
+    (src / "speaker0" / "broken.wav").write_bytes(b"RIFF not really")
+    out = tmp_path / "out"
+    for _ in range(2):  # the re-run skips the shard's finished inputs; its manifest is anew
+        run("annotate", src, "-o", out, "--weights", tiny_audio_ckpt, "-q", "--shard", "0/2")
+    summary = summarise(out)
+    assert summary.records and all(r.status in ("skipped", "failed")
+                                   for r in summary.records.values())
+    assert summary.missing_shards() == ["1-of-2"]
+    code, stdout, _ = run("status", out)
+    assert code == 1 and "missing: the manifest of shard 1-of-2" in stdout
+    run("annotate", src, "-o", out, "--weights", tiny_audio_ckpt, "-q", "--shard", "1/2")
+    summary = summarise(out)
+    assert len(summary.records) == 8 and summary.count("failed") == 1
+    code, stdout, _ = run("status", out)
+    assert code == 1 and "8 inputs in 2 manifests" in stdout
+    assert "failed: " in stdout and "broken.wav" in stdout
+    code, _, stderr = run("status", tmp_path / "nowhere")
+    assert code == 2 and stderr.startswith("avemo: error:")
+
+
+def test_jobs_give_the_same_outputs_as_one_at_a_time(folder, tmp_path, tiny_audio_ckpt):
+    code, _, err = run("annotate", folder, "-o", tmp_path / "one", "--weights", tiny_audio_ckpt,
+                       "-q")
+    assert code == 0, err
+    code, stdout, err = run("annotate", folder, "-o", tmp_path / "two", "--weights",
+                            tiny_audio_ckpt, "-q", "--jobs", "2")
+    assert code == 0, err
+    assert len(stdout.split()) == 7
+    for csv in (tmp_path / "one").rglob("*.avemo.csv"):
+        twin = tmp_path / "two" / csv.relative_to(tmp_path / "one")
+        pd.testing.assert_frame_equal(pd.read_csv(csv), pd.read_csv(twin))
+    assert len(_manifest(tmp_path / "two" / "avemo-manifest.jsonl")) == 7
+    code, _, err = run("annotate", folder, "-o", tmp_path / "x", "--jobs", "0")
+    assert code == 2 and err.startswith("avemo: error:")
