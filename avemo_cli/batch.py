@@ -223,9 +223,9 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
     status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason);
     ``on_record`` with each input's manifest record.
     ``plot`` / ``overlay`` also write the valence plot and the attention overlay video.
-    ``jobs`` > 1 annotates that many files at once in worker processes (each with its own
-    model; torch threads split between them). ``shard`` keeps only its share of the inputs.
-    A manifest of the run is written in ``output_dir`` (``shards.Manifest``).
+    ``jobs`` > 1 annotates that many files at once: here and in ``jobs - 1`` worker processes
+    (each with its own model; torch threads split between them). ``shard`` keeps only its
+    share of the inputs. A manifest of the run is written in ``output_dir`` (``shards.Manifest``).
     Raises ``OutputError`` before any work if ``output_dir`` cannot be written."""
     check_output_dir(output_dir)
     report = BatchReport()
@@ -280,37 +280,56 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
 
 def _run_parallel(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
                   on_start, finish) -> None:
-    """``todo`` over ``jobs`` worker processes (spawned: each loads the model once)."""
+    """``todo`` over ``jobs`` annotators: this process's own (already loaded) and ``jobs - 1``
+    spawned worker processes (each loads the model once), all taking from one queue."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
 
     path = annotator.checkpoint.path
     if path is None:
         raise ValueError("jobs > 1 needs a checkpoint loaded from a file")
-    pool = ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_start_worker,
-                               initargs=(str(path), annotator.options, worker_threads(jobs)))
+    threads = worker_threads(jobs)
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    pool = ProcessPoolExecutor(jobs - 1, mp.get_context("spawn"), initializer=_start_worker,
+                               initargs=(str(path), annotator.options, threads))
+    queue = list(enumerate(todo))
+    pending: dict = {}
+
+    def collect(block: bool) -> None:
+        done = wait(pending, return_when=FIRST_COMPLETED)[0] if block else \
+            [f for f in pending if f.done()]
+        for future in done:
+            job = pending.pop(future)
+            try:
+                outcome = future.result()
+            except Exception as err:  # the worker died (killed, out of memory)
+                reason = f"{job.source}: the worker process failed ({type(err).__name__})"
+                outcome = Outcome("failed", reason, _record(annotator, job, "failed", reason))
+            finish(job, outcome)
+
     try:
-        pending: dict = {}
-        queue = list(enumerate(todo))
         while queue or pending:
-            while queue and len(pending) < 2 * jobs:  # a few queued, the rest held back
+            while queue and len(pending) < jobs - 1:  # one queued per worker, no more
                 i, job = queue.pop(0)
                 if on_start:
                     on_start(job, i, len(todo))
                 pending[pool.submit(_work, job, plot, overlay)] = job
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                job = pending.pop(future)
-                try:
-                    outcome = future.result()
-                except Exception as err:  # the worker died (killed, out of memory)
-                    reason = f"{job.source}: the worker process failed ({type(err).__name__})"
-                    outcome = Outcome("failed", reason,
-                                      _record(annotator, job, "failed", reason))
-                finish(job, outcome)
+            if queue:  # this process annotates one file meanwhile
+                i, job = queue.pop(0)
+                if on_start:
+                    on_start(job, i, len(todo))
+                finish(job, run_job(annotator, job, plot, overlay))
+                collect(block=False)
+            elif pending:
+                collect(block=True)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.terminate()
         raise
+    finally:
+        torch.set_num_threads(own_threads)
     pool.shutdown()
