@@ -63,6 +63,14 @@ def _smile_class():
     return opensmile
 
 
+def prepare() -> None:
+    """Import openSMILE ahead of the first file (a background thread may call this)."""
+    try:
+        _smile_class()
+    except Exception:  # not installed or broken: the first file says so
+        pass
+
+
 @contextmanager
 def _deferred_interrupt():
     """Hold Ctrl-C until openSMILE returns. Its results arrive through a ctypes callback, and a

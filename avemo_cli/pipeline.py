@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -132,6 +134,8 @@ class Annotator:
                         "batch_size": batch_size, "detect_every": detect_every,
                         "max_side": max_side}  # what a worker process needs to make a twin
         self.device = resolve_device(device)
+        # openSMILE's import (~0.8 s) goes on in the background while the model loads
+        threading.Thread(target=audio_stage.prepare, daemon=True).start()
         self.checkpoint = weights if isinstance(weights, Checkpoint) else \
             load_checkpoint(resolve_weights(None if weights is None else str(weights)),
                             self.device)
@@ -321,28 +325,63 @@ def step_count(info: demux.MediaInfo, rate: float) -> int:
 
 def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
             want_visual: bool, backend: Callable[[], faces.FaceBackend],
-            timings: dict | None = None, say: Callable[[str], None] | None = None) -> Features:
-    """Run the demux, face and audio stages for one probed file."""
+            timings: dict | None = None, say: Callable[[str], None] | None = None,
+            concurrent: bool = True) -> Features:
+    """Run the demux, face and audio stages for one probed file. The audio path (its own ffmpeg,
+    openSMILE) runs in a thread beside the video path (ffmpeg, face tracking): openSMILE works
+    in C with the interpreter released, so the two share the cores. ``concurrent=False`` runs
+    them one after the other (same results)."""
     timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
     say = say or (lambda stage: None)
     n_steps = step_count(info, settings.rate)
     feats = Features(info, n_steps, info.frame_times() if info.has_video else None)
-    if want_visual and info.has_video:
-        say("faces")
-        t1, decode_before = time.perf_counter(), timings["demux"]
-        frames = _Timed(demux.iter_frames(info, settings.rate, settings.max_side,
-                                          gray=settings.channels == 1), timings, "demux")
-        feats.track = faces.track_faces(frames, backend(), settings.crop_size,
-                                        settings.detect_every, expected=n_steps)
-        timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
-    if want_audio and info.has_audio:
-        say("audio")
-        t1, decode_before = time.perf_counter(), timings["demux"]
-        blocks = _Timed(demux.iter_audio(info), timings, "demux")
-        feats.audio = audio_stage.egemaps_stream(blocks, demux.AUDIO_RATE, n_steps,
-                                                 settings.rate, settings.audio_window)
-        timings["audio"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
+    audio_job = None
+    stop = threading.Event()
+    audio_timings = dict.fromkeys(STAGES, 0.0)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="avemo-audio")
+    try:
+        if want_audio and info.has_audio:
+            say("audio")
+            audio_job = pool.submit(_audio_features, info, settings, n_steps, audio_timings,
+                                    stop)
+            if not concurrent:
+                feats.audio = audio_job.result()
+        if want_visual and info.has_video:
+            say("faces")
+            t1, decode_before = time.perf_counter(), timings["demux"]
+            frames = _Timed(demux.iter_frames(info, settings.rate, settings.max_side,
+                                              gray=settings.channels == 1), timings, "demux")
+            feats.track = faces.track_faces(frames, backend(), settings.crop_size,
+                                            settings.detect_every, expected=n_steps)
+            timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
+        if audio_job is not None:
+            feats.audio = audio_job.result()
+    finally:
+        stop.set()  # the audio thread ends at its next block if the video path failed
+        pool.shutdown(wait=True)
+        for k, v in audio_timings.items():
+            timings[k] += v
     return feats
+
+
+class _Stopped(Exception):
+    """The audio thread was told to stop (the video path of the same file failed)."""
+
+
+def _audio_features(info: demux.MediaInfo, settings: FeatureSettings, n_steps: int,
+                    timings: dict, stop: threading.Event) -> audio_stage.AudioFeatures:
+    def blocks():
+        for block in demux.iter_audio(info):
+            if stop.is_set():
+                raise _Stopped
+            yield block
+
+    t1 = time.perf_counter()
+    stream = _Timed(blocks(), timings, "demux")
+    values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, settings.rate,
+                                        settings.audio_window)
+    timings["audio"] += time.perf_counter() - t1 - timings["demux"]
+    return values
 
 
 def _fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:

@@ -108,3 +108,17 @@ def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tin
     assert [str(w.message) for w in caught if w.category is OrientationWarning] == bad.notices
     with pytest.raises(NoFaceError, match="no face found in the video .*rotated 90 degrees"):
         Annotator(tiny_video_ckpt, device="cpu").annotate(turned)
+
+
+def test_audio_beside_video_gives_what_one_after_the_other_gives():
+    """The audio path runs in a thread beside the video path: the same features either way."""
+    from avemo_cli.pipeline import FeatureSettings, extract
+
+    info = demux.probe(shared_file("videos", "subj01_timepoint01.mp4"))
+    backend = faces.make_backend("dlib")
+    side_by_side = extract(info, FeatureSettings(), True, True, lambda: backend)
+    in_turn = extract(info, FeatureSettings(), True, True, lambda: backend, concurrent=False)
+    assert np.array_equal(side_by_side.audio.values, in_turn.audio.values)
+    assert np.array_equal(side_by_side.audio.valid, in_turn.audio.valid)
+    assert np.array_equal(side_by_side.track.crops, in_turn.track.crops)
+    assert side_by_side.face.mean() > 0.5
