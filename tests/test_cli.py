@@ -178,13 +178,16 @@ def test_interrupt_keeps_finished_outputs_and_no_partial_file(tmp_path, tiny_ckp
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "avemo_cli", "annotate", str(src), "-o",
                              str(out), "--weights", str(tiny_ckpt)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # as from a terminal, even when the tests run in the background
+                            # (where a shell leaves Ctrl-C ignored, and Python keeps it so)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stdout.readline()  # the first finished output
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=60)
     assert first.strip().endswith("take00.avemo.csv")
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, (rest, err)
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("avemo-manifest"))
     assert 1 <= len(written) < 12 and all(n.endswith(".avemo.csv") for n in written)
     for name in written:  # complete files only, no temporary leftovers
