@@ -122,3 +122,23 @@ def test_audio_beside_video_gives_what_one_after_the_other_gives():
     assert np.array_equal(side_by_side.audio.valid, in_turn.audio.valid)
     assert np.array_equal(side_by_side.track.crops, in_turn.track.crops)
     assert side_by_side.face.mean() > 0.5
+
+
+def test_decoding_without_deblocking_keeps_the_predictions():
+    """Frames at least twice the analysis size skip H.264's deblocking filter (a sixth of the
+    decoding): faces, crops and the shipped model's predictions stay within tolerance."""
+    from avemo_cli.checkpoint import load_checkpoint, resolve_weights
+    from avemo_cli.predict import predict_steps
+
+    info = demux.probe(shared_file("videos", "subj02_timepoint01.mp4"))  # 1080x720 webcam
+    fast = list(demux.iter_frames(info, 4.0))
+    exact = list(demux.iter_frames(info, 4.0, deblock=True))
+    assert len(fast) == len(exact)
+    assert any(not np.array_equal(a, b) for a, b in zip(fast, exact))  # it did skip the filter
+    assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(fast, exact)]) < 1.5
+    backend = faces.make_backend("dlib")
+    model = load_checkpoint(resolve_weights(None)).model.eval()
+    tracks = [faces.track_faces(iter(f), backend, model.cfg.input_size) for f in (fast, exact)]
+    assert np.array_equal(tracks[0].found, tracks[1].found) and tracks[0].found.mean() > 0.5
+    values = [predict_steps(model, crops=t.crops).values for t in tracks]
+    assert np.abs(values[0] - values[1]).max() < 0.03
