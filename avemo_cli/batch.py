@@ -251,9 +251,10 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
             on_done(job, outcome.status, outcome.detail)
 
     try:
-        for src, reason in bad:
-            finish(Job(src, Path(), str(src)), Outcome("failed", reason, _record(
-                annotator, Job(src, Path()), "failed", reason)))
+        for src, reason in bad:  # (with shards, every shard reports these)
+            unplanned = Job(src, Path(), str(src))
+            finish(unplanned, Outcome("failed", reason,
+                                      _record(annotator, unplanned, "failed", reason)))
         todo = []
         for job in planned:
             extras = extra_outputs(job, plot, overlay)
