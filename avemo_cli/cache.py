@@ -22,6 +22,7 @@ import numpy as np
 
 from . import demux
 from .audio import AudioFeatures
+from .errors import plural
 from .faces import FaceTrack, shared_backend
 from .pipeline import Features, FeatureSettings, extract
 from .writer import atomic_path
@@ -134,9 +135,7 @@ class FeatureCache:
                 "values": a.values if a else np.zeros((0, 88), np.float32),
                 "valid": a.valid if a else np.zeros(0, bool)})
         if want_visual:
-            t = feats.track or FaceTrack(np.zeros((0,), np.uint8), np.zeros(0, bool),
-                                         np.zeros((0, 4)), np.zeros((0, 68, 2), np.float32),
-                                         np.zeros((0, 2, 3)))  # stored as "no track"
+            t = feats.track or FaceTrack.empty(settings.crop_size)  # stored as "no track"
             self._write(self._path(digest, "faces", settings), {
                 **common, "crops": t.crops, "found": t.found, "boxes": t.boxes,
                 "landmarks": t.landmarks, "matrices": t.matrices,
@@ -165,9 +164,8 @@ def _extract_one(args) -> tuple[str, str, str | None]:
 
 def describe_counts(counts: dict[str, int]) -> str:
     """``extract_all``'s counts as the one line train, eval and extract print."""
-    n = counts["miss"]
-    return (f"avemo: {n} file{'' if n == 1 else 's'} analysed, {counts['hit']} analysed by an "
-            f"earlier run, {counts['error']} failed")
+    return (f"avemo: {plural(counts['miss'], 'file')} analysed, {counts['hit']} analysed by "
+            f"an earlier run, {counts['error']} failed")
 
 
 def extract_all(media: Iterable[Path], settings: FeatureSettings, want_audio: bool,

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .errors import plural
 
 _START = time.perf_counter()
 
@@ -138,7 +139,7 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     if report.failed:
         total = len(report.failed) + len(report.written) + len(report.skipped)
         if total > 1:  # one input's failure is its own error line
-            console.print(f"avemo: {len(report.failed)} of {_plural(total, 'input')} failed",
+            console.print(f"avemo: {len(report.failed)} of {plural(total, 'input')} failed",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
 
@@ -258,8 +259,8 @@ def status(folder, as_json):
     if as_json:
         click.echo(json.dumps(totals, indent=2))
     else:
-        click.echo(f"{folder}: {_plural(totals['inputs'], 'input')} in "
-                   f"{_plural(totals['manifests'], 'manifest')}: {totals['ok']} annotated, "
+        click.echo(f"{folder}: {plural(totals['inputs'], 'input')} in "
+                   f"{plural(totals['manifests'], 'manifest')}: {totals['ok']} annotated, "
                    f"{totals['skipped']} skipped (already done), {totals['failed']} failed")
         click.echo(f"media annotated: {totals['media_hours']:.2f} h at "
                    f"{totals['rate_x_real_time']:.1f}x real time per worker")
@@ -295,10 +296,6 @@ def _one_line_warnings() -> None:
         click.echo(f"avemo: warning: {message}", err=True)
 
     warnings.showwarning = show
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @main.command()
@@ -457,14 +454,14 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
     if plot_dir:
         files = result.plot(plot_dir)
         if not quiet:
-            click.echo(f"avemo: {_plural(len(files), 'figure')} written to {plot_dir}", err=True)
+            click.echo(f"avemo: {plural(len(files), 'figure')} written to {plot_dir}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(per_sequence), indent=2, allow_nan=True))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{title} ({_plural(len(result.sequences), 'sequence')}, {how})")
+    table = Table(title=f"{title} ({plural(len(result.sequences), 'sequence')}, {how})")
     table.add_column("sequence" if per_sequence else "")
     table.add_column("target")
     for m in metrics:

@@ -186,6 +186,13 @@ def analysis_size(info: MediaInfo, max_side: int) -> tuple[int, int]:
     return w, h
 
 
+def _frame_layout(info: MediaInfo, max_side: int, gray: bool
+                  ) -> tuple[int, int, tuple[int, ...], str]:
+    """Analysis frames as ffmpeg writes them: width, height, the array shape and pixel format."""
+    w, h = analysis_size(info, max_side)
+    return w, h, ((h, w) if gray else (h, w, 3)), ("gray" if gray else "rgb24")
+
+
 def _stream(args: list[str], chunk: int, path: Path, what: str,
             partial: bool = False) -> Iterator[bytes]:
     """Run ffmpeg ``args`` and yield its stdout in pieces of ``chunk`` bytes (and the shorter
@@ -224,8 +231,7 @@ def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
     display shape (so non-square pixels come out square); one frame is in memory at a time.
     ``deblock`` None: frames at least twice the analysis size skip the deblocking filter.
     """
-    w, h = analysis_size(info, max_side)
-    channels = 1 if gray else 3
+    w, h, shape, pix_fmt = _frame_layout(info, max_side, gray)
     # frames at least twice the analysis size are decoded without the deblocking filter
     # (about a sixth of 1080p decoding): the downscale averages its blocks away
     if deblock is None:
@@ -235,11 +241,10 @@ def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
         ffmpeg.input(str(info.path), **fast)
         .video.filter("fps", fps=rate, start_time=0)
         .filter("scale", w, h)
-        .output("pipe:", format="rawvideo", pix_fmt="gray" if gray else "rgb24")
+        .output("pipe:", format="rawvideo", pix_fmt=pix_fmt)
         .global_args("-nostdin", "-v", "error")
     )
-    shape = (h, w) if gray else (h, w, 3)
-    for buf in _stream(stream.compile(cmd=ffmpeg_exe()), w * h * channels, info.path,
+    for buf in _stream(stream.compile(cmd=ffmpeg_exe()), int(np.prod(shape)), info.path,
                        "video decoding"):
         yield np.frombuffer(buf, np.uint8).reshape(shape)
 
@@ -248,19 +253,16 @@ def sample_frames(info: MediaInfo, n: int, max_side: int = 480,
                   gray: bool = True) -> list[np.ndarray]:
     """``n`` analysis frames spread evenly over the video, each read by seeking (a few short
     ffmpeg runs, not a decode of the whole file); frames that cannot be read are left out."""
-    w, h = analysis_size(info, max_side)
-    channels = 1 if gray else 3
+    w, h, shape, pix_fmt = _frame_layout(info, max_side, gray)
     last = info.frame_times()[-1] if info.n_frames else info.duration
     frames = []
     for t in np.linspace(0.0, max(0.0, last), n + 2)[1:-1]:
         args = (ffmpeg.input(str(info.path), ss=f"{t:.3f}").video.filter("scale", w, h)
-                .output("pipe:", format="rawvideo", pix_fmt="gray" if gray else "rgb24",
-                        vframes=1)
+                .output("pipe:", format="rawvideo", pix_fmt=pix_fmt, vframes=1)
                 .global_args("-nostdin", "-v", "error").compile(cmd=ffmpeg_exe()))
         buf = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
-        if len(buf) == w * h * channels:
-            frame = np.frombuffer(buf, np.uint8)
-            frames.append(frame.reshape(h, w) if gray else frame.reshape(h, w, 3))
+        if len(buf) == int(np.prod(shape)):
+            frames.append(np.frombuffer(buf, np.uint8).reshape(shape))
     return frames
 
 

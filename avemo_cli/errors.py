@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+def plural(n: int, word: str) -> str:
+    """``n`` and ``word``, plural unless ``n`` is 1 ("1 sequence", "3 sequences")."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class AvemoError(Exception):
     """Base class: ``str(err)`` is the one line shown to the user."""
 

@@ -139,6 +139,14 @@ class FaceTrack:
     detections: int = 0  # full-frame detector runs
     tracked: int = 0  # steps whose face came from tracking alone
 
+    @classmethod
+    def empty(cls, crop_size: int, frame_size: tuple[int, int] = (0, 0), detections: int = 0,
+              tracked: int = 0) -> "FaceTrack":
+        """A track of no steps (no frames were read)."""
+        return cls(np.zeros((0, crop_size, crop_size), np.uint8), np.zeros(0, bool),
+                   np.zeros((0, 4)), np.zeros((0, 68, 2), np.float32), np.zeros((0, 2, 3)),
+                   frame_size, detections, tracked)
+
 
 def box_area(b: Box) -> float:
     """Area of an (x0, y0, x1, y1) box (0 when empty)."""
@@ -262,8 +270,6 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
         for name, value in row.items():
             rows[name].append(value)
     if rows is None:
-        return FaceTrack(np.zeros((0, crop_size, crop_size), np.uint8), np.zeros(0, bool),
-                         np.zeros((0, 4)), np.zeros((0, 68, 2), np.float32),
-                         np.zeros((0, 2, 3)), frame_size, detections, tracked)
+        return FaceTrack.empty(crop_size, frame_size, detections, tracked)
     return FaceTrack(**{name: r.array() for name, r in rows.items()}, frame_size=frame_size,
                      detections=detections, tracked=tracked)

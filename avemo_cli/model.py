@@ -136,9 +136,10 @@ class ModelConfig:
 
 
 class AudioBranch(nn.Module):
+    """Temporal attention (eq. 1, 4) over eGeMAPS steps followed by a stacked LSTM."""
+
     mean: torch.Tensor  # buffers: training statistics of the raw features
     std: torch.Tensor
-    """Temporal attention (eq. 1, 4) over eGeMAPS steps followed by a stacked LSTM."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -25,6 +25,7 @@ from . import demux, faces, postprocess, predict, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
 
+
 class OrientationWarning(UserWarning):
     """No face was found as the video is displayed, but one appears when it is turned."""
 

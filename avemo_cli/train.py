@@ -29,7 +29,7 @@ import torch
 from .cache import FeatureCache, describe_counts, extract_all
 from .checkpoint import load_checkpoint, save_checkpoint, state_mismatch
 from .datasets import Sequence, load_dataset
-from .errors import AvemoError
+from .errors import AvemoError, plural
 from .metrics import ccc
 from .model import AVModel, ModelConfig
 from .pipeline import Features, FeatureSettings, predict_features, resolve_device
@@ -75,10 +75,6 @@ class Prepared:
     gold: np.ndarray  # (K, targets) at the steps
     audio: np.ndarray | None = None  # (K, 88) features as the model sees them (adapt_audio)
 
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 def adapt_audio(model: AVModel, items: list[Prepared]) -> None:
     """Each sequence's audio features adapted to its recording (``AudioBranch.adapt``, the
@@ -265,8 +261,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
         article = "a" if cfg.modality == "video" else "an"
         raise TrainError(f"{opts.data}: no labelled training steps usable by {article} "
                          f"{cfg.modality} model")
-    log(f"train: {_count(len(train_items), 'sequence')}, {_count(len(samples), 'clip')}; "
-        f"devel: {_count(len(devel_items), 'sequence')}; model {cfg.modality} on {device}")
+    log(f"train: {plural(len(train_items), 'sequence')}, {plural(len(samples), 'clip')}; "
+        f"devel: {plural(len(devel_items), 'sequence')}; model {cfg.modality} on {device}")
 
     torch.manual_seed(opts.seed)
     model = AVModel(cfg).to(device)
@@ -287,14 +283,14 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
         except Exception as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrainError(f"{state_path}: damaged training state ({why}); remove it to "
-                             f"start afresh or use another --out") from None
+                             f"start afresh or use another -o folder") from None
         if state.get("config") != cfg.to_dict():
             raise TrainError(f"{state_path}: the run was started with other model settings; "
-                             f"resume with the same options or use another --out")
+                             f"resume with the same options or use another -o folder")
         mismatch = state_mismatch(model.state_dict(), state["model"])
         if mismatch:
             raise TrainError(f"{state_path}: {mismatch}; resume with the same options or use "
-                             f"another --out")
+                             f"another -o folder")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         start_epoch, best_score, best_epoch = state["epoch"], state["best"], state["best_epoch"]

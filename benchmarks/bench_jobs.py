@@ -17,18 +17,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from avemo_cli import __version__
 from avemo_cli.demux import ffmpeg_exe
 
 HERE = Path(__file__).resolve().parents[1]
-_MEASURE = """
-import resource, subprocess, sys
-code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
-"""
+sys.path.insert(0, str(HERE / "benchmarks"))
+from bench_memory import peak_rss  # noqa: E402  (one way to measure a run's peak memory)
 
 
 def build_folder(shared: Path, n: int, seconds: float, folder: Path) -> Path:
@@ -63,16 +59,11 @@ def main(argv=None) -> None:
         for jobs in args.jobs:
             rates, peaks = [], []
             for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                out = subprocess.run(
-                    [sys.executable, "-c", _MEASURE, sys.executable, "-m", "avemo_cli",
-                     "annotate", str(folder), "-o", str(Path(tmp) / "out"), "--weights",
-                     args.weights, "-q", "--overwrite", "--jobs", jobs],
-                    capture_output=True, text=True, check=True).stdout.split()
-                if out[1] != "0":
-                    raise SystemExit(f"avemo annotate --jobs {jobs} failed ({out[1]})")
-                rates.append(media / (time.perf_counter() - t0))
-                peaks.append(int(out[0]) / 1024)
+                mib, sec = peak_rss([sys.executable, "-m", "avemo_cli", "annotate",
+                                     str(folder), "-o", str(Path(tmp) / "out"), "--weights",
+                                     args.weights, "-q", "--overwrite", "--jobs", jobs])
+                rates.append(media / sec)
+                peaks.append(mib)
             print(f"| {jobs} | {statistics.median(rates):.1f} | "
                   f"{', '.join(f'{r:.1f}' for r in rates)} | {max(peaks):.0f} |", flush=True)
 
