@@ -20,9 +20,10 @@ Fusion        Z = cat(Z^S, Z^I) (eq. 6) -> FC -> [valence, arousal]. Each branch
   paired voice and face, weighted by how well each head was measured to do).
 
 The 3D convolutions before the temporal pooling are "valid" in time (no temporal padding): a
-conv output at time j depends on frames j..j+6 only, whichever clip it is computed in. So at
-annotation they are computed once per frame over a long span and sliced into the 16-step clips
-that end at every step, which is exactly what a per-clip forward computes.
+conv output at time j depends on frames j..j+6 only, whichever clip it is computed in. So they
+(and the 2D encoder, and the audio attention's per-step scores) are computed once per frame over
+a span of steps and sliced into the 16-step clips that end at every step of it, which is exactly
+what a per-clip forward computes: annotation (predict.py) and training (train.py) both do this.
 """
 from __future__ import annotations
 
@@ -187,16 +188,26 @@ class AudioBranch(nn.Module):
         scale = std_t / s
         return values * scale.astype(np.float32) + (mean_t - m * scale).astype(np.float32)
 
-    def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """s: (B, T, F) normalised features -> Z^S (B, H), attention weights (B, T)."""
+    def step_scores(self, s: torch.Tensor) -> torch.Tensor | None:
+        """Per-step work, shareable between overlapping clips: s (..., F) normalised features
+        -> attention scores (...) before the softmax (None without attention)."""
+        return self.score(s).squeeze(-1) if self.use_attention else None
+
+    def clip_forward(self, s: torch.Tensor, scores: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-clip work: s (B, T, F) and its ``step_scores`` (B, T) -> Z^S (B, H), weights."""
         t = s.shape[1]
-        if self.use_attention:
-            weights = torch.softmax(self.score(s).squeeze(-1), dim=1)
+        if scores is not None:
+            weights = torch.softmax(scores, dim=1)
             s = s * (weights * t).unsqueeze(-1)
         else:
             weights = torch.full(s.shape[:2], 1.0 / t, dtype=s.dtype, device=s.device)
         _, (h, _) = self.lstm(s)
         return h[-1], weights
+
+    def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """s: (B, T, F) normalised features -> Z^S (B, H), attention weights (B, T)."""
+        return self.clip_forward(s, self.step_scores(s))
 
 
 class ConvLSTMCell(nn.Module):
@@ -393,11 +404,20 @@ class AVModel(nn.Module):
             if self.audio is None:
                 raise ValueError("this model has no audio branch")
             za, out["audio_attention"] = self.audio(self.audio.normalise(audio))
-            out["audio_pred"] = self.audio_pred(za)
         if video is not None:
             if self.visual is None:
                 raise ValueError("this model has no visual branch")
             zv, out["visual_attention"] = self.visual(video)
-            out["visual_pred"] = self.visual_pred(zv)
-        out["pred"] = self.heads(za, zv)
+        return {**out, **self.predictions(za, zv)}
+
+    def predictions(self, z_audio: torch.Tensor | None, z_visual: torch.Tensor | None
+                    ) -> dict[str, torch.Tensor]:
+        """``pred`` from ``heads`` plus each present branch's own head (``audio_pred``,
+        ``visual_pred``)."""
+        out = {}
+        if z_audio is not None:
+            out["audio_pred"] = self.audio_pred(z_audio)
+        if z_visual is not None:
+            out["visual_pred"] = self.visual_pred(z_visual)
+        out["pred"] = self.heads(z_audio, z_visual)
         return out

@@ -17,7 +17,8 @@ from avemo_cli.model import ModelConfig
 from avemo_cli.pipeline import Annotator, Features, FeatureSettings, extract
 from avemo_cli.predict import clip_steps, predict_steps
 from avemo_cli.testing.tiny_checkpoint import tiny_model
-from avemo_cli.train import Prepared, _batch, adapt_audio, evaluate_items
+from avemo_cli.train import (Prepared, adapt_audio, batch_outputs, clip_batch, evaluate_items,
+                             window_batch)
 
 from conftest import ffmpeg, shared_file
 
@@ -78,8 +79,9 @@ def test_weighted_fusion_is_the_per_target_weighted_mean_of_the_heads():
 
 
 def test_norm_and_fusion_round_trip_and_train_eval_see_what_annotate_sees(tmp_path):
-    """The settings survive a checkpoint, and train's clips (adapt_audio + _batch) give exactly
-    the per-step predictions of eval/annotate's path (predict_features -> predict_steps)."""
+    """The settings survive a checkpoint, and train's clips (adapt_audio + window_batch or
+    clip_batch) give exactly the per-step predictions of eval/annotate's path
+    (predict_features -> predict_steps)."""
     model = _adapting_model(fusion="weighted", fusion_weights=WEIGHTS)
     path = save_checkpoint(tmp_path / "m.safetensors", model)
     ck = load_checkpoint(path)
@@ -110,12 +112,13 @@ def test_norm_and_fusion_round_trip_and_train_eval_see_what_annotate_sees(tmp_pa
     item = Prepared(seq, feats, np.zeros((k, 2), np.float32))
     audio_model = _adapting_model("audio")
     adapt_audio(audio_model, [item])
-    batch = _batch([item], np.stack([np.zeros(k, int), np.arange(k)], 1), audio_model.cfg,
-                   "cpu")
-    with torch.no_grad():
-        trained_on = audio_model(audio=batch["audio"])["pred"].numpy()
+    rows = np.stack([np.zeros(k, int), np.arange(k)], 1)
     (evaluated,), _ = evaluate_items(audio_model, [item], "cpu")
-    assert np.allclose(trained_on, evaluated, atol=1e-5)
+    for make in (window_batch, clip_batch):
+        with torch.no_grad():
+            trained_on = batch_outputs(audio_model, make([item], rows, audio_model.cfg,
+                                                         "cpu"))["pred"].numpy()
+        assert np.allclose(trained_on, evaluated, atol=1e-5)
     assert np.allclose(evaluated, predict_steps(audio_model, values,
                                                 audio_valid=valid).values, atol=1e-6)
 
