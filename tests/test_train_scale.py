@@ -120,3 +120,27 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
         assert abs(single[-1]["devel_ccc"][target] - multi[-1]["devel_ccc"][target]) <= 0.05
     for a, b in zip(single, multi):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
+
+
+def test_prefetched_batches_arrive_in_order_and_errors_reach_the_loop():
+    from avemo_cli.train import prefetched
+
+    rows = [np.array([[0, k]]) for k in range(7)]
+    for ahead in (0, 1, 3):
+        got = [int(b["k"]) for b in prefetched(rows, lambda r: {"k": torch.tensor(r[0, 1])},
+                                               "cpu", ahead)]
+        assert got == list(range(7))
+
+    def broken(r):
+        if r[0, 1] == 3:
+            raise ValueError("row 3")
+        return {"k": torch.tensor(r[0, 1])}
+
+    seen = []
+    with pytest.raises(ValueError, match="row 3"):
+        for b in prefetched(rows, broken, "cpu", 2):
+            seen.append(int(b["k"]))
+    assert seen == [0, 1, 2]
+    it = prefetched(rows, lambda r: {"k": torch.tensor(r[0, 1])}, "cpu", ahead=1)
+    next(it)
+    it.close()  # the loop stopped early: the thread is stopped, nothing hangs
