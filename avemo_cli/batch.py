@@ -14,7 +14,7 @@ from . import __version__
 from .errors import AvemoError, OutputError
 from .pipeline import STAGES, Annotation, Annotator
 from .shards import UNSHARDED_MANIFEST, Manifest, Record, Shard
-from .writer import SUFFIX, remove_stale_temporaries, write_csv
+from .writer import SUFFIX, WRITERS, output_path, remove_stale_temporaries
 
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
               ".3gp", ".mts", ".ts"}
@@ -108,13 +108,17 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
     return jobs, bad
 
 
+def table_outputs(job: Job, formats: tuple[str, ...] = ("csv",)) -> list[Path]:
+    """The job's table in each format: ``<stem>.avemo.<csv|parquet|json|eaf>``."""
+    return [output_path(job.output, fmt) for fmt in formats]
+
+
 def extra_outputs(job: Job, plot: bool, overlay: bool) -> list[Path]:
-    """The files requested beside a job's CSV: ``<stem>.avemo.png`` and ``<stem>.avemo.mp4``
+    """The files requested beside a job's tables: ``<stem>.avemo.png`` and ``<stem>.avemo.mp4``
     (no overlay for an audio file)."""
-    base = job.output.with_name(job.output.name[: -len(".csv")])
-    out = [base.with_name(base.name + ".png")] if plot else []
+    out = [output_path(job.output, "png")] if plot else []
     if overlay and job.source.suffix.lower() not in AUDIO_EXTS:
-        out.append(base.with_name(base.name + ".mp4"))
+        out.append(output_path(job.output, "mp4"))
     return out
 
 
@@ -130,15 +134,18 @@ class Outcome:
 
 
 def run_job(annotator: Annotator, job: Job, plot: bool = False, overlay: bool = False,
-            on_stage: Callable[[str], None] | None = None) -> Outcome:
-    """Annotate one job's input and write its outputs; a failure is an outcome, not raised
-    (KeyboardInterrupt is)."""
+            on_stage: Callable[[str], None] | None = None,
+            formats: tuple[str, ...] = ("csv",)) -> Outcome:
+    """Annotate one job's input and write its outputs (the table in each of ``formats``, then
+    the plot and overlay); a failure is an outcome, not raised (KeyboardInterrupt is)."""
     t0 = time.perf_counter()
+    tables = table_outputs(job, formats)
     extras = extra_outputs(job, plot, overlay)
     try:
         result: Annotation = annotator.annotate(job.source, progress=on_stage)
         t1 = time.perf_counter()
-        write_csv(result.table, job.output)
+        for fmt, path in zip(formats, tables):
+            WRITERS[fmt](result, path)
         result.timings["write"] += time.perf_counter() - t1
         for extra in extras:
             stage = "plot" if extra.suffix == ".png" else "overlay"
@@ -162,10 +169,10 @@ def run_job(annotator: Annotator, job: Job, plot: bool = False, overlay: bool = 
         line = str(err).strip().splitlines()
         reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}".rstrip(": ")
         return Outcome("failed", reason, _record(annotator, job, "failed", reason, t0))
-    outputs = [job.output, *extras]
+    outputs = [*tables, *extras]
     record = _record(annotator, job, "ok", "", t0, [str(p) for p in outputs])
     record.media_seconds = result.info.duration
-    record.frames = len(result.table)
+    record.frames = int(result.table["frame"].max()) + 1 if len(result.table) else 0
     record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
     return Outcome("written", "\n".join(str(p) for p in outputs), record, result.timings)
 
@@ -202,8 +209,8 @@ def _start_worker(weights: str, options: dict, threads: int) -> None:
     _WORKER["annotator"] = Annotator(weights, **options)
 
 
-def _work(job: Job, plot: bool, overlay: bool) -> Outcome:
-    return run_job(_WORKER["annotator"], job, plot, overlay)
+def _work(job: Job, plot: bool, overlay: bool, formats: tuple[str, ...]) -> Outcome:
+    return run_job(_WORKER["annotator"], job, plot, overlay, formats=formats)
 
 
 def worker_threads(jobs: int) -> int:
@@ -218,10 +225,12 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                    on_done: Callable[[Job, str, str], None] | None = None,
                    plot: bool = False, overlay: bool = False, jobs: int = 1,
                    shard: Shard | None = None,
-                   on_record: Callable[[Record], None] | None = None) -> BatchReport:
+                   on_record: Callable[[Record], None] | None = None,
+                   formats: tuple[str, ...] = ("csv",)) -> BatchReport:
     """Annotate every input into ``output_dir``. ``on_done(job, status, detail)`` is called with
     status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason);
     ``on_record`` with each input's manifest record.
+    ``formats`` are the table's formats (``writer.WRITERS``: csv, parquet, json, eaf);
     ``plot`` / ``overlay`` also write the valence plot and the attention overlay video.
     ``jobs`` > 1 annotates that many files at once: here and in ``jobs - 1`` worker processes
     (each with its own model; torch threads split between them). ``shard`` keeps only its
@@ -242,9 +251,9 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
             for k, v in outcome.timings.items():
                 report.timings[k] += v
             report.media_seconds += outcome.record.media_seconds
-            report.written.append(job.output)
+            report.written.append(table_outputs(job, formats)[0])
         elif outcome.status == "skipped":
-            report.skipped.append(job.output)
+            report.skipped.append(table_outputs(job, formats)[0])
         else:
             report.failed.append((job.source, outcome.detail))
         if on_done:
@@ -257,30 +266,31 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                                       _record(annotator, unplanned, "failed", reason)))
         todo = []
         for job in planned:
-            extras = extra_outputs(job, plot, overlay)
-            for out in (job.output, *extras):  # what a killed earlier run left half-written
+            wanted = [*table_outputs(job, formats), *extra_outputs(job, plot, overlay)]
+            for out in wanted:  # what a killed earlier run left half-written
                 remove_stale_temporaries(out)
-            if not overwrite and job.output.exists() and all(p.exists() for p in extras):
+            if not overwrite and all(p.exists() for p in wanted):
                 finish(job, Outcome("skipped",
-                                    f"{job.output} exists (use --overwrite to redo it)",
+                                    f"{wanted[0]} exists (use --overwrite to redo it)",
                                     _record(annotator, job, "skipped", "", None,
-                                            [str(p) for p in (job.output, *extras)])))
+                                            [str(p) for p in wanted])))
             else:
                 todo.append(job)
         if jobs <= 1 or len(todo) <= 1:
             for i, job in enumerate(todo):
                 if on_start:
                     on_start(job, i, len(todo))
-                finish(job, run_job(annotator, job, plot, overlay, on_stage))
+                finish(job, run_job(annotator, job, plot, overlay, on_stage, formats))
         else:
-            _run_parallel(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish)
+            _run_parallel(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish,
+                          formats)
     finally:
         manifest.close()
     return report
 
 
 def _run_parallel(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
-                  on_start, finish) -> None:
+                  on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
     """``todo`` over ``jobs`` annotators: this process's own (already loaded) and ``jobs - 1``
     spawned worker processes (each loads the model once), all taking from one queue."""
     import multiprocessing as mp
@@ -317,12 +327,12 @@ def _run_parallel(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, 
                 i, job = queue.pop(0)
                 if on_start:
                     on_start(job, i, len(todo))
-                pending[pool.submit(_work, job, plot, overlay)] = job
+                pending[pool.submit(_work, job, plot, overlay, formats)] = job
             if queue:  # this process annotates one file meanwhile
                 i, job = queue.pop(0)
                 if on_start:
                     on_start(job, i, len(todo))
-                finish(job, run_job(annotator, job, plot, overlay))
+                finish(job, run_job(annotator, job, plot, overlay, formats=formats))
                 collect(block=False)
             elif pending:
                 collect(block=True)

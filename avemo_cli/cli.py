@@ -92,13 +92,23 @@ def main():
 @click.option("--shard", default=None, metavar="I/N",
               help="Annotate only shard I of N (0 <= I < N) of the inputs, chosen by a hash of "
                    "each input's path; default: from a SLURM, Kubernetes or AWS Batch job array.")
+@click.option("--max-faces", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Track up to N people, each with a face_id that follows the person (face "
+                   "descriptors); the voice goes to the face that speaks.")
+@click.option("--format", "formats", default="csv", show_default=True,
+              metavar="csv,parquet,json,eaf|all",
+              help="Table formats to write, a comma list: <stem>.avemo.<format> each.")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
-             overwrite, quiet, profile, plot, overlay, jobs, shard):
+             overwrite, quiet, profile, plot, overlay, jobs, shard, max_faces, formats):
     """Annotate videos, audio files and folders of them (searched recursively).
 
-    Writes one CSV per input (frame, time, valence, arousal, face, voice). Prints each written
-    file on stdout; notices, progress and errors go to stderr. Exit status 1 if any input failed.
+    Writes one table per input (one row per frame per face: frame, time, face_id, valence,
+    arousal, face, voice, speaking, confidence, box_x, box_y, box_w, box_h) in each --format.
+    Prints each written file on stdout; notices, progress and errors go to stderr. Exit status
+    1 if any input failed.
     """
+    from .writer import parse_formats
+
     from rich.console import Console
 
     from .batch import annotate_files, check_output_dir
@@ -110,9 +120,14 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     part = parse_shard(shard) if shard else shard_from_env()
     if part is not None and not shard:
         click.echo(f"avemo: shard {part.index}/{part.count} (from the {part.origin})", err=True)
+    try:
+        table_formats = parse_formats(formats)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--format'") from None
     check_output_dir(output_dir)  # before the model loads and any file is analysed
     annotator = Annotator(weights, device=device, faces_backend=faces_backend, stride=stride,
-                          batch_size=batch_size, detect_every=detect_every)
+                          batch_size=batch_size, detect_every=detect_every,
+                          max_faces=max_faces)
     loaded = time.perf_counter()
 
     with _Progress(console, enabled=not quiet, stages_per_file=5 + plot + overlay) as prog:
@@ -130,7 +145,7 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
             report = annotate_files(inputs, annotator, output_dir, overwrite,
                                     on_start=prog.start, on_stage=prog.stage, on_done=on_done,
                                     plot=plot, overlay=overlay, jobs=n_jobs, shard=part,
-                                    on_record=prog.record)
+                                    on_record=prog.record, formats=table_formats)
         except KeyboardInterrupt:
             prog.print("avemo: interrupted; outputs already written are complete, "
                        "the one in progress was not written (re-run to resume)")

@@ -75,6 +75,9 @@ def read_prediction(path: Path) -> pd.DataFrame:
                            f"{', '.join(map(str, table.columns)) or 'none'})")
     if table.empty:
         raise DatasetError(f"{path}: no prediction rows")
+    if "face_id" in table.columns and table["face_id"].nunique() > 1:
+        # several faces (--max-faces): the gold is one person's; face 0 is the one seen longest
+        table = table[table["face_id"] == table["face_id"].min()].reset_index(drop=True)
     for col in ["time", *(t for t in TARGETS if t in table.columns)]:
         try:
             table[col] = pd.to_numeric(table[col])

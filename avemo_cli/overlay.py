@@ -1,7 +1,8 @@
 """The attention overlay video: what the model saw, frame by frame.
 
 Every frame of the input, at its own size and frame rate, with the original audio, shows
-- the tracked face box,
+- the tracked face box (with ``--max-faces``: every face's, a colour per face_id, each with a
+  valence bar above it; the panel shows face 0's values),
 - the visual attention map A^I of the clip ending at the analysis step at or before the frame,
   warped back from the aligned face crop onto the frame (the inverse of the alignment
   transform) as a translucent heat map,
@@ -29,6 +30,7 @@ from .demux import _short_reason, ffmpeg_exe
 from .errors import MediaError
 from .faces import box_area
 from .pipeline import nearest_index
+from .plots import FACE_COLOURS
 from .writer import atomic_path
 
 PANEL_ALPHA = 0.6
@@ -207,14 +209,26 @@ class _Layers:
         info, steps = annotation.info, annotation.steps
         self.palette = heat_palette()
         self.panel = _Panel(info.width, info.height, list(annotation.targets))
-        self.vis = steps.visual_attention
-        self.vis_idx = _nearest_filled(self.vis) if self.vis is not None else None
         self.aud = steps.audio_attention
         self.aud_idx = _nearest_filled(self.aud) if self.aud is not None else None
         track = annotation.track
         self.scale = track.frame_size[0] / info.width if track is not None else 1.0
         self.show_face = annotation.source in ("av", "video") and track is not None
         self.thickness = max(2, info.width // 256)
+        # every face kept (--max-faces): its track, steps with it, attention, colour; with
+        # several, a valence bar in its colour above each box (the panel shows face 0's)
+        people = annotation.people or [None]
+        self.faces = []
+        for i, person in enumerate(people if self.show_face else []):
+            ftrack = annotation.track if person is None else person.track
+            found = annotation.face if person is None else person.face
+            vis = (annotation.steps if person is None else person.steps).visual_attention
+            values = annotation.step_values if person is None else person.step_values
+            if ftrack is not None and np.any(found):
+                colour = FACE_COLOURS[i % len(FACE_COLOURS)]
+                self.faces.append((ftrack, found, vis, None if vis is None else
+                                   _nearest_filled(vis), values, colour))
+        self.bars = len(self.faces) > 1
         p = self.panel
         panel = _even_rect(p.x, p.y, p.x + p.w, p.y + p.h, info.width, info.height)
         self.face_rect = self._face_rect()
@@ -231,15 +245,19 @@ class _Layers:
         self.layer = np.zeros((info.height, info.width, 4), np.uint8)
 
     def _face_rect(self):
-        """The frame rectangle holding every step's heat map and face box (None: no face)."""
-        a, track = self.a, self.a.track
-        if not self.show_face or not np.any(a.face):
+        """The frame rectangle holding every step's heat maps, face boxes and bars (None: no
+        face)."""
+        if not self.faces:
             return None
         to_analysis = np.diag([self.scale, self.scale, 1.0])
-        rects = [track.boxes[k] / self.scale + [-1, -1, 1, 1] for k in np.flatnonzero(a.face)]
-        if self.vis is not None:
-            rects += [_heat_geometry(self.vis.shape[1:], track.matrices[k] @ to_analysis,
-                                     track.crops.shape[1])[1] for k in np.flatnonzero(a.face)]
+        above = 4 * self.thickness if self.bars else 0
+        rects = []
+        for track, found, vis, _, _, _ in self.faces:
+            steps = np.flatnonzero(found)
+            rects += [track.boxes[k] / self.scale + [-1, -1 - above, 1, 1] for k in steps]
+            if vis is not None:
+                rects += [_heat_geometry(vis.shape[1:], track.matrices[k] @ to_analysis,
+                                         track.crops.shape[1])[1] for k in steps]
         rects = np.asarray(rects, np.float64)
         rect = _even_rect(*rects[:, :2].min(0), *rects[:, 2:].max(0), self.a.info.width,
                           self.a.info.height)
@@ -247,19 +265,27 @@ class _Layers:
 
     def draw(self, k: int) -> np.ndarray:
         """The regions of step ``k``, stacked: canvas-sized RGBA."""
-        a, track, layer = self.a, self.a.track, self.layer
+        a, layer = self.a, self.layer
         for x0, y0, x1, y1 in self.regions:
             layer[y0:y1, x0:x1] = 0
-        if self.face_rect is not None and a.face[k]:
-            to_analysis = np.diag([self.scale, self.scale, 1.0])
-            if self.vis is not None:
-                _heat_patch(self.vis[self.vis_idx[k]], track.matrices[k] @ to_analysis,
+        to_analysis = np.diag([self.scale, self.scale, 1.0])
+        for track, found, vis, vis_idx, fvalues, colour in self.faces:
+            if self.face_rect is None or not found[k]:
+                continue
+            if vis is not None:
+                _heat_patch(vis[vis_idx[k]], track.matrices[k] @ to_analysis,
                             track.crops.shape[1], layer, self.palette)
             bx0, by0, bx1, by1 = track.boxes[k] / self.scale
             th = self.thickness
             for ys, ye, xs, xe in ((by0, by0 + th, bx0, bx1), (by1 - th, by1, bx0, bx1),
                                    (by0, by1, bx0, bx0 + th), (by0, by1, bx1 - th, bx1)):
-                _fill(layer, ys, ye, xs, xe, (60, 220, 90, 255))
+                _fill(layer, ys, ye, xs, xe, colour)
+            if self.bars and "valence" in a.targets:  # this face's valence, from the middle
+                v = float(np.clip(np.nan_to_num(fvalues[k, a.targets.index("valence")]), -1, 1))
+                mid, half = (bx0 + bx1) / 2, (bx1 - bx0) / 2
+                _fill(layer, by0 - 3 * th, by0 - th, bx0, bx1, (60, 60, 60, 255))
+                lo, hi = sorted((mid, mid + v * half))
+                _fill(layer, by0 - 3 * th, by0 - th, lo, max(hi, lo + 1), colour)
         values = {t: float(a.step_values[k, a.targets.index(t)]) for t in self.panel.targets}
         self.panel.draw(layer, values,
                         self.aud[self.aud_idx[k]] if self.aud is not None else None)

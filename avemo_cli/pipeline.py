@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from . import audio as audio_stage
-from . import demux, faces, postprocess, predict, writer
+from . import demux, faces, postprocess, predict, speakers, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
 
@@ -34,8 +34,22 @@ STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "o
 
 
 @dataclass
+class Person:
+    """One tracked face's results (``Annotation.people``; face 0 first)."""
+
+    face_id: int
+    track: faces.FaceTrack | None
+    steps: predict.StepPredictions  # raw per-step output and attention for this face
+    step_values: np.ndarray  # (K, targets) after face-gap interpolation and post-processing
+    face: np.ndarray  # (K,) bool: this face found (all 0 when the face was not used)
+    speaking: np.ndarray  # (K,) bool: the voice is this face's (fused prediction there)
+    confidence: np.ndarray  # (K,) share of the clip's steps with this face (or the voice)
+
+
+@dataclass
 class Annotation:
-    """Everything one input produced; ``table`` is what the CSV holds."""
+    """Everything one input produced; ``table`` is what the CSV holds (one row per frame per
+    face). The fields ``steps`` to ``track`` are face 0's, as are ``people[0]``'s."""
 
     path: Path
     info: demux.MediaInfo
@@ -51,6 +65,8 @@ class Annotation:
     rate: float = 4.0  # analysis steps per second
     targets: list[str] = field(default_factory=lambda: ["valence", "arousal"])
     notices: list[str] = field(default_factory=list)  # what the user should know (also warned)
+    people: list[Person] = field(default_factory=list)  # every face kept (--max-faces)
+    model: str = ""  # the checkpoint's name
 
 
 DEVICES = "auto|cpu|cuda[:N]"
@@ -130,10 +146,14 @@ class Annotator:
 
     def __init__(self, weights: str | Path | Checkpoint | None = None, device: str | None = "auto",
                  faces_backend: str = "dlib", stride: int = 1, batch_size: int = 32,
-                 detect_every: int = 8, max_side: int = 480):
+                 detect_every: int = 8, max_side: int = 480, max_faces: int = 1):
         self.options = {"device": device, "faces_backend": faces_backend, "stride": stride,
                         "batch_size": batch_size, "detect_every": detect_every,
-                        "max_side": max_side}  # what a worker process needs to make a twin
+                        "max_side": max_side, "max_faces": max_faces}  # for a worker's twin
+        if max_faces < 1:
+            raise ValueError("max_faces must be at least 1")
+        self.max_faces = max_faces
+        self._describer: faces.Describer | None = None
         self.device = resolve_device(device)
         # openSMILE's import (~0.8 s) goes on in the background while the model loads
         threading.Thread(target=audio_stage.prepare, daemon=True).start()
@@ -154,6 +174,11 @@ class Annotator:
         if self._backend is None:
             self._backend = faces.make_backend(self.faces_backend, str(self.device))
         return self._backend
+
+    def describer(self) -> faces.Describer:
+        if self._describer is None:
+            self._describer = faces.Describer()
+        return self._describer
 
     @property
     def settings(self) -> "FeatureSettings":
@@ -180,7 +205,8 @@ class Annotator:
             raise ModalityError(f"{info.path}: no audio track, and {name} has no visual branch "
                                 f"(an audio-only model)")
         feats = extract(info, self.settings, use_audio, use_visual,
-                        lambda: self.backend, timings, say)
+                        lambda: self.backend, timings, say,
+                        max_faces=self.max_faces, describer=self.describer)
         notices = []
         if use_visual and not feats.face.any():
             turned = self.turned_face(info)
@@ -195,17 +221,36 @@ class Annotator:
 
         say("model")
         t1 = time.perf_counter()
-        steps, values, source = predict_features(ckpt.model, feats, self.stride,
-                                                 self.batch_size, self.device)
+        tracks = feats.tracks if use_visual and feats.face.any() else []
+        loudness = feats.audio.loudness if feats.audio is not None else None
+        talk = speakers.speaking(tracks, loudness, feats.voice)
+        results = []
+        for i, track in enumerate(tracks or [feats.track]):
+            one = feats.for_face(i) if tracks else feats
+            speaking = talk[i] if tracks else feats.voice
+            steps, values, source = predict_features(
+                ckpt.model, one, self.stride, self.batch_size, self.device,
+                speaking=speaking if len(tracks) > 1 else None)
+            results.append((one, steps, values, source, speaking))
         timings["model"] += time.perf_counter() - t1
 
         say("postprocess")
         t1 = time.perf_counter()
-        values, face, table = to_table(ckpt, feats, values, source)
+        people, tables = [], []
+        for i, (one, steps, values, source, speaking) in enumerate(results):
+            values, face, table = to_table(ckpt, one, values, source, face_id=i,
+                                           speaking=speaking)
+            people.append(Person(i, one.track, steps, values, face, speaking & feats.voice,
+                                 writer.clip_share(face if face.any() else feats.voice,
+                                                   cfg.clip_steps)))
+            tables.append(table)
+        table = tables[0] if len(tables) == 1 else pd.concat(tables).sort_values(
+            ["frame", "face_id"], kind="stable").reset_index(drop=True)
         timings["postprocess"] += time.perf_counter() - t1
-        return Annotation(info.path, info, table, source, steps, values, face,
-                          feats.voice, feats.track, feats.audio, timings, cfg.rate,
-                          list(cfg.targets), notices)
+        first, (_, steps, _, source, _) = people[0], results[0]
+        return Annotation(info.path, info, table, source, steps, first.step_values,
+                          first.face, feats.voice, feats.track, feats.audio, timings, cfg.rate,
+                          list(cfg.targets), notices, people, _model_name(ckpt))
 
     def turned_face(self, info: demux.MediaInfo, n: int = 6) -> str:
         """When no face was found: a few frames tried in the other three orientations. Says
@@ -219,12 +264,19 @@ class Annotator:
                 f"held sideways): rotate the video and annotate it again")
 
 
+def _model_name(ckpt: Checkpoint) -> str:
+    return Path(ckpt.path).name if ckpt.path else "in-memory checkpoint"
+
+
 def predict_features(model, feats: "Features", stride: int = 1, batch_size: int = 32,
-                     device="cpu") -> tuple[predict.StepPredictions, np.ndarray, str]:
+                     device="cpu", speaking: np.ndarray | None = None
+                     ) -> tuple[predict.StepPredictions, np.ndarray, str]:
     """Model output for one file's features: fusion when the model and the file have both
     modalities and a face was found somewhere, else the available branch. Steps without a face
-    are interpolated from neighbouring face steps (the paper's rule). Returns the raw step
-    predictions, the gap-filled values (before post-processing) and the source used."""
+    are interpolated from neighbouring face steps (the paper's rule). ``speaking`` (K,), when
+    given (several faces), limits fusion to the steps where this face speaks: elsewhere the
+    visual head alone. Returns the raw step predictions, the gap-filled values (before
+    post-processing) and the source used."""
     cfg = model.cfg
     heard = feats.audio is not None and feats.audio.valid.any()
     use_audio = cfg.has_audio and heard
@@ -247,23 +299,31 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
                               f"or infinite): a damaged or diverged checkpoint")
     values = steps.values
     if steps.visual_values is not None and use_audio:  # no voice heard: the face alone
-        values = np.where(feats.voice[:, None], values, steps.visual_values)
+        fused = feats.voice if speaking is None else feats.voice & speaking
+        values = np.where(fused[:, None], values, steps.visual_values)
     values = fill_gaps(values, feats.face) if use_visual else values
     source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
     return steps, values, source
 
 
 def to_table(ckpt: Checkpoint, feats: "Features", values: np.ndarray, source: str,
-             use_postprocess: bool = True) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+             use_postprocess: bool = True, face_id: int = 0,
+             speaking: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Step predictions (from ``predict_features``) to what a file's CSV holds: the
     checkpoint's post-processing, the ``face`` flags (all 0 when the face was not used) and the
-    per-frame table. Returns the post-processed step values, the face flags and the table."""
+    per-frame table of face ``face_id``. Returns the post-processed step values, the face flags
+    and the table."""
     cfg = ckpt.config
     if use_postprocess:
         values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
     face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
-    table = writer.frame_table(values, cfg.targets, cfg.rate, face, feats.voice,
-                               feats.frame_times)
+    voice = feats.voice
+    speaking = (voice & face if face.any() else voice) if speaking is None else speaking & voice
+    table = writer.frame_table(values, cfg.targets, cfg.rate, face, voice, feats.frame_times,
+                               face_id, speaking,
+                               writer.clip_share(face if face.any() else voice, cfg.clip_steps),
+                               feats.source_boxes() if face.any() else None)
     return values, face, table
 
 
@@ -296,6 +356,25 @@ class Features:
     audio: audio_stage.AudioFeatures | None = None
     track: faces.FaceTrack | None = None
     _crops: np.ndarray | None = field(default=None, repr=False)
+    others: list[faces.FaceTrack] = field(default_factory=list)  # faces 1.. (--max-faces)
+
+    @property
+    def tracks(self) -> list[faces.FaceTrack]:
+        """Every tracked face, face 0 first."""
+        return ([self.track] if self.track is not None else []) + self.others
+
+    def for_face(self, i: int) -> "Features":
+        """These features with face ``i`` as the one the model sees."""
+        return Features(self.info, self.n_steps, self.frame_times, self.audio, self.tracks[i])
+
+    def source_boxes(self) -> np.ndarray | None:
+        """(K, 4) face boxes in the source's (display) pixels; NaN where no face."""
+        t = self.track
+        if t is None or not t.frame_size[0]:
+            return None
+        sx = self.info.width / t.frame_size[0] if self.info.width else 1.0
+        sy = self.info.height / t.frame_size[1] if self.info.height else 1.0
+        return _fit_length(t.boxes, self.n_steps, np.nan) * np.array([sx, sy, sx, sy])
 
     @property
     def face(self) -> np.ndarray:
@@ -327,7 +406,8 @@ def step_count(info: demux.MediaInfo, rate: float) -> int:
 def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
             want_visual: bool, backend: Callable[[], faces.FaceBackend],
             timings: dict | None = None, say: Callable[[str], None] | None = None,
-            concurrent: bool = True) -> Features:
+            concurrent: bool = True, max_faces: int = 1,
+            describer: Callable[[], faces.Describer] | None = None) -> Features:
     """Run the demux, face and audio stages for one probed file. The audio path (its own ffmpeg,
     openSMILE) runs in a thread beside the video path (ffmpeg, face tracking): openSMILE works
     in C with the interpreter released, so the two share the cores. ``concurrent=False`` runs
@@ -352,8 +432,15 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
             t1, decode_before = time.perf_counter(), timings["demux"]
             frames = _Timed(demux.iter_frames(info, settings.rate, settings.max_side,
                                               gray=settings.channels == 1), timings, "demux")
-            feats.track = faces.track_faces(frames, backend(), settings.crop_size,
-                                            settings.detect_every, expected=n_steps)
+            if max_faces > 1:
+                tracks = faces.track_people(frames, backend(), settings.crop_size, max_faces,
+                                            (describer or faces.Describer)(),
+                                            settings.detect_every)
+                feats.track = tracks[0] if tracks else faces.FaceTrack.empty(settings.crop_size)
+                feats.others = tracks[1:]
+            else:
+                feats.track = faces.track_faces(frames, backend(), settings.crop_size,
+                                                settings.detect_every, expected=n_steps)
             timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
         if audio_job is not None:
             feats.audio = audio_job.result()
@@ -371,16 +458,29 @@ class _Stopped(Exception):
 
 def _audio_features(info: demux.MediaInfo, settings: FeatureSettings, n_steps: int,
                     timings: dict, stop: threading.Event) -> audio_stage.AudioFeatures:
+    energy, count = np.zeros(n_steps), np.zeros(n_steps)
+    per_step = demux.AUDIO_RATE / settings.rate
+    seen = 0
+
     def blocks():
+        nonlocal seen
         for block in demux.iter_audio(info):
             if stop.is_set():
                 raise _Stopped
+            # the loudness of each step's own quarter second (who speaks: speakers.py)
+            step = np.minimum(((seen + np.arange(len(block))) / per_step).astype(np.int64),
+                              n_steps - 1)
+            np.add.at(energy, step, np.square(block, dtype=np.float64))
+            np.add.at(count, step, 1)
+            seen += len(block)
             yield block
 
     t1 = time.perf_counter()
     stream = _Timed(blocks(), timings, "demux")
     values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, settings.rate,
                                         settings.audio_window)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values.loudness = (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
     timings["audio"] += time.perf_counter() - t1 - timings["demux"]
     return values
 

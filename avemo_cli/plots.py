@@ -11,6 +11,9 @@ import numpy as np
 import pandas as pd
 
 COLOURS = {"valence": "#1f77b4", "arousal": "#d62728"}
+# a colour per face_id (RGBA; plots and the overlay): face 0 green, then orange, magenta, cyan
+FACE_COLOURS = [(60, 220, 90, 255), (255, 150, 40, 255), (230, 70, 200, 255),
+                (60, 200, 255, 255), (255, 240, 80, 255), (170, 120, 255, 255)]
 
 
 def _pyplot():
@@ -39,18 +42,30 @@ def _spans(mask: np.ndarray, times: np.ndarray) -> list[tuple[float, float]]:
 
 def plot_track(table: pd.DataFrame, path: str | Path, title: str, video: bool = True) -> Path:
     """Valence (and arousal) over time in [-1, 1], shading where no face or no voice was
-    available. ``video``: whether the input had frames (audio-only inputs have no face shading)."""
+    available; with several faces (``face_id``) a line per face in the overlay's colours.
+    ``video``: whether the input had frames (audio-only inputs have no face shading)."""
     plt = _pyplot()
-    t = table["time"].to_numpy(float)
+    ids = sorted(table["face_id"].unique()) if "face_id" in table else [0]
+    per_face = {i: table[table["face_id"] == i] if "face_id" in table else table for i in ids}
+    first = per_face[ids[0]]
+    t = first["time"].to_numpy(float)
     fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
-    if video:
-        for a, b in _spans(table["face"].to_numpy() == 0, t):
+    if video and len(ids) == 1:
+        for a, b in _spans(first["face"].to_numpy() == 0, t):
             ax.axvspan(a, b, color="0.85", lw=0, label="no face")
-    for a, b in _spans(table["voice"].to_numpy() == 0, t):
+    for a, b in _spans(first["voice"].to_numpy() == 0, t):
         ax.axvspan(a, b, facecolor="none", edgecolor="0.55", hatch="//", lw=0, label="no voice")
     for name in ("valence", "arousal"):
-        if name in table and table[name].notna().any():
-            ax.plot(t, table[name], color=COLOURS[name], lw=1.6, label=name)
+        for i, rows in per_face.items():
+            if name not in rows or not rows[name].notna().any():
+                continue
+            if len(ids) == 1:
+                ax.plot(t, rows[name], color=COLOURS[name], lw=1.6, label=name)
+            else:  # a colour per face (the overlay's), arousal dashed
+                r, g, b, _ = FACE_COLOURS[int(i) % len(FACE_COLOURS)]
+                ax.plot(rows["time"].to_numpy(float), rows[name], color=(r / 255, g / 255,
+                        b / 255), lw=1.4, ls="-" if name == "valence" else "--",
+                        label=f"face {i} {name}")
     ax.axhline(0, color="0.4", lw=0.6)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlim(t[0] if len(t) else 0, t[-1] if len(t) > 1 else 1)

@@ -1,10 +1,12 @@
 """Stage 6 — write: step predictions become one CSV row per video frame, written atomically.
 
-Columns (stable): frame, time, valence, arousal, face, voice. Values are interpolated linearly
-from the analysis steps to each frame's time; ``face`` and ``voice`` are those of the step
-nearest the frame. Audio-only inputs get one row per analysis step. A target the model does not
-predict is an empty column. The file appears under its final name only once it is complete
-(temporary file + rename), so an interrupted run never leaves a truncated CSV behind.
+Columns (stable; long format, one row per frame per face): frame, time, face_id, valence,
+arousal, face, voice, speaking, confidence, box_x, box_y, box_w, box_h. Values are interpolated
+linearly from the analysis steps to each frame's time; the flags, confidence and box are those
+of the step nearest the frame. Audio-only inputs get one row per analysis step. A target the
+model does not predict is an empty column. Every output appears under its final name only once
+it is complete (temporary file + rename), so an interrupted run never leaves a truncated file.
+The formats (csv, parquet, json, eaf) are one writer each in ``WRITERS``.
 """
 from __future__ import annotations
 
@@ -16,30 +18,56 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["frame", "time", "valence", "arousal", "face", "voice"]
+COLUMNS = ["frame", "time", "face_id", "valence", "arousal", "face", "voice", "speaking",
+           "confidence", "box_x", "box_y", "box_w", "box_h"]
 TARGET_COLUMNS = ("valence", "arousal")
+BOX_COLUMNS = ("box_x", "box_y", "box_w", "box_h")
 SUFFIX = ".avemo.csv"
+
+
+def clip_share(mask: np.ndarray, t: int = 16) -> np.ndarray:
+    """(K,) share of the ``t`` steps ending at each step (fewer at the start) where ``mask``."""
+    c = np.concatenate([[0], np.cumsum(mask.astype(np.int64))])
+    k = np.arange(len(mask))
+    lo = np.maximum(k + 1 - t, 0)
+    return (c[k + 1] - c[lo]) / (k + 1 - lo)
 
 
 def frame_table(step_values: np.ndarray, targets: list[str], rate: float,
                 face: np.ndarray, voice: np.ndarray,
-                frame_times: np.ndarray | None = None) -> pd.DataFrame:
-    """The output table. ``step_values`` (K, targets); ``face``/``voice`` (K,) bool per step.
-    ``frame_times`` are the video's frame times; None for an audio-only input (rows = steps)."""
+                frame_times: np.ndarray | None = None, face_id: int = 0,
+                speaking: np.ndarray | None = None, confidence: np.ndarray | None = None,
+                boxes: np.ndarray | None = None) -> pd.DataFrame:
+    """One face's rows of the output table. ``step_values`` (K, targets); ``face``/``voice``/
+    ``speaking`` (K,) bool per step (speaking defaults to voice where the face is, or to voice
+    when no face is tracked at all); ``confidence`` (K,) in [0, 1]; ``boxes`` (K, 4) x0, y0,
+    x1, y1 in source pixels (NaN where no face). ``frame_times`` are the video's frame times;
+    None for an audio-only input (rows = steps)."""
     k = len(step_values)
     step_times = np.arange(k) / rate
     if frame_times is None:
         frame_times = step_times
     nearest = np.clip(np.rint(frame_times * rate).astype(np.int64), 0, k - 1)
-    table = {"frame": np.arange(len(frame_times)), "time": np.round(frame_times, 3)}
+    table = {"frame": np.arange(len(frame_times)), "time": np.round(frame_times, 3),
+             "face_id": np.full(len(frame_times), face_id)}
     for name in TARGET_COLUMNS:
         if name in targets:
             col = np.interp(frame_times, step_times, step_values[:, targets.index(name)])
             table[name] = np.clip(col, -1.0, 1.0)
         else:
             table[name] = np.full(len(frame_times), np.nan)
+    if speaking is None:
+        speaking = voice & face if face.any() else voice
+    if confidence is None:
+        confidence = clip_share(face if face.any() else voice)
     table["face"] = face[nearest].astype(np.int8)
     table["voice"] = voice[nearest].astype(np.int8)
+    table["speaking"] = speaking[nearest].astype(np.int8)
+    table["confidence"] = np.round(confidence[nearest], 3)
+    box = np.full((k, 4), np.nan) if boxes is None else boxes
+    xywh = np.stack([box[:, 0], box[:, 1], box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], 1)
+    for j, name in enumerate(BOX_COLUMNS):
+        table[name] = np.round(xywh[nearest, j], 1)
     return pd.DataFrame(table, columns=COLUMNS)
 
 
@@ -109,3 +137,90 @@ def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read an avemo CSV back (for eval and scripts)."""
     return pd.read_csv(path)
+
+
+# Output formats: one writer per format, chosen by name (``--format csv,parquet,json,eaf|all``).
+# Each takes an annotation (``pipeline.Annotation``) and a path, and writes atomically.
+
+def _write_csv(annotation, path: Path) -> None:
+    write_csv(annotation.table, path)
+
+
+def _write_parquet(annotation, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        annotation.table.to_parquet(tmp, index=False)
+
+
+def _metadata(annotation) -> dict:
+    from . import __version__
+
+    info = annotation.info
+    return {"avemo": __version__, "media": str(annotation.path), "model": annotation.model,
+            "source": annotation.source, "targets": list(annotation.targets),
+            "rate": annotation.rate, "fps": info.fps if info.has_video else None,
+            "duration": info.duration,
+            "faces": sorted(int(i) for i in annotation.table["face_id"].unique()),
+            "columns": list(annotation.table.columns)}
+
+
+def _write_json(annotation, path: Path) -> None:
+    import json
+
+    rows = annotation.table.astype(object).where(annotation.table.notna(), None)
+    doc = {**_metadata(annotation), "rows": rows.to_dict(orient="records")}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, default=_plain) + "\n")
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else str(v)
+
+
+def _write_eaf(annotation, path: Path) -> None:
+    """An ELAN document: per face and target a tier of the values at the analysis steps (each
+    annotation spans its step's 1/rate seconds; steps with no evidence for the face are left
+    out), linked to the media file so that the tiers open beside the video."""
+    from pympi import Elan
+
+    eaf = Elan.Eaf(author=f"avemo {_metadata(annotation)['avemo']}")
+    eaf.remove_tier("default")
+    media = Path(annotation.path).resolve()
+    mime = "audio/x-wav" if not annotation.info.has_video else "video/mp4"
+    eaf.add_linked_file(media.as_uri(), relpath=os.path.relpath(media, path.resolve().parent),
+                        mimetype=mime)
+    step_ms = 1000.0 / annotation.rate
+    for person in annotation.people:
+        evidence = person.confidence > 0
+        for j, target in enumerate(annotation.targets):
+            tier = f"face {person.face_id} {target}"
+            eaf.add_tier(tier)
+            for k in np.flatnonzero(evidence):
+                v = float(person.step_values[k, j])
+                if np.isfinite(v):
+                    eaf.add_annotation(tier, int(round(k * step_ms)),
+                                       int(round((k + 1) * step_ms)), f"{v:.3f}")
+    with atomic_path(path, ".eaf") as tmp:
+        Elan.to_eaf(str(tmp), eaf, pretty=True)
+
+
+WRITERS = {"csv": _write_csv, "parquet": _write_parquet, "json": _write_json, "eaf": _write_eaf}
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``csv,parquet`` -> ("csv", "parquet"); ``all`` -> every format; order kept, no repeats."""
+    names: list[str] = []
+    for name in (n.strip().lower() for n in text.split(",")):
+        for one in (WRITERS if name == "all" else [name]):
+            if one not in WRITERS:
+                raise ValueError(f"unknown output format {one!r} (choose from "
+                                 f"{', '.join(WRITERS)} or all)")
+            if one not in names:
+                names.append(one)
+    if not names:
+        raise ValueError("no output format given")
+    return tuple(names)
+
+
+def output_path(csv_path: Path, fmt: str) -> Path:
+    """``<stem>.avemo.<fmt>`` beside the planned ``<stem>.avemo.csv``."""
+    return csv_path.with_name(csv_path.name[: -len(".csv")] + "." + fmt)
