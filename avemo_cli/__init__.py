@@ -1,12 +1,12 @@
 """avemo: per-frame emotional valence/arousal for talking-face videos.
 
-Read the pipeline in stage order: demux.py, audio.py, faces.py (+ align.py), model.py,
+Read the pipeline in stage order: demux.py, audio.py, faces.py (+ align.py), speakers.py, model.py,
 checkpoint.py, predict.py, postprocess.py, writer.py; pipeline.py joins them and batch.py runs
 many files. Typical use::
 
     import avemo_cli
     result = avemo_cli.annotate("talk.mp4", weights="model.safetensors")
-    result.table            # one row per frame: frame, time, valence, arousal, face, voice
+    result.table            # one row per frame per face: frame, time, face_id, valence, ...
 """
 __version__ = "0.1.0"
 

@@ -19,10 +19,13 @@ face first appears, after its track was lost, and after a cut (the picture chang
 with every person seen so far: within ``SAME_PERSON`` (dlib's 0.6 Euclidean distance) of a
 person's mean descriptor it is that person (the nearest), else a new person. Between those
 moments a face keeps its identity by continuity (landmark tracking, and overlap IoU >= 0.3 with
-its last box at the periodic re-detections). At the end, two people who never appear at the
-same step and whose mean descriptors are within ``SAME_PERSON`` are merged (one person the
-descriptor split in two, e.g. under other light), and the ``max_faces`` people seen at the most
-steps are kept, numbered by how many steps they were seen (face 0 the most).
+its last box at the periodic re-detections), and every ``VERIFY_EVERY``-th re-detection
+describes the tracked faces again: one that is no longer its person (two people changed places
+without a cut) is lost there and matched anew, so such a change is wrong for ~8 s at most. At
+the end, two people who never appear at the same step and whose mean descriptors are within
+``SAME_PERSON`` are merged (one person the descriptor split in two, e.g. under other light),
+and the ``max_faces`` people seen at the most steps are kept, numbered by how many steps they
+were seen (face 0 the most).
 """
 from __future__ import annotations
 
@@ -290,6 +293,7 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
 
 SAME_PERSON = 0.6  # dlib's descriptor distance below which two faces are one person
 CUT_LEVEL = 24.0  # mean absolute change of grey level (0-255) between steps that marks a cut
+VERIFY_EVERY = 4  # every 4th full detection (~8 s by default) re-describes the tracked faces
 
 
 def _recognition_model_path() -> str:
@@ -379,14 +383,17 @@ def track_people(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: 
         if lost or cut or not active or k - last_detect >= detect_every:
             detections += 1
             last_detect = k
-            _detect_people(frame, k, people, backend, describer, crop_size, max_faces)
+            _detect_people(frame, k, people, backend, describer, crop_size, max_faces,
+                           verify=detections % VERIFY_EVERY == 0)
     return _finish_people(people, n, crop_size, frame_size, max_faces, detections, tracked)
 
 
 def _detect_people(frame: np.ndarray, k: int, people: list[_Person], backend: FaceBackend,
-                   describer: Describer, crop_size: int, max_faces: int) -> None:
-    """A full-frame detection at step ``k``: tracked faces keep their identity by overlap;
-    the others are described and matched to the people seen so far, or start a new one."""
+                   describer: Describer, crop_size: int, max_faces: int,
+                   verify: bool = False) -> None:
+    """A full-frame detection at step ``k``: tracked faces keep their identity by overlap
+    (checked by their descriptor when ``verify``); the others are described and matched to
+    the people seen so far, or start a new one."""
     candidates = sorted(backend.detect(frame), key=box_area, reverse=True)
     free = list(range(len(candidates)))
     for p in [p for p in people if p.box is not None]:  # tracked up to (or at) this step
@@ -396,8 +403,16 @@ def _detect_people(frame: np.ndarray, k: int, people: list[_Person], backend: Fa
             p.box = None  # not found again: lost
             p.rows.pop(k, None)
             continue
+        lm = backend.landmarks(frame, candidates[best])
+        if verify:  # another person in this place (no cut between): let the face be matched
+            d = describer.describe(frame, candidates[best], lm)
+            if p.distance(d) >= SAME_PERSON:
+                p.box = None
+                p.rows.pop(k, None)
+                continue
+            p.add_descriptor(d)
         free.remove(best)
-        _place(p, frame, k, candidates[best], backend, crop_size)
+        _place(p, frame, k, candidates[best], backend, crop_size, lm)
     busy = {p.pid for p in people if p.box is not None}
     for i in free:
         if len(busy) >= max_faces:

@@ -5,10 +5,11 @@ that is speaking. Per face and step the mouth opening is measured from the landm
 lips, 61-67 in the iBUG numbering, over the nose-to-chin length, so distance to the camera
 does not matter), and its movement (change between steps) is correlated with the voice's
 loudness (RMS per step, dB) over the analysis window (``WINDOW`` steps ending at the step): the
-face whose mouth moves with the voice speaks. A face must be found at the step and the voice
-heard; where no face's movement follows the voice (all correlations <= 0 or undefined) the
-face whose mouth moves most is taken. With one face the voice is that face's (the single-face
-behaviour).
+face whose mouth moves most with the voice speaks (the highest correlation, even a weak one: a
+mouth that moves a lot but not with this voice is not the speaker's). A face must be found at
+the step and the voice heard; where no correlation can be computed (fewer than 4 steps, a still
+mouth) the face whose mouth moves most is taken. With one face the voice is that face's (the
+single-face behaviour).
 """
 from __future__ import annotations
 
@@ -58,12 +59,14 @@ def speaking(tracks: list[FaceTrack], loudness: np.ndarray | None, voice: np.nda
         for i in faces_here:
             mk = _windowed(movement[i], k)
             ok = np.isfinite(mk) & np.isfinite(lk)
-            score = 0.0
+            score = -np.inf  # undefined: too few steps, or a still mouth or voice
             if ok.sum() >= 4 and mk[ok].std() > 0 and lk[ok].std() > 0:
                 score = float(np.corrcoef(mk[ok], lk[ok])[0, 1])
             scores.append(score)
             moving.append(float(np.nanmean(mk)) if np.isfinite(mk).any() else 0.0)
-        pick = int(np.argmax(scores)) if max(scores) > 0 else int(np.argmax(moving))
+        # the best correlation, even if weak: a mouth that moves without the voice (a listener
+        # mouthing, another person's video) moves a lot but not with this voice
+        pick = int(np.argmax(scores)) if np.isfinite(max(scores)) else int(np.argmax(moving))
         out[faces_here[pick], k] = True
     return out
 

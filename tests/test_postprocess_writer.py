@@ -49,8 +49,9 @@ def test_write_is_atomic_and_formatted(tmp_path):
     t = frame_table(np.zeros((2, 1), np.float32), ["valence"], 4.0, np.ones(2, bool),
                     np.ones(2, bool))
     out = write_csv(t, tmp_path / "sub" / "a.avemo.csv")
-    assert out.read_text().splitlines()[:2] == ["frame,time,valence,arousal,face,voice",
-                                                "0,0.000,0.0000,,1,1"]
+    assert out.read_text().splitlines()[:2] == [
+        "frame,time,face_id,valence,arousal,face,voice,speaking,confidence,box_x,box_y,box_w,"
+        "box_h", "0,0.000,0,0.0000,,1,1,1,1.0,,,,"]
     assert [p.name for p in out.parent.iterdir()] == ["a.avemo.csv"]
     back = read_csv(out)
     assert isinstance(back, pd.DataFrame) and back.valence.tolist() == [0.0, 0.0]
