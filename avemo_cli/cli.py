@@ -51,6 +51,25 @@ class _Avemo(click.Group):
             _fail(f"{name}{err.strerror or err}")
 
 
+def run() -> None:
+    """The console entry point (``avemo``, ``python -m avemo_cli``): ``main``, then an
+    immediate exit once stdout and stderr are flushed. Every output is complete by then
+    (written atomically, manifests closed, worker pools shut down); what is skipped is the
+    interpreter's teardown of torch and the other libraries, ~0.3-0.7 s per command."""
+    code: int = 0
+    try:
+        main(prog_name="avemo")
+    except SystemExit as done:
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+            code = 1
+        else:
+            code = done.code or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress and no notices.")
 DEVICE = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
                       help="Where the networks run.")
@@ -109,6 +128,10 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     """
     from .writer import parse_formats
 
+    from . import faces
+
+    if faces_backend == "dlib":  # its models load while torch is imported (~0.2 s saved)
+        faces.preload("dlib")
     from rich.console import Console
 
     from .batch import annotate_files, check_output_dir

@@ -32,7 +32,8 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+import threading
+from concurrent.futures import Future
 from typing import Iterable, Protocol
 
 import numpy as np
@@ -135,11 +136,41 @@ def make_backend(name: str, device: str = "cpu") -> FaceBackend:
     return BACKENDS[name](device=device) if name == "fan" else BACKENDS[name]()
 
 
-@lru_cache(maxsize=None)
+_LOADED: dict[tuple[str, str], Future] = {}
+_LOADING = threading.Lock()
+
+
 def shared_backend(name: str, device: str = "cpu") -> FaceBackend:
-    """One backend per process and kind (loading the models costs a second or more): for
-    worker processes that extract features from many files."""
-    return make_backend(name, device)
+    """One backend per process and kind (loading dlib's models takes ~0.7 s): for annotators
+    and worker processes that analyse many files. Safe to call from several threads: the
+    first call loads, the others wait for it (``preload`` starts that early)."""
+    key = (name, device)
+    with _LOADING:
+        future = _LOADED.get(key)
+        owner = future is None
+        if owner:
+            future = _LOADED[key] = Future()
+    assert future is not None
+    if owner:
+        try:
+            future.set_result(make_backend(name, device))
+        except BaseException as exc:  # the caller that needs it raises it (and may retry)
+            with _LOADING:
+                _LOADED.pop(key, None)
+            future.set_exception(exc)
+    return future.result()
+
+
+def preload(name: str, device: str = "cpu") -> None:
+    """Start loading a backend in the background (e.g. while torch is imported); an error is
+    raised later, by whoever asks ``shared_backend`` for it."""
+    def load():
+        try:
+            shared_backend(name, device)
+        except BaseException:
+            pass
+
+    threading.Thread(target=load, name="avemo-face-models", daemon=True).start()
 
 
 @dataclass

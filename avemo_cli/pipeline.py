@@ -155,6 +155,8 @@ class Annotator:
         self.max_faces = max_faces
         self._describer: faces.Describer | None = None
         self.device = resolve_device(device)
+        # dlib runs on the CPU whatever --device says: one dlib backend serves every device
+        self._backend_device = "cpu" if faces_backend == "dlib" else str(self.device)
         # openSMILE's import (~0.8 s) goes on in the background while the model loads
         threading.Thread(target=audio_stage.prepare, daemon=True).start()
         self.checkpoint = weights if isinstance(weights, Checkpoint) else \
@@ -171,8 +173,8 @@ class Annotator:
 
     @property
     def backend(self) -> faces.FaceBackend:
-        if self._backend is None:
-            self._backend = faces.make_backend(self.faces_backend, str(self.device))
+        if self._backend is None:  # one per process (the CLI starts loading it early)
+            self._backend = faces.shared_backend(self.faces_backend, self._backend_device)
         return self._backend
 
     def describer(self) -> faces.Describer:

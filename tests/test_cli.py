@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,46 @@ def test_readme_synopses_list_every_option_of_help():
         listed = {o for o in documented.get(name, set()) if o.startswith("--")}
         assert shown == listed, (name, "missing from README:", shown - listed,
                                  "not an option:", listed - shown)
+
+
+def test_the_console_entry_exits_fast_with_every_status_and_output(tiny_ckpt, tmp_path):
+    """``python -m avemo_cli`` (as the ``avemo`` script) ends with os._exit after flushing:
+    stdout and stderr arrive whole and the status is the command's."""
+    video = make_synthetic_video(tmp_path / "tone.mp4", seconds=2.0)
+    cases = [(["--version"], 0, "avemo, version"),
+             (["annotate", str(tmp_path / "missing.mp4"), "-q"], 1, ""),
+             (["annotate", str(video), "--format", "bogus"], 2, ""),
+             (["annotate", str(video), "--weights", str(tiny_ckpt), "-o", str(tmp_path / "o"),
+               "-q"], 0, str(tmp_path / "o" / "tone.avemo.csv"))]
+    for args, status, out in cases:
+        proc = subprocess.run([sys.executable, "-m", "avemo_cli", *args], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == status, (args, proc.stderr)
+        assert out in proc.stdout
+        if status:
+            assert proc.stderr.startswith("avemo: error:"), proc.stderr
+
+
+def test_face_models_load_once_whoever_asks_first(monkeypatch):
+    import threading
+
+    from avemo_cli import faces
+
+    made = []
+
+    def slow(name, device="cpu"):
+        made.append(name)
+        time.sleep(0.2)
+        return object()
+
+    monkeypatch.setattr(faces, "make_backend", slow)
+    monkeypatch.setattr(faces, "_LOADED", {})
+    faces.preload("stand-in")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(faces.shared_backend("stand-in")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == ["stand-in"] and len(got) == 3 and got[0] is got[1] is got[2]
