@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import __version__
+from .demux import AUDIO_EXTS, MEDIA_EXTS, VIDEO_EXTS  # noqa: F401  (re-exported)
 from .errors import AvemoError, OutputError
 from .pipeline import STAGES, Annotation, Annotator
 from .shards import UNSHARDED_MANIFEST, Manifest, Record, Shard
 from .writer import SUFFIX, WRITERS, output_path, remove_stale_temporaries
 
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
-              ".3gp", ".mts", ".ts"}
-AUDIO_EXTS = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
-MEDIA_EXTS = VIDEO_EXTS | AUDIO_EXTS
 
 
 @dataclass

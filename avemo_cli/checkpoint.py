@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError
-from .model import AVModel, ModelConfig
-from .writer import atomic_path
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: resolving a name and
+    import torch  # reading settings (early.py, before the model loads) stay light
+
+    from .model import AVModel, ModelConfig
 
 FORMAT = "avemo-checkpoint"
 VERSION = 1
@@ -37,6 +40,8 @@ def save_checkpoint(path: str | os.PathLike, model: AVModel, postprocess: dict |
                     provenance: dict | None = None) -> Path:
     """Write ``model`` and its settings to ``path`` (atomically)."""
     from safetensors.torch import save_file
+
+    from .writer import atomic_path
 
     path = Path(path)
     meta = {
@@ -92,7 +97,10 @@ def state_mismatch(expected: dict, state: dict) -> str:
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint file into an ``AVModel`` in eval mode on ``device``."""
+    import torch
     from safetensors.torch import load_file
+
+    from .model import AVModel, ModelConfig
 
     path = Path(path)
     if not path.is_file():

@@ -51,6 +51,26 @@ class _Avemo(click.Group):
             _fail(f"{name}{err.strerror or err}")
 
 
+def _begin_early(source: Path, output_dir: Path, weights: str | None, fmt: str,
+                 overwrite: bool) -> None:
+    """``early.begin`` for a single input file that will be annotated (not one whose output
+    is already there, which is skipped)."""
+    from .demux import MEDIA_EXTS
+
+    if not source.is_file() or source.suffix.lower() not in MEDIA_EXTS:
+        return
+    if not overwrite and (output_dir / f"{source.stem}.avemo.{fmt}").exists():
+        return
+    from .checkpoint import resolve_weights
+    from .early import begin
+    from .errors import AvemoError
+
+    try:
+        begin(source, resolve_weights(weights))
+    except AvemoError:
+        return  # the model's own loading reports it
+
+
 def run() -> None:
     """The console entry point (``avemo``, ``python -m avemo_cli``): ``main``, then an
     immediate exit once stdout and stderr are flushed. Every output is complete by then
@@ -126,27 +146,33 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     Prints each written file on stdout; notices, progress and errors go to stderr. Exit status
     1 if any input failed.
     """
-    from .writer import parse_formats
-
     from . import faces
-
-    if faces_backend == "dlib":  # its models load while torch is imported (~0.2 s saved)
-        faces.preload("dlib")
-    from rich.console import Console
-
-    from .batch import annotate_files, check_output_dir
-    from .pipeline import Annotator
     from .shards import parse_shard, shard_from_env
 
-    console = Console(stderr=True)
     n_jobs = _jobs(jobs)
     part = parse_shard(shard) if shard else shard_from_env()
-    if part is not None and not shard:
-        click.echo(f"avemo: shard {part.index}/{part.count} (from the {part.origin})", err=True)
+    # before torch is imported (a second or more on one core): a single input's audio and
+    # frames start to be analysed, and dlib's models load, on the other core
+    if len(inputs) == 1 and n_jobs == 1 and part is None:
+        first = formats.split(",")[0].strip().lower()
+        _begin_early(Path(inputs[0]), Path(output_dir), weights,
+                     "csv" if first == "all" else first, overwrite)
+    if faces_backend == "dlib":
+        faces.preload("dlib")
+    from .writer import parse_formats
+
     try:
         table_formats = parse_formats(formats)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--format'") from None
+    from rich.console import Console
+
+    from .batch import annotate_files, check_output_dir
+    from .pipeline import Annotator
+
+    console = Console(stderr=True)
+    if part is not None and not shard:
+        click.echo(f"avemo: shard {part.index}/{part.count} (from the {part.origin})", err=True)
     check_output_dir(output_dir)  # before the model loads and any file is analysed
     annotator = Annotator(weights, device=device, faces_backend=faces_backend, stride=stride,
                           batch_size=batch_size, detect_every=detect_every,

@@ -22,6 +22,12 @@ import numpy as np
 
 from .errors import MediaError
 
+# what counts as media when folders are searched (batch.find_media)
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+              ".3gp", ".mts", ".ts"}
+AUDIO_EXTS = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
+MEDIA_EXTS = VIDEO_EXTS | AUDIO_EXTS
+
 AUDIO_RATE = 16000
 
 

@@ -11,18 +11,19 @@ import re
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import audio as audio_stage
-from . import demux, faces, postprocess, predict, speakers, writer
+from . import demux, early, faces, postprocess, predict, speakers, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
+from .early import step_count
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
 
 
@@ -119,23 +120,6 @@ def _hold_nearest(crops: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return crops if ok.all() else crops[nearest_index(ok)]
 
 
-class _Timed:
-    """Wraps an iterator and adds the time spent inside it to ``timings[key]``."""
-
-    def __init__(self, it: Iterator, timings: dict, key: str):
-        self.it, self.timings, self.key = it, timings, key
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        t0 = time.perf_counter()
-        try:
-            return next(self.it)
-        finally:
-            self.timings[self.key] += time.perf_counter() - t0
-
-
 class Annotator:
     """Annotates media files with a loaded checkpoint.
 
@@ -158,7 +142,8 @@ class Annotator:
         # dlib runs on the CPU whatever --device says: one dlib backend serves every device
         self._backend_device = "cpu" if faces_backend == "dlib" else str(self.device)
         # openSMILE's import (~0.8 s) goes on in the background while the model loads
-        threading.Thread(target=audio_stage.prepare, daemon=True).start()
+        if not early.started_audio():  # (a file begun early has its audio in a process)
+            threading.Thread(target=audio_stage.prepare, daemon=True).start()
         self.checkpoint = weights if isinstance(weights, Checkpoint) else \
             load_checkpoint(resolve_weights(None if weights is None else str(weights)),
                             self.device)
@@ -398,13 +383,6 @@ class Features:
         return self._crops
 
 
-def step_count(info: demux.MediaInfo, rate: float) -> int:
-    """Analysis steps of a file: up to the last video frame's time, or the audio's end."""
-    if info.has_video:
-        return int(np.floor(max(0.0, info.frame_times()[-1]) * rate + 1e-6)) + 1
-    return max(1, int(np.ceil(info.duration * rate - 1e-6)))
-
-
 def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
             want_visual: bool, backend: Callable[[], faces.FaceBackend],
             timings: dict | None = None, say: Callable[[str], None] | None = None,
@@ -418,22 +396,27 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
     say = say or (lambda stage: None)
     n_steps = step_count(info, settings.rate)
     feats = Features(info, n_steps, info.frame_times() if info.has_video else None)
-    audio_job = None
+    gray = settings.channels == 1
+    # what avemo annotate started before the model loaded (early.begin), if anything
+    early_audio, early_frames = early.claim(info, settings.rate, settings.audio_window,
+                                            settings.max_side, gray)
+    audio_job: Future | None = None
     stop = threading.Event()
     audio_timings = dict.fromkeys(STAGES, 0.0)
     pool = ThreadPoolExecutor(1, thread_name_prefix="avemo-audio")
     try:
         if want_audio and info.has_audio:
             say("audio")
-            audio_job = pool.submit(_audio_features, info, settings, n_steps, audio_timings,
-                                    stop)
+            audio_job = early_audio or pool.submit(
+                early.audio_features, info, settings.rate, settings.audio_window, n_steps,
+                audio_timings, stop)
             if not concurrent:
                 feats.audio = audio_job.result()
         if want_visual and info.has_video:
             say("faces")
             t1, decode_before = time.perf_counter(), timings["demux"]
-            frames = _Timed(demux.iter_frames(info, settings.rate, settings.max_side,
-                                              gray=settings.channels == 1), timings, "demux")
+            frames = early.Timed(early_frames or demux.iter_frames(
+                info, settings.rate, settings.max_side, gray=gray), timings, "demux")
             if max_faces > 1:
                 tracks = faces.track_people(frames, backend(), settings.crop_size, max_faces,
                                             (describer or faces.Describer)(),
@@ -452,39 +435,6 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
         for k, v in audio_timings.items():
             timings[k] += v
     return feats
-
-
-class _Stopped(Exception):
-    """The audio thread was told to stop (the video path of the same file failed)."""
-
-
-def _audio_features(info: demux.MediaInfo, settings: FeatureSettings, n_steps: int,
-                    timings: dict, stop: threading.Event) -> audio_stage.AudioFeatures:
-    energy, count = np.zeros(n_steps), np.zeros(n_steps)
-    per_step = demux.AUDIO_RATE / settings.rate
-    seen = 0
-
-    def blocks():
-        nonlocal seen
-        for block in demux.iter_audio(info):
-            if stop.is_set():
-                raise _Stopped
-            # the loudness of each step's own quarter second (who speaks: speakers.py)
-            step = np.minimum(((seen + np.arange(len(block))) / per_step).astype(np.int64),
-                              n_steps - 1)
-            np.add.at(energy, step, np.square(block, dtype=np.float64))
-            np.add.at(count, step, 1)
-            seen += len(block)
-            yield block
-
-    t1 = time.perf_counter()
-    stream = _Timed(blocks(), timings, "demux")
-    values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, settings.rate,
-                                        settings.audio_window)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values.loudness = (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
-    timings["audio"] += time.perf_counter() - t1 - timings["demux"]
-    return values
 
 
 def _fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:

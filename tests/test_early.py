@@ -1,0 +1,36 @@
+"""Work begun before the model loads (early.py): the same features as the normal path."""
+import numpy as np
+
+from avemo_cli import demux, early
+from avemo_cli.faces import shared_backend
+from avemo_cli.pipeline import FeatureSettings, extract
+from avemo_cli.testing.tiny_checkpoint import tiny_config
+
+from conftest import make_synthetic_video, shared_file
+
+
+def test_begun_early_gives_the_features_of_the_normal_path(tiny_ckpt, tmp_path):
+    video = shared_file("videos", "WDA_KatieHill_000.mp4")
+    assert early.model_settings(tiny_ckpt)["modality"] == "av"
+    settings = FeatureSettings.for_model(tiny_config("av"))
+    info = demux.probe(video)
+    assert early.begin(video, tiny_ckpt) and early.started_audio()
+    begun = extract(info, settings, True, True, lambda: shared_backend("dlib"))
+    assert early.claim(info, settings.rate, settings.audio_window, settings.max_side,
+                       True) == (None, None)  # taken once
+    normal = extract(info, settings, True, True, lambda: shared_backend("dlib"))
+    assert np.array_equal(begun.audio.values, normal.audio.values)
+    assert np.array_equal(begun.audio.loudness, normal.audio.loudness)
+    assert np.array_equal(begun.track.crops, normal.track.crops)
+    assert begun.face.mean() > 0.9
+
+
+def test_nothing_is_claimed_for_other_settings_or_unreadable_files(tiny_ckpt, tmp_path):
+    video = make_synthetic_video(tmp_path / "tone.mp4", seconds=2.0)
+    info = demux.probe(video)
+    assert early.begin(video, tiny_ckpt)
+    assert early.claim(info, 4.0, 6.0, 240, True) == (None, None)  # another analysis size
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    assert not early.begin(bad, tiny_ckpt)
+    assert not early.begin(video, tmp_path / "missing.safetensors")
