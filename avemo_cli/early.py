@@ -27,7 +27,7 @@ import numpy as np
 from . import audio as audio_stage
 from . import demux
 
-AHEAD = 480  # analysis frames decoded ahead (2 minutes at 4 per second; ~110 MB at 480x480)
+AHEAD = 120  # analysis frames decoded ahead (30 s at 4 per second; ~28 MB at 480x480)
 
 
 class Timed:
