@@ -52,7 +52,7 @@ class _Avemo(click.Group):
 
 
 def _begin_early(source: Path, output_dir: Path, weights: str | None, fmt: str,
-                 overwrite: bool) -> None:
+                 overwrite: bool, options: dict) -> None:
     """``early.begin`` for a single input file that will be annotated (not one whose output
     is already there, which is skipped)."""
     from .demux import MEDIA_EXTS
@@ -66,7 +66,7 @@ def _begin_early(source: Path, output_dir: Path, weights: str | None, fmt: str,
     from .errors import AvemoError
 
     try:
-        begin(source, resolve_weights(weights))
+        begin(source, resolve_weights(weights), **options)
     except AvemoError:
         return  # the model's own loading reports it
 
@@ -85,6 +85,10 @@ def run() -> None:
             code = 1
         else:
             code = done.code or 0
+    finally:
+        from . import early
+
+        early.stop()  # a process begun for an input, if the command ended before using it
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -148,23 +152,24 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     """
     from . import faces
     from .shards import parse_shard, shard_from_env
-
-    n_jobs = _jobs(jobs)
-    part = parse_shard(shard) if shard else shard_from_env()
-    # before torch is imported (a second or more on one core): a single input's audio and
-    # frames start to be analysed, and dlib's models load, on the other core
-    if len(inputs) == 1 and n_jobs == 1 and part is None:
-        first = formats.split(",")[0].strip().lower()
-        _begin_early(Path(inputs[0]), Path(output_dir), weights,
-                     "csv" if first == "all" else first, overwrite)
-    if faces_backend == "dlib":
-        faces.preload("dlib")
     from .writer import parse_formats
 
     try:
         table_formats = parse_formats(formats)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--format'") from None
+    n_jobs = _jobs(jobs)
+    part = parse_shard(shard) if shard else shard_from_env()
+    # before torch is imported (a second or more on one core): a single input's audio and
+    # frames start to be analysed, and dlib's models load, on the other core
+    if len(inputs) == 1 and n_jobs == 1 and part is None:
+        _begin_early(Path(inputs[0]), Path(output_dir), weights, table_formats[0], overwrite,
+                     dict(faces_backend=faces_backend, detect_every=detect_every,
+                          max_faces=max_faces))
+    from . import early
+
+    if faces_backend == "dlib" and not early.started_visual():
+        faces.preload("dlib")
     from rich.console import Console
 
     from .batch import annotate_files, check_output_dir

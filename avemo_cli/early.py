@@ -1,90 +1,22 @@
-"""Streams of one file's inputs, and starting them before the model loads.
-
-``audio_features`` streams a file's audio through openSMILE (``audio.egemaps_stream``) and
-measures each step's loudness on the way; ``pipeline.extract`` runs it beside the video path.
+"""Work begun before the model loads: one input's features, in a process of its own.
 
 ``begin`` (called by ``avemo annotate`` for a single input file, before torch is imported)
-probes the file and starts its audio features (in a process of its own) and its analysis
-frames (ffmpeg, read by a thread) at once: while this interpreter spends a second or two
-importing torch and loading the models on one core, the other core decodes and describes the
-audio and decodes the frames (up to ``AHEAD`` of them are held). ``pipeline.extract`` then
-``claim``s what was started for the same file and settings, or does the work itself. Nothing
-here imports torch.
+probes the file, reads the model's feature settings from the checkpoint's header (no torch),
+and starts ``features.extract`` for it in a spawned process: decoding, openSMILE, dlib's
+models and face tracking run on the second core (and never wait on this interpreter's lock)
+while this process imports torch and loads the model on the first. ``Annotator.annotate`` then
+``claim``s the features begun for the same file and settings (once), or extracts them itself.
+Nothing here imports torch.
 """
 from __future__ import annotations
 
 import json
-import queue
 import struct
-import threading
-import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-
-from . import audio as audio_stage
 from . import demux
-
-AHEAD = 120  # analysis frames decoded ahead (30 s at 4 per second; ~28 MB at 480x480)
-
-
-class Timed:
-    """Wraps an iterator and adds the time spent inside it to ``timings[key]``."""
-
-    def __init__(self, it: Iterator, timings: dict, key: str):
-        self.it, self.timings, self.key = it, timings, key
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        t0 = time.perf_counter()
-        try:
-            return next(self.it)
-        finally:
-            self.timings[self.key] += time.perf_counter() - t0
-
-
-class Stopped(Exception):
-    """The audio thread was told to stop (the video path of the same file failed)."""
-
-
-def step_count(info: demux.MediaInfo, rate: float) -> int:
-    """Analysis steps of a file: up to the last video frame's time, or the audio's end."""
-    if info.has_video:
-        return int(np.floor(max(0.0, info.frame_times()[-1]) * rate + 1e-6)) + 1
-    return max(1, int(np.ceil(info.duration * rate - 1e-6)))
-
-
-def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: int,
-                   timings: dict, stop: threading.Event) -> audio_stage.AudioFeatures:
-    """eGeMAPS per step (``audio.egemaps_stream`` over ``demux.iter_audio``) and each step's
-    loudness (RMS of its own 1/rate seconds, dB: who speaks, speakers.py)."""
-    energy, count = np.zeros(n_steps), np.zeros(n_steps)
-    per_step = demux.AUDIO_RATE / rate
-    seen = 0
-
-    def blocks():
-        nonlocal seen
-        for block in demux.iter_audio(info):
-            if stop.is_set():
-                raise Stopped
-            step = np.minimum(((seen + np.arange(len(block))) / per_step).astype(np.int64),
-                              n_steps - 1)
-            np.add.at(energy, step, np.square(block, dtype=np.float64))
-            np.add.at(count, step, 1)
-            seen += len(block)
-            yield block
-
-    t1 = time.perf_counter()
-    stream = Timed(blocks(), timings, "demux")
-    values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, rate, window)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values.loudness = (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
-    timings["audio"] += time.perf_counter() - t1 - timings["demux"]
-    return values
+from .features import Features, FeatureSettings, extract
 
 
 def model_settings(weights: Path) -> dict | None:
@@ -99,20 +31,14 @@ def model_settings(weights: Path) -> dict | None:
         return None
 
 
-class _Started:
-    def __init__(self, info: demux.MediaInfo, key: tuple):
-        self.info, self.key = info, key
-        self.audio: Future | None = None
-        self.frames: queue.Queue | None = None
+_STARTED: dict[Path, tuple[tuple, Future]] = {}
 
 
-_STARTED: dict[Path, _Started] = {}
-
-
-def begin(path: str | Path, weights: Path, max_side: int = 480) -> bool:
-    """Start the audio features and the analysis frames of ``path`` for the model in
-    ``weights`` (see the module docstring). False when nothing was started (unreadable file
-    or checkpoint: the normal path reports it)."""
+def begin(path: str | Path, weights: Path, faces_backend: str = "dlib", max_side: int = 480,
+          detect_every: int = 8, max_faces: int = 1) -> bool:
+    """Start extracting ``path``'s features for the model in ``weights`` (see the module
+    docstring). False when nothing was started (unreadable file or checkpoint: the normal path
+    reports it)."""
     cfg = model_settings(weights)
     if cfg is None:
         return False
@@ -120,67 +46,71 @@ def begin(path: str | Path, weights: Path, max_side: int = 480) -> bool:
         info = demux.probe(path)
     except Exception:
         return False
-    rate, window = float(cfg.get("rate", 4.0)), float(cfg.get("audio_window", 6.0))
-    gray = int(cfg.get("channels", 1)) == 1
+    settings = FeatureSettings(float(cfg.get("rate", 4.0)), float(cfg.get("audio_window", 6.0)),
+                               int(cfg.get("input_size", 64)), int(cfg.get("channels", 1)),
+                               max_side, faces_backend, detect_every)
     modality = cfg.get("modality", "av")
-    started = _Started(info, (rate, window, max_side, gray))
-    n_steps = step_count(info, rate)
-    if info.has_audio and modality in ("av", "audio"):
-        # a process of its own: its imports (openSMILE's ~0.8 s) and work never wait for the
-        # interpreter lock that torch's import holds in this one
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    want_audio = info.has_audio and modality in ("av", "audio")
+    want_visual = info.has_video and modality in ("av", "video")
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(1, mp.get_context("spawn"))
-        started.audio = pool.submit(_audio_job, info, rate, window, n_steps)
-        started.audio.add_done_callback(lambda _: pool.shutdown(wait=False))
-    if info.has_video and modality in ("av", "video"):
-        frames: queue.Queue = queue.Queue(maxsize=AHEAD)
-        started.frames = frames
-
-        def decode():
-            try:
-                for frame in demux.iter_frames(info, rate, max_side, gray=gray):
-                    frames.put(("frame", frame))
-                frames.put(("end", None))
-            except BaseException as exc:
-                frames.put(("error", exc))
-
-        threading.Thread(target=decode, name="avemo-early-frames", daemon=True).start()
-    _STARTED[Path(path).resolve()] = started
+    pool = ProcessPoolExecutor(1, mp.get_context("spawn"))
+    _POOLS.append(pool)
+    job = pool.submit(_extract, info, settings, want_audio, want_visual, max_faces)
+    job.add_done_callback(lambda _: pool.shutdown(wait=False))
+    _STARTED[Path(path).resolve()] = ((info.n_frames, settings, want_audio, want_visual,
+                                       max_faces), job)
     return True
 
 
-def _audio_job(info: demux.MediaInfo, rate: float, window: float, n_steps: int
-               ) -> audio_stage.AudioFeatures:
-    return audio_features(info, rate, window, n_steps, dict.fromkeys(("demux", "audio"), 0.0),
-                          threading.Event())
+_POOLS: list = []
 
 
-def started_audio() -> bool:
-    """Whether ``begin`` started some file's audio (then this process need not import
-    openSMILE ahead of time)."""
-    return any(s.audio is not None for s in _STARTED.values())
+def stop() -> None:
+    """End every process ``begin`` started (the command is ending, perhaps on an error before
+    the features were claimed): none outlives it holding its output streams."""
+    for pool in _POOLS:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+    _STARTED.clear()
 
 
-def claim(info: demux.MediaInfo, rate: float, window: float, max_side: int, gray: bool
-          ) -> tuple[Future | None, Iterator[np.ndarray] | None]:
-    """What ``begin`` started for this file with these settings (taken once): the audio
-    features' future and the analysis frames, each None if not started."""
-    started = _STARTED.get(Path(info.path).resolve())
-    if started is None or started.key != (rate, window, max_side, gray):
-        return None, None
-    del _STARTED[Path(info.path).resolve()]
-    if started.info.frame_times().shape != info.frame_times().shape:
-        return None, None  # the file changed since it was probed
-    return started.audio, None if started.frames is None else _drain(started.frames)
+def _extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
+             want_visual: bool, max_faces: int) -> tuple[Features, dict]:
+    from .faces import shared_backend
+    from .features import STAGES
+
+    timings = dict.fromkeys(STAGES, 0.0)
+    feats = extract(info, settings, want_audio, want_visual,
+                    lambda: shared_backend(settings.faces_backend), timings,
+                    max_faces=max_faces)
+    return feats, timings
 
 
-def _drain(frames: queue.Queue) -> Iterator[np.ndarray]:
-    while True:
-        kind, item = frames.get()
-        if kind == "end":
-            return
-        if kind == "error":
-            raise item
-        yield item
+def started() -> bool:
+    """Whether some file was begun (its audio is then analysed in that process)."""
+    return bool(_STARTED)
+
+
+def started_visual() -> bool:
+    """Whether some file's faces are being tracked by ``begin``'s process (so this process
+    need not load the face models ahead of time)."""
+    return any(key[3] for key, _ in _STARTED.values())
+
+
+def claim(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
+          want_visual: bool, max_faces: int) -> tuple[Features, dict] | None:
+    """The features (and the stage timings of their extraction) begun for this file with
+    these settings, taken once; None if none were. An error of the extraction is raised."""
+    path = Path(info.path).resolve()
+    started = _STARTED.get(path)
+    if started is None or started[0] != (info.n_frames, settings, want_audio, want_visual,
+                                         max_faces):
+        return None
+    del _STARTED[path]
+    feats, timings = started[1].result()
+    feats.info = info
+    return feats, timings

@@ -11,7 +11,6 @@ import re
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,15 +22,13 @@ import torch
 from . import audio as audio_stage
 from . import demux, early, faces, postprocess, predict, speakers, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
-from .early import step_count
+from .features import (STAGES, FeatureSettings, Features, _fit_length, extract,  # noqa: F401
+                       nearest_index, step_count)
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
 
 
 class OrientationWarning(UserWarning):
     """No face was found as the video is displayed, but one appears when it is turned."""
-
-
-STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "overlay")
 
 
 @dataclass
@@ -102,24 +99,6 @@ def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return out
 
 
-def nearest_index(ok: np.ndarray) -> np.ndarray:
-    """For every position, the index of the nearest position where ``ok`` is True (ties go
-    to the earlier one); all zeros when none is."""
-    idx = np.flatnonzero(ok)
-    if len(idx) == 0:
-        return np.zeros(len(ok), np.int64)
-    steps = np.arange(len(ok))
-    pos = np.searchsorted(idx, steps)
-    left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
-    right = idx[np.clip(pos, 0, len(idx) - 1)]
-    return np.where(np.abs(steps - left) <= np.abs(right - steps), left, right)
-
-
-def _hold_nearest(crops: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Crops where no face was found replaced by the nearest step's face (model input only)."""
-    return crops if ok.all() else crops[nearest_index(ok)]
-
-
 class Annotator:
     """Annotates media files with a loaded checkpoint.
 
@@ -142,7 +121,7 @@ class Annotator:
         # dlib runs on the CPU whatever --device says: one dlib backend serves every device
         self._backend_device = "cpu" if faces_backend == "dlib" else str(self.device)
         # openSMILE's import (~0.8 s) goes on in the background while the model loads
-        if not early.started_audio():  # (a file begun early has its audio in a process)
+        if not early.started():  # (a file begun early has its audio in that process)
             threading.Thread(target=audio_stage.prepare, daemon=True).start()
         self.checkpoint = weights if isinstance(weights, Checkpoint) else \
             load_checkpoint(resolve_weights(None if weights is None else str(weights)),
@@ -191,9 +170,15 @@ class Annotator:
         if info.has_video and not use_audio and not use_visual:
             raise ModalityError(f"{info.path}: no audio track, and {name} has no visual branch "
                                 f"(an audio-only model)")
-        feats = extract(info, self.settings, use_audio, use_visual,
-                        lambda: self.backend, timings, say,
-                        max_faces=self.max_faces, describer=self.describer)
+        begun = early.claim(info, self.settings, use_audio, use_visual, self.max_faces)
+        if begun is not None:  # extracted while the model loaded (avemo annotate, one file)
+            feats, child_timings = begun
+            for k, v in child_timings.items():
+                timings[k] += v
+        else:
+            feats = extract(info, self.settings, use_audio, use_visual,
+                            lambda: self.backend, timings, say,
+                            max_faces=self.max_faces, describer=self.describer)
         notices = []
         if use_visual and not feats.face.any():
             turned = self.turned_face(info)
@@ -312,141 +297,6 @@ def to_table(ckpt: Checkpoint, feats: "Features", values: np.ndarray, source: st
                                writer.clip_share(face if face.any() else voice, cfg.clip_steps),
                                feats.source_boxes() if face.any() else None)
     return values, face, table
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """Everything that decides what the audio and face stages produce for a file."""
-
-    rate: float = 4.0
-    audio_window: float = 6.0
-    crop_size: int = 64
-    channels: int = 1
-    max_side: int = 480
-    faces_backend: str = "dlib"
-    detect_every: int = 8
-
-    @classmethod
-    def for_model(cls, cfg, faces_backend: str = "dlib", max_side: int = 480,
-                  detect_every: int = 8) -> "FeatureSettings":
-        return cls(cfg.rate, cfg.audio_window, cfg.input_size, cfg.channels, max_side,
-                   faces_backend, detect_every)
-
-
-@dataclass
-class Features:
-    """Per-step inputs of one file, as the model stage consumes them."""
-
-    info: demux.MediaInfo
-    n_steps: int
-    frame_times: np.ndarray | None  # video frame times; None for audio-only files
-    audio: audio_stage.AudioFeatures | None = None
-    track: faces.FaceTrack | None = None
-    _crops: np.ndarray | None = field(default=None, repr=False)
-    others: list[faces.FaceTrack] = field(default_factory=list)  # faces 1.. (--max-faces)
-
-    @property
-    def tracks(self) -> list[faces.FaceTrack]:
-        """Every tracked face, face 0 first."""
-        return ([self.track] if self.track is not None else []) + self.others
-
-    def for_face(self, i: int) -> "Features":
-        """These features with face ``i`` as the one the model sees."""
-        return Features(self.info, self.n_steps, self.frame_times, self.audio, self.tracks[i])
-
-    def source_boxes(self) -> np.ndarray | None:
-        """(K, 4) face boxes in the source's (display) pixels; NaN where no face."""
-        t = self.track
-        if t is None or not t.frame_size[0]:
-            return None
-        sx = self.info.width / t.frame_size[0] if self.info.width else 1.0
-        sy = self.info.height / t.frame_size[1] if self.info.height else 1.0
-        return _fit_length(t.boxes, self.n_steps, np.nan) * np.array([sx, sy, sx, sy])
-
-    @property
-    def face(self) -> np.ndarray:
-        if self.track is None:
-            return np.zeros(self.n_steps, bool)
-        return _fit_length(self.track.found, self.n_steps, False)
-
-    @property
-    def voice(self) -> np.ndarray:
-        return self.audio.valid if self.audio is not None else np.zeros(self.n_steps, bool)
-
-    def model_crops(self) -> np.ndarray:
-        """(K, S, S[, 3]) crops, steps without a face holding the nearest face (model input);
-        computed once (training reads it for every clip)."""
-        if self._crops is None:
-            if self.track is None:
-                raise ValueError(f"{self.info.path}: no face crops (video not analysed)")
-            self._crops = _hold_nearest(_fit_length(self.track.crops, self.n_steps), self.face)
-        return self._crops
-
-
-def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
-            want_visual: bool, backend: Callable[[], faces.FaceBackend],
-            timings: dict | None = None, say: Callable[[str], None] | None = None,
-            concurrent: bool = True, max_faces: int = 1,
-            describer: Callable[[], faces.Describer] | None = None) -> Features:
-    """Run the demux, face and audio stages for one probed file. The audio path (its own ffmpeg,
-    openSMILE) runs in a thread beside the video path (ffmpeg, face tracking): openSMILE works
-    in C with the interpreter released, so the two share the cores. ``concurrent=False`` runs
-    them one after the other (same results)."""
-    timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
-    say = say or (lambda stage: None)
-    n_steps = step_count(info, settings.rate)
-    feats = Features(info, n_steps, info.frame_times() if info.has_video else None)
-    gray = settings.channels == 1
-    # what avemo annotate started before the model loaded (early.begin), if anything
-    early_audio, early_frames = early.claim(info, settings.rate, settings.audio_window,
-                                            settings.max_side, gray)
-    audio_job: Future | None = None
-    stop = threading.Event()
-    audio_timings = dict.fromkeys(STAGES, 0.0)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="avemo-audio")
-    try:
-        if want_audio and info.has_audio:
-            say("audio")
-            audio_job = early_audio or pool.submit(
-                early.audio_features, info, settings.rate, settings.audio_window, n_steps,
-                audio_timings, stop)
-            if not concurrent:
-                feats.audio = audio_job.result()
-        if want_visual and info.has_video:
-            say("faces")
-            t1, decode_before = time.perf_counter(), timings["demux"]
-            frames = early.Timed(early_frames or demux.iter_frames(
-                info, settings.rate, settings.max_side, gray=gray), timings, "demux")
-            if max_faces > 1:
-                tracks = faces.track_people(frames, backend(), settings.crop_size, max_faces,
-                                            (describer or faces.Describer)(),
-                                            settings.detect_every)
-                feats.track = tracks[0] if tracks else faces.FaceTrack.empty(settings.crop_size)
-                feats.others = tracks[1:]
-            else:
-                feats.track = faces.track_faces(frames, backend(), settings.crop_size,
-                                                settings.detect_every, expected=n_steps)
-            timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
-        if audio_job is not None:
-            feats.audio = audio_job.result()
-    finally:
-        stop.set()  # the audio thread ends at its next block if the video path failed
-        pool.shutdown(wait=True)
-        for k, v in audio_timings.items():
-            timings[k] += v
-    return feats
-
-
-def _fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:
-    """``a`` cut or extended to ``n`` rows (extension repeats the last row, or ``fill``)."""
-    if len(a) >= n:
-        return a[:n]
-    if len(a) == 0:
-        return np.full((n,) + a.shape[1:], fill if fill is not None else 0, a.dtype)
-    pad = np.repeat(a[-1:], n - len(a), axis=0)
-    if fill is not None:
-        pad[:] = fill
-    return np.concatenate([a, pad])
 
 
 def annotate(path: str | Path, weights: str | Path | Checkpoint | None = None,

@@ -15,8 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas (~0.25 s to import) is imported by the functions that make tables
+    import pandas as pd
 
 COLUMNS = ["frame", "time", "face_id", "valence", "arousal", "face", "voice", "speaking",
            "confidence", "box_x", "box_y", "box_w", "box_h"]
@@ -68,6 +72,8 @@ def frame_table(step_values: np.ndarray, targets: list[str], rate: float,
     xywh = np.stack([box[:, 0], box[:, 1], box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], 1)
     for j, name in enumerate(BOX_COLUMNS):
         table[name] = np.round(xywh[nearest, j], 1)
+    import pandas as pd
+
     return pd.DataFrame(table, columns=COLUMNS)
 
 
@@ -136,6 +142,8 @@ def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read an avemo CSV back (for eval and scripts)."""
+    import pandas as pd
+
     return pd.read_csv(path)
 
 

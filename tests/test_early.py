@@ -9,15 +9,15 @@ from avemo_cli.testing.tiny_checkpoint import tiny_config
 from conftest import make_synthetic_video, shared_file
 
 
-def test_begun_early_gives_the_features_of_the_normal_path(tiny_ckpt, tmp_path):
+def test_begun_early_gives_the_features_of_the_normal_path(tiny_ckpt):
     video = shared_file("videos", "WDA_KatieHill_000.mp4")
     assert early.model_settings(tiny_ckpt)["modality"] == "av"
     settings = FeatureSettings.for_model(tiny_config("av"))
     info = demux.probe(video)
-    assert early.begin(video, tiny_ckpt) and early.started_audio()
-    begun = extract(info, settings, True, True, lambda: shared_backend("dlib"))
-    assert early.claim(info, settings.rate, settings.audio_window, settings.max_side,
-                       True) == (None, None)  # taken once
+    assert early.begin(video, tiny_ckpt) and early.started() and early.started_visual()
+    begun, timings = early.claim(info, settings, True, True, 1)
+    assert timings["faces"] > 0 and timings["audio"] > 0  # measured in the other process
+    assert early.claim(info, settings, True, True, 1) is None  # taken once
     normal = extract(info, settings, True, True, lambda: shared_backend("dlib"))
     assert np.array_equal(begun.audio.values, normal.audio.values)
     assert np.array_equal(begun.audio.loudness, normal.audio.loudness)
@@ -29,7 +29,9 @@ def test_nothing_is_claimed_for_other_settings_or_unreadable_files(tiny_ckpt, tm
     video = make_synthetic_video(tmp_path / "tone.mp4", seconds=2.0)
     info = demux.probe(video)
     assert early.begin(video, tiny_ckpt)
-    assert early.claim(info, 4.0, 6.0, 240, True) == (None, None)  # another analysis size
+    other = FeatureSettings(max_side=240)
+    assert early.claim(info, other, True, True, 1) is None  # another analysis size
+    assert early.claim(info, FeatureSettings(), True, True, 2) is None  # another face count
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
     assert not early.begin(bad, tiny_ckpt)
