@@ -71,11 +71,16 @@ def _begin_early(source: Path, output_dir: Path, weights: str | None, fmt: str,
         return  # the model's own loading reports it
 
 
+_CONSOLE = False  # set by run(): the command runs as the avemo script / python -m avemo_cli
+
+
 def run() -> None:
     """The console entry point (``avemo``, ``python -m avemo_cli``): ``main``, then an
     immediate exit once stdout and stderr are flushed. Every output is complete by then
     (written atomically, manifests closed, worker pools shut down); what is skipped is the
     interpreter's teardown of torch and the other libraries, ~0.3-0.7 s per command."""
+    global _CONSOLE
+    _CONSOLE = True
     code: int = 0
     try:
         main(prog_name="avemo")
@@ -162,12 +167,17 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     part = parse_shard(shard) if shard else shard_from_env()
     # before torch is imported (a second or more on one core): a single input's audio and
     # frames start to be analysed, and dlib's models load, on the other core
-    if len(inputs) == 1 and n_jobs == 1 and part is None:
+    # (only under the console entry: a spawned process re-imports the main module, which must
+    # be one that does not run the command again, as avemo's own entry points do not)
+    if _CONSOLE and len(inputs) == 1 and n_jobs == 1 and part is None:
         _begin_early(Path(inputs[0]), Path(output_dir), weights, table_formats[0], overwrite,
                      dict(faces_backend=faces_backend, detect_every=detect_every,
                           max_faces=max_faces))
     from . import early
 
+    # a process begun for the input ends with this command, whatever ends it (also when it is
+    # run in-process, e.g. by click's test runner, where run()'s own stop does not apply)
+    click.get_current_context().call_on_close(early.stop)
     if faces_backend == "dlib" and not early.started_visual():
         faces.preload("dlib")
     from rich.console import Console

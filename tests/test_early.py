@@ -36,3 +36,18 @@ def test_nothing_is_claimed_for_other_settings_or_unreadable_files(tiny_ckpt, tm
     bad.write_bytes(b"not a video")
     assert not early.begin(bad, tiny_ckpt)
     assert not early.begin(video, tmp_path / "missing.safetensors")
+
+
+def test_in_process_commands_do_not_begin_early(tiny_ckpt, tmp_path):
+    """Only the console entry begins early (a spawned process re-imports the main module: a
+    user's script calling the CLI in-process could run again); click's runner is such a caller.
+    (The console entry's own case, an error after beginning, is in test_cli.)"""
+    from click.testing import CliRunner
+
+    from avemo_cli.cli import main
+
+    video = make_synthetic_video(tmp_path / "tone.mp4", seconds=2.0)
+    r = CliRunner().invoke(main, ["annotate", str(video), "--weights", str(tiny_ckpt), "-q",
+                                  "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.stderr
+    assert early._POOLS == [] and early._STARTED == {}
