@@ -1,8 +1,9 @@
 """avemo: per-frame emotional valence/arousal for talking-face videos.
 
-Read the pipeline in stage order: demux.py, audio.py, faces.py (+ align.py), speakers.py, model.py,
-checkpoint.py, predict.py, postprocess.py, writer.py; pipeline.py joins them and batch.py runs
-many files. Typical use::
+Read the pipeline in stage order: demux.py, audio.py, faces.py (+ align.py), speakers.py,
+features.py (one file's features), model.py, checkpoint.py, predict.py, postprocess.py,
+writer.py; pipeline.py joins them, early.py starts a single input before the model loads, and
+batch.py runs many files. Typical use::
 
     import avemo_cli
     result = avemo_cli.annotate("talk.mp4", weights="model.safetensors")
