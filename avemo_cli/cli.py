@@ -56,10 +56,11 @@ def _begin_early(source: Path, output_dir: Path, weights: str | None, fmt: str,
     """``early.begin`` for a single input file that will be annotated (not one whose output
     is already there, which is skipped)."""
     from .demux import MEDIA_EXTS
+    from .writer import SUFFIX, output_path
 
     if not source.is_file() or source.suffix.lower() not in MEDIA_EXTS:
         return
-    if not overwrite and (output_dir / f"{source.stem}.avemo.{fmt}").exists():
+    if not overwrite and output_path(output_dir / (source.stem + SUFFIX), fmt).exists():
         return
     from .checkpoint import resolve_weights
     from .early import begin
@@ -165,8 +166,8 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
         raise click.BadParameter(str(exc), param_hint="'--format'") from None
     n_jobs = _jobs(jobs)
     part = parse_shard(shard) if shard else shard_from_env()
-    # before torch is imported (a second or more on one core): a single input's audio and
-    # frames start to be analysed, and dlib's models load, on the other core
+    # before torch is imported (a second or more on one core): a single input's features
+    # start to be extracted in another process, or else dlib's models load in a thread
     # (only under the console entry: a spawned process re-imports the main module, which must
     # be one that does not run the command again, as avemo's own entry points do not)
     if _CONSOLE and len(inputs) == 1 and n_jobs == 1 and part is None:
@@ -283,8 +284,6 @@ class _Progress:
 
 def _jobs(text: str) -> int:
     """--jobs: a count, or auto (one per core)."""
-    import os
-
     if text == "auto":
         return os.cpu_count() or 1
     if not text.isdigit() or int(text) < 1:

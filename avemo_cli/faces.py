@@ -443,7 +443,7 @@ def _detect_people(frame: np.ndarray, k: int, people: list[_Person], backend: Fa
                 continue
             p.add_descriptor(d)
         free.remove(best)
-        _place(p, frame, k, candidates[best], backend, crop_size, lm)
+        _place(p, frame, k, candidates[best], lm, crop_size)
     busy = {p.pid for p in people if p.box is not None}
     for i in free:
         if len(busy) >= max_faces:
@@ -456,13 +456,12 @@ def _detect_people(frame: np.ndarray, k: int, people: list[_Person], backend: Fa
         if not known:
             people.append(person)
         person.add_descriptor(d)
-        _place(person, frame, k, box, backend, crop_size, lm)
+        _place(person, frame, k, box, lm, crop_size)
         busy.add(person.pid)
 
 
-def _place(p: _Person, frame: np.ndarray, k: int, box: Box, backend: FaceBackend,
-           crop_size: int, lm: np.ndarray | None = None) -> None:
-    lm = backend.landmarks(frame, box) if lm is None else lm
+def _place(p: _Person, frame: np.ndarray, k: int, box: Box, lm: np.ndarray,
+           crop_size: int) -> None:
     p.box, p.rel = box, _relation(box, lm)
     p.rows[k] = (lm, box, *align_face(frame, lm, crop_size))
 

@@ -78,7 +78,6 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
     return values
 
 
-
 def nearest_index(ok: np.ndarray) -> np.ndarray:
     """For every position, the index of the nearest position where ``ok`` is True (ties go
     to the earlier one); all zeros when none is."""
@@ -144,13 +143,13 @@ class Features:
             return None
         sx = self.info.width / t.frame_size[0] if self.info.width else 1.0
         sy = self.info.height / t.frame_size[1] if self.info.height else 1.0
-        return _fit_length(t.boxes, self.n_steps, np.nan) * np.array([sx, sy, sx, sy])
+        return fit_length(t.boxes, self.n_steps, np.nan) * np.array([sx, sy, sx, sy])
 
     @property
     def face(self) -> np.ndarray:
         if self.track is None:
             return np.zeros(self.n_steps, bool)
-        return _fit_length(self.track.found, self.n_steps, False)
+        return fit_length(self.track.found, self.n_steps, False)
 
     @property
     def voice(self) -> np.ndarray:
@@ -162,7 +161,7 @@ class Features:
         if self._crops is None:
             if self.track is None:
                 raise ValueError(f"{self.info.path}: no face crops (video not analysed)")
-            self._crops = _hold_nearest(_fit_length(self.track.crops, self.n_steps), self.face)
+            self._crops = _hold_nearest(fit_length(self.track.crops, self.n_steps), self.face)
         return self._crops
 
 
@@ -216,7 +215,7 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
     return feats
 
 
-def _fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:
+def fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:
     """``a`` cut or extended to ``n`` rows (extension repeats the last row, or ``fill``)."""
     if len(a) >= n:
         return a[:n]

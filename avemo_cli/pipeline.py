@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,8 @@ import torch
 from . import audio as audio_stage
 from . import demux, early, faces, postprocess, predict, speakers, writer
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
-from .features import (STAGES, FeatureSettings, Features, _fit_length, extract,  # noqa: F401
-                       nearest_index, step_count)
+from .features import (STAGES, FeatureSettings, Features, extract,
+                       nearest_index)
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
 
 
@@ -197,7 +197,7 @@ class Annotator:
         loudness = feats.audio.loudness if feats.audio is not None else None
         talk = speakers.speaking(tracks, loudness, feats.voice)
         results = []
-        for i, track in enumerate(tracks or [feats.track]):
+        for i in range(max(1, len(tracks))):
             one = feats.for_face(i) if tracks else feats
             speaking = talk[i] if tracks else feats.voice
             steps, values, source = predict_features(
@@ -210,12 +210,10 @@ class Annotator:
         t1 = time.perf_counter()
         people, tables = [], []
         for i, (one, steps, values, source, speaking) in enumerate(results):
-            values, face, table = to_table(ckpt, one, values, source, face_id=i,
-                                           speaking=speaking)
-            people.append(Person(i, one.track, steps, values, face, speaking & feats.voice,
-                                 writer.clip_share(face if face.any() else feats.voice,
-                                                   cfg.clip_steps)))
-            tables.append(table)
+            made = to_table(ckpt, one, values, source, face_id=i, speaking=speaking)
+            people.append(Person(i, one.track, steps, made.values, made.face, made.speaking,
+                                 made.confidence))
+            tables.append(made.table)
         table = tables[0] if len(tables) == 1 else pd.concat(tables).sort_values(
             ["frame", "face_id"], kind="stable").reset_index(drop=True)
         timings["postprocess"] += time.perf_counter() - t1
@@ -278,25 +276,33 @@ def predict_features(model, feats: "Features", stride: int = 1, batch_size: int 
     return steps, values, source
 
 
+class TableParts(NamedTuple):
+    """What ``to_table`` makes of one face's step predictions."""
+
+    values: np.ndarray  # (K, targets) post-processed step values
+    face: np.ndarray  # (K,) face flags (all 0 when the face was not used)
+    table: pd.DataFrame  # the per-frame rows of this face
+    speaking: np.ndarray  # (K,) the voice is this face's
+    confidence: np.ndarray  # (K,) share of each step's clip with this face (or the voice)
+
+
 def to_table(ckpt: Checkpoint, feats: "Features", values: np.ndarray, source: str,
              use_postprocess: bool = True, face_id: int = 0,
-             speaking: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+             speaking: np.ndarray | None = None) -> TableParts:
     """Step predictions (from ``predict_features``) to what a file's CSV holds: the
-    checkpoint's post-processing, the ``face`` flags (all 0 when the face was not used) and the
-    per-frame table of face ``face_id``. Returns the post-processed step values, the face flags
-    and the table."""
+    checkpoint's post-processing, the ``face`` flags, ``speaking`` (given, or the voice where
+    the face is) and the confidence, and the per-frame table of face ``face_id``."""
     cfg = ckpt.config
     if use_postprocess:
         values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
     face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
     voice = feats.voice
     speaking = (voice & face if face.any() else voice) if speaking is None else speaking & voice
+    confidence = writer.clip_share(face if face.any() else voice, cfg.clip_steps)
     table = writer.frame_table(values, cfg.targets, cfg.rate, face, voice, feats.frame_times,
-                               face_id, speaking,
-                               writer.clip_share(face if face.any() else voice, cfg.clip_steps),
+                               face_id, speaking, confidence,
                                feats.source_boxes() if face.any() else None)
-    return values, face, table
+    return TableParts(values, face, table, speaking, confidence)
 
 
 def annotate(path: str | Path, weights: str | Path | Checkpoint | None = None,

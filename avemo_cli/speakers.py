@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .faces import FaceTrack
+from .features import fit_length
 
 WINDOW = 16  # steps (4 s at 4 steps/s: the model's clip)
 UPPER, LOWER = [61, 62, 63], [67, 66, 65]  # inner-lip points, paired top/bottom (0-based)
@@ -43,15 +44,15 @@ def speaking(tracks: list[FaceTrack], loudness: np.ndarray | None, voice: np.nda
     out = np.zeros((len(tracks), n), bool)
     if not tracks:
         return out
-    found = np.stack([_fit(t.found, n, False) for t in tracks])
+    found = np.stack([fit_length(t.found, n, False) for t in tracks])
     if len(tracks) == 1:
         out[0] = voice & found[0]
         return out
     movement = []
     for t in tracks:
-        o = _fit(mouth_opening(t), n, np.nan)
+        o = fit_length(mouth_opening(t), n, np.nan)
         movement.append(np.abs(np.diff(o, prepend=np.nan)))
-    loud = _fit(loudness, n, np.nan) if loudness is not None else np.full(n, np.nan)
+    loud = fit_length(loudness, n, np.nan) if loudness is not None else np.full(n, np.nan)
     for k in np.flatnonzero(voice & found.any(0)).tolist():
         lk = _windowed(loud, k)
         faces_here = np.flatnonzero(found[:, k])
@@ -69,9 +70,3 @@ def speaking(tracks: list[FaceTrack], loudness: np.ndarray | None, voice: np.nda
         pick = int(np.argmax(scores)) if np.isfinite(max(scores)) else int(np.argmax(moving))
         out[faces_here[pick], k] = True
     return out
-
-
-def _fit(a: np.ndarray, n: int, fill) -> np.ndarray:
-    if len(a) >= n:
-        return a[:n]
-    return np.concatenate([a, np.full((n - len(a),) + a.shape[1:], fill, a.dtype)])

@@ -190,7 +190,9 @@ def _write_eaf(annotation, path: Path) -> None:
     out), linked to the media file so that the tiers open beside the video."""
     from pympi import Elan
 
-    eaf = Elan.Eaf(author=f"avemo {_metadata(annotation)['avemo']}")
+    from . import __version__
+
+    eaf = Elan.Eaf(author=f"avemo {__version__}")
     eaf.remove_tier("default")
     media = Path(annotation.path).resolve()
     mime = "audio/x-wav" if not annotation.info.has_video else "video/mp4"
