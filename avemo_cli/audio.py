@@ -12,14 +12,15 @@ the window (2 s EmoDB clips) are handled too.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import tempfile
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
@@ -57,17 +58,49 @@ def step_windows(steps: int | np.ndarray, rate: float, duration: float, window: 
     return np.stack([start, end], axis=1)
 
 
-@lru_cache(maxsize=1)
-def _smile_class():
-    import opensmile  # imported lazily: it is slow-ish to import and not needed for video-only
+class _SmileAPI(NamedTuple):
+    lib: ctypes.CDLL  # openSMILE's C API (SMILEapi.h), the library the opensmile wheel ships
+    config: Path  # the wheel's configuration files
+    sink_callback: type  # the C type of an external sink's extended data callback
 
-    return opensmile
+
+@lru_cache(maxsize=1)
+def _smile_api() -> _SmileAPI:
+    """openSMILE's C library, called through ctypes. The ``opensmile`` Python package is not
+    imported: its import (pandas, audformat, audinterface; ~0.45 s of CPU) would be most of the
+    audio stage's start-up, and all it adds is a table around what the library returns."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("opensmile")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("openSMILE is not installed (pip install opensmile)")
+    core = Path(next(iter(spec.submodule_search_locations))) / "core"
+    names = ("libSMILEapi.so", "libSMILEapi.dylib", "SMILEapi.dll")
+    found = sorted(p for p in (core / "bin").glob("*/*") if p.name in names)
+    if not found:
+        raise ImportError(f"openSMILE's library (SMILEapi) is missing under {core / 'bin'}")
+    lib = ctypes.CDLL(str(found[0]))
+    ptr, text, num = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    sink = ctypes.CFUNCTYPE(num, ctypes.POINTER(ctypes.c_float), ctypes.c_long, ctypes.c_long,
+                            ptr, ptr)  # (values, rows, columns, frame metadata, user data)
+    for name, args, result in (
+            ("smile_new", [], ptr),
+            ("smile_initialize", [ptr, text, num, ptr, num, num, num, ptr], num),
+            ("smile_extaudiosource_write_data", [ptr, text, ptr, num], num),
+            ("smile_extaudiosource_set_external_eoi", [ptr, text], num),
+            ("smile_extsink_set_data_callback_ex", [ptr, text, sink, ptr], num),
+            ("smile_run", [ptr], num),
+            ("smile_error_msg", [ptr], text),
+            ("smile_free", [ptr], None)):
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = result
+    return _SmileAPI(lib, core / "config", sink)
 
 
 def prepare() -> None:
-    """Import openSMILE ahead of the first file (a background thread may call this)."""
+    """Load openSMILE's library ahead of the first file (a background thread may call this)."""
     try:
-        _smile_class()
+        _smile_api()
     except Exception:  # not installed or broken: the first file says so
         pass
 
@@ -92,37 +125,73 @@ def _deferred_interrupt():
 
 
 class _Extractor:
-    """One configured openSMILE eGeMAPS extractor whose window list is rewritten per pass
-    (openSMILE reads its configuration afresh for every signal it processes)."""
+    """openSMILE's eGeMAPSv02 functionals (the wheel's own configuration) over a list of
+    windows, rewritten per pass: openSMILE reads its configuration afresh for every run."""
 
     def __init__(self):
-        opensmile = _smile_class()
+        self.api = _smile_api()
         self._tmp = tempfile.TemporaryDirectory()
         self.conf = os.path.join(self._tmp.name, "frame_mode.conf.inc")
-        with open(self.conf, "w") as f:
-            f.write("frameMode = list\nframeList = 0.000s-1.000s\n")
-        self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                                     feature_level=opensmile.FeatureLevel.Functionals,
-                                     options={"frameModeFunctionalsConf": self.conf})
+        shared = self.api.config / "shared"
+        self.options = {
+            "frameModeFunctionalsConf": self.conf,  # the windows: one per analysis step
+            "sink": shared / "standard_external_data_output_single.conf.inc",
+            "sinkLevel": "func",  # the functionals, not the low-level descriptors
+            "bufferModeRbConf": shared / "BufferModeRb.conf.inc",
+            "source": shared / "standard_external_wave_input.conf.inc",
+            "nBits": 16}
 
     def __call__(self, samples: np.ndarray, sample_rate: int, wins: np.ndarray) -> np.ndarray:
-        """(len(wins), 88) functionals of ``samples`` over windows ``wins`` (seconds into
-        ``samples``); NaN rows for windows openSMILE cannot describe."""
+        """(len(wins), 88) functionals of ``samples`` (floats in [-1, 1]) over windows
+        ``wins`` (seconds into ``samples``); NaN rows for windows openSMILE cannot describe."""
         with open(self.conf, "w") as f:
             f.write("frameMode = list\nframeList = "
                     + ",".join(f"{s:.3f}s-{e:.3f}s" for s, e in wins) + "\n")
-        with _deferred_interrupt(), warnings.catch_warnings():
-            # windows openSMILE cannot describe come back as NaN rows (marked invalid by the
-            # caller); its own warning about them is not for the user's terminal
-            warnings.filterwarnings("ignore", message="Segment too short")
-            table = self.smile.process_signal(samples, sample_rate)
-        values = np.asarray(table.to_numpy(), dtype=np.float32)
+        pcm = np.clip(samples * 32768.0, -32768, 32767).astype("<i2").tobytes()
+        with _deferred_interrupt():
+            rows = self._run(pcm, sample_rate)
+        values = np.concatenate(rows) if rows else np.full((1, N_FEATURES), np.nan, np.float32)
         if len(values) != len(wins):  # openSMILE drops windows past the end: hold the last
-            if len(values) == 0:
-                raise ValueError("openSMILE returned no functionals")
             values = np.concatenate([values[: len(wins)],
                                      np.repeat(values[-1:], max(0, len(wins) - len(values)), 0)])
         return values
+
+    def _run(self, pcm: bytes, sample_rate: int) -> list[np.ndarray]:
+        """One openSMILE run over 16-bit mono ``pcm``: the rows its sink received."""
+        lib = self.api.lib
+        rows: list[np.ndarray] = []
+
+        def receive(data, n_rows, n_cols, meta, user):
+            rows.append(np.ctypeslib.as_array(data, shape=(n_rows, n_cols)).copy())
+            return 1
+
+        options = {**self.options, "sampleRate": sample_rate}
+        flat = [str(v).encode() for pair in options.items() for v in pair]
+        argv = (ctypes.c_char_p * (len(flat) + 1))(*flat, None)
+        config = str(self.api.config / "egemaps" / "v02" / "eGeMAPSv02.conf").encode()
+        callback = self.api.sink_callback(receive)  # referenced until the run is over
+        smile = lib.smile_new()
+        if not smile:
+            raise RuntimeError("openSMILE could not start")
+
+        def check(code: int, what: str) -> None:
+            if code != 0:
+                message = (lib.smile_error_msg(smile) or b"").decode(errors="replace")
+                raise RuntimeError(f"openSMILE failed to {what} (code {code}): {message}")
+
+        try:
+            check(lib.smile_initialize(smile, config, len(options), argv, 2, 0, 0, None),
+                  "load the eGeMAPSv02 configuration")
+            check(lib.smile_extsink_set_data_callback_ex(smile, b"extsink", callback, None),
+                  "connect its output")
+            check(lib.smile_extaudiosource_write_data(smile, b"extsource", pcm, len(pcm)),
+                  "take the audio")
+            check(lib.smile_extaudiosource_set_external_eoi(smile, b"extsource"),
+                  "end the audio")
+            check(lib.smile_run(smile), "run")
+        finally:
+            lib.smile_free(smile)
+        return rows
 
     def close(self) -> None:
         self._tmp.cleanup()

@@ -27,9 +27,10 @@ from .faces import FaceTrack, shared_backend
 from .pipeline import Features, FeatureSettings, extract
 from .writer import atomic_path
 
-CACHE_VERSION = 4  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
+CACHE_VERSION = 5  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
 # could not describe (files of 1 s or less) are not valid; 4: frame times from the container,
-# display size after the sample aspect ratio
+# display size after the sample aspect ratio; 5: audio past full scale is clipped for openSMILE
+# (it wrapped around before)
 
 
 def save_npz(path: Path, arrays: dict) -> None:

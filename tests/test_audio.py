@@ -119,3 +119,36 @@ def test_streamed_passes_equal_one_pass_over_the_whole_audio():
     scale = whole.values.std(axis=0) + 1e-6
     assert (np.abs(whole.values - passes.values) / scale).max() < 1e-3
     assert (whole.valid == passes.valid).all() and whole.valid.all()
+
+
+def test_the_c_library_driver_matches_the_opensmile_package(tmp_path):
+    """``audio`` calls openSMILE's C library itself (not the slow-to-import Python package):
+    the functionals over a list of windows equal the package's for the same configuration."""
+    import opensmile
+
+    x = demux.read_audio(demux.probe(shared_file("emodb", "03a01Fa.wav")))
+    wins = audio.step_windows(np.arange(2, 8), 4.0, len(x) / 16000, 1.5)  # inside the file
+    conf = tmp_path / "frames.conf.inc"
+    conf.write_text("frameMode = list\nframeList = "
+                    + ",".join(f"{s:.3f}s-{e:.3f}s" for s, e in wins) + "\n")
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                            feature_level=opensmile.FeatureLevel.Functionals,
+                            options={"frameModeFunctionalsConf": str(conf)})
+    theirs = smile.process_signal(x, 16000).to_numpy()
+    extract = audio._Extractor()
+    try:
+        ours = extract(x, 16000, wins)
+    finally:
+        extract.close()
+    assert ours.shape == theirs.shape == (6, audio.N_FEATURES)
+    assert np.array_equal(ours, theirs.astype(np.float32))
+
+
+def test_audio_past_full_scale_is_clipped_not_wrapped():
+    """Decoded AAC overshoots [-1, 1]; openSMILE takes 16-bit samples, so such samples are
+    clipped (a wrap-around to the opposite sign would add clicks to the features)."""
+    x = 1.5 * demux.read_audio(demux.probe(shared_file("emodb", "03a01Fa.wav")))
+    assert np.abs(x).max() > 1.2
+    loud = audio.egemaps(x, 16000, n_steps=8, rate=4, window=6.0)
+    clipped = audio.egemaps(np.clip(x, -1, 1), 16000, n_steps=8, rate=4, window=6.0)
+    assert np.array_equal(loud.values, clipped.values)
