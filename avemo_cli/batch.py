@@ -169,7 +169,8 @@ def run_job(annotator: Annotator, job: Job, plot: bool = False, overlay: bool = 
     outputs = [*tables, *extras]
     record = _record(annotator, job, "ok", "", t0, [str(p) for p in outputs])
     record.media_seconds = result.info.duration
-    record.frames = int(result.table["frame"].max()) + 1 if len(result.table) else 0
+    frames = result.columns["frame"]
+    record.frames = int(frames.max()) + 1 if len(frames) else 0
     record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
     return Outcome("written", "\n".join(str(p) for p in outputs), record, result.timings)
 

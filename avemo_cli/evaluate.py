@@ -211,7 +211,7 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
             log(f"avemo: warning: {s.media}: could not be analysed; skipped")
             continue
         _, values, source = predict_features(ckpt.model, feats, 1, 32, dev)
-        table = to_table(ckpt, feats, values, source, use_postprocess).table
+        table = writer.as_frame(to_table(ckpt, feats, values, source, use_postprocess).columns)
         writer.write_csv(table, out_dir / (s.media.stem + writer.SUFFIX))
         if s.label_path is not None:
             gold[s.media.stem] = read_labels(s.label_path)

@@ -12,11 +12,11 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import audio as audio_stage
@@ -25,6 +25,9 @@ from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
 from .features import (STAGES, FeatureSettings, Features, extract,
                        nearest_index)
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
+
+if TYPE_CHECKING:  # pandas is imported only when a DataFrame is asked for
+    import pandas as pd
 
 
 class OrientationWarning(UserWarning):
@@ -46,12 +49,13 @@ class Person:
 
 @dataclass
 class Annotation:
-    """Everything one input produced; ``table`` is what the CSV holds (one row per frame per
-    face). The fields ``steps`` to ``track`` are face 0's, as are ``people[0]``'s."""
+    """Everything one input produced; ``columns`` (and ``table``, the same as a pandas
+    DataFrame) is what the CSV holds: one row per frame per face. The fields ``steps`` to
+    ``track`` are face 0's, as are ``people[0]``'s."""
 
     path: Path
     info: demux.MediaInfo
-    table: pd.DataFrame
+    columns: writer.Columns
     source: str  # what the prediction used: "av", "audio" or "video"
     steps: predict.StepPredictions  # raw per-step model output and attention
     step_values: np.ndarray  # (K, targets) after face-gap interpolation and post-processing
@@ -65,6 +69,11 @@ class Annotation:
     notices: list[str] = field(default_factory=list)  # what the user should know (also warned)
     people: list[Person] = field(default_factory=list)  # every face kept (--max-faces)
     model: str = ""  # the checkpoint's name
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """The rows as a pandas DataFrame (made, and pandas imported, on first use)."""
+        return writer.as_frame(self.columns)
 
 
 DEVICES = "auto|cpu|cuda[:N]"
@@ -213,9 +222,8 @@ class Annotator:
             made = to_table(ckpt, one, values, source, face_id=i, speaking=speaking)
             people.append(Person(i, one.track, steps, made.values, made.face, made.speaking,
                                  made.confidence))
-            tables.append(made.table)
-        table = tables[0] if len(tables) == 1 else pd.concat(tables).sort_values(
-            ["frame", "face_id"], kind="stable").reset_index(drop=True)
+            tables.append(made.columns)
+        table = writer.merge_faces(tables)
         timings["postprocess"] += time.perf_counter() - t1
         first, (_, steps, _, source, _) = people[0], results[0]
         return Annotation(info.path, info, table, source, steps, first.step_values,
@@ -281,7 +289,7 @@ class TableParts(NamedTuple):
 
     values: np.ndarray  # (K, targets) post-processed step values
     face: np.ndarray  # (K,) face flags (all 0 when the face was not used)
-    table: pd.DataFrame  # the per-frame rows of this face
+    columns: writer.Columns  # the per-frame rows of this face
     speaking: np.ndarray  # (K,) the voice is this face's
     confidence: np.ndarray  # (K,) share of each step's clip with this face (or the voice)
 
@@ -299,10 +307,10 @@ def to_table(ckpt: Checkpoint, feats: "Features", values: np.ndarray, source: st
     voice = feats.voice
     speaking = (voice & face if face.any() else voice) if speaking is None else speaking & voice
     confidence = writer.clip_share(face if face.any() else voice, cfg.clip_steps)
-    table = writer.frame_table(values, cfg.targets, cfg.rate, face, voice, feats.frame_times,
-                               face_id, speaking, confidence,
-                               feats.source_boxes() if face.any() else None)
-    return TableParts(values, face, table, speaking, confidence)
+    columns = writer.frame_columns(values, cfg.targets, cfg.rate, face, voice,
+                                   feats.frame_times, face_id, speaking, confidence,
+                                   feats.source_boxes() if face.any() else None)
+    return TableParts(values, face, columns, speaking, confidence)
 
 
 def annotate(path: str | Path, weights: str | Path | Checkpoint | None = None,

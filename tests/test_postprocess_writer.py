@@ -4,7 +4,12 @@ import pytest
 
 from avemo_cli.pipeline import fill_gaps
 from avemo_cli.postprocess import apply_chain, apply_postprocess, median_filter, shift_forward
-from avemo_cli.writer import COLUMNS, frame_table, read_csv, write_csv
+from avemo_cli.writer import (COLUMNS, as_frame, frame_columns, merge_faces, read_csv,
+                              write_csv)
+
+
+def frame_table(*args, **kwargs) -> pd.DataFrame:
+    return as_frame(frame_columns(*args, **kwargs))
 
 
 def test_median_filter_removes_spikes_and_keeps_steps():
@@ -55,6 +60,33 @@ def test_write_is_atomic_and_formatted(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["a.avemo.csv"]
     back = read_csv(out)
     assert isinstance(back, pd.DataFrame) and back.valence.tolist() == [0.0, 0.0]
+
+
+def test_csv_is_what_pandas_wrote(tmp_path):
+    """The CSV is written without pandas (not imported by annotate): byte for byte what the
+    pandas writer made of the same two-face table (NaN boxes and targets, rounded numbers)."""
+    rng = np.random.default_rng(0)
+    k, times = 40, np.arange(250) / 25.0
+    parts = []
+    for face_id in (0, 1):
+        face = rng.random(k) > 0.3
+        boxes = rng.uniform(0, 640, (k, 4))
+        boxes[:, 2:] += boxes[:, :2]
+        boxes[~face] = np.nan
+        parts.append(frame_columns(rng.uniform(-1.2, 1.2, (k, 1)), ["valence"], 4.0, face,
+                                   rng.random(k) > 0.5, times, face_id, None,
+                                   rng.random(k), boxes))
+    columns = merge_faces(parts)
+    assert columns["frame"].tolist() == np.repeat(np.arange(250), 2).tolist()
+    assert columns["face_id"].tolist() == [0, 1] * 250
+    ours = write_csv(columns, tmp_path / "ours.csv").read_bytes()
+    reference = as_frame(columns)
+    reference["time"] = reference["time"].map("{:.3f}".format)
+    for name in ("valence", "arousal"):
+        reference[name] = reference[name].map(lambda v: "" if np.isnan(v) else f"{v:.4f}")
+    reference.to_csv(tmp_path / "pandas.csv", index=False)
+    assert ours == (tmp_path / "pandas.csv").read_bytes()
+    assert b",," in ours and b"\n0,0.000,0," in ours
 
 
 def test_fit_chain_keeps_only_steps_that_raise_devel_ccc():
