@@ -216,6 +216,12 @@ def worker_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
+def model_threads(extractors: int) -> int:
+    """Torch threads for the model beside ``extractors`` extraction processes: the cores they
+    leave (at least one)."""
+    return max(1, (os.cpu_count() or 1) - extractors)
+
+
 def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                    output_dir: str | os.PathLike = ".", overwrite: bool = False,
                    on_start: Callable[[Job, int, int], None] | None = None,
@@ -224,14 +230,18 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                    plot: bool = False, overlay: bool = False, jobs: int = 1,
                    shard: Shard | None = None,
                    on_record: Callable[[Record], None] | None = None,
-                   formats: tuple[str, ...] = ("csv",)) -> BatchReport:
+                   formats: tuple[str, ...] = ("csv",),
+                   one_model: bool | None = None) -> BatchReport:
     """Annotate every input into ``output_dir``. ``on_done(job, status, detail)`` is called with
     status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason);
     ``on_record`` with each input's manifest record.
     ``formats`` are the table's formats (``writer.WRITERS``: csv, parquet, json, eaf);
     ``plot`` / ``overlay`` also write the valence plot and the attention overlay video.
-    ``jobs`` > 1 annotates that many files at once: here and in ``jobs - 1`` worker processes
-    (each with its own model; torch threads split between them). ``shard`` keeps only its
+    ``jobs`` > 1 annotates that many files at once: with ``one_model`` (the default on CUDA)
+    that many processes extract features for this process's model (``_run_feeding``), else
+    this process and ``jobs - 1`` workers each run the whole pipeline with a model of their
+    own, torch threads split between them (``_run_workers``: on a CPU the model's share of the
+    work then grows with the cores too). ``shard`` keeps only its
     share of the inputs. A manifest of the run is written in ``output_dir`` (``shards.Manifest``).
     Raises ``OutputError`` before any work if ``output_dir`` cannot be written."""
     check_output_dir(output_dir)
@@ -274,20 +284,100 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
                                             [str(p) for p in wanted])))
             else:
                 todo.append(job)
-        if jobs <= 1 or len(todo) <= 1:
+        if one_model is None:
+            one_model = annotator.device.type == "cuda"
+        if jobs > 1 and todo and one_model:
+            _run_feeding(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish,
+                         formats)
+        elif jobs <= 1 or len(todo) <= 1:
             for i, job in enumerate(todo):
                 if on_start:
                     on_start(job, i, len(todo))
                 finish(job, run_job(annotator, job, plot, overlay, on_stage, formats))
         else:
-            _run_parallel(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish,
-                          formats)
+            _run_workers(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish,
+                         formats)
     finally:
         manifest.close()
     return report
 
 
-def _run_parallel(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
+def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
+                  on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
+    """``todo`` with ``jobs`` extraction processes (``early.Extractors``: decoding, openSMILE,
+    face tracking; no torch, no model) feeding this process's one model, which predicts and
+    writes each file as its features arrive (on a GPU: N CPU processes feed one model). A
+    file's extraction is begun ``jobs + 1`` files ahead, so every process has the next file
+    waiting. A process that dies (killed, out of memory) takes the files it held with it: the
+    processes are restarted and each of those files is tried once more before it is reported
+    as failed."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    import torch
+
+    from .demux import probe
+    from .early import Extractors
+
+    cfg = annotator.cfg
+    queue = list(enumerate(todo))
+    begun: dict[Future, tuple[int, Job, Extractors]] = {}
+    retried: set[int] = set()
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(model_threads(jobs))
+    extractors = Extractors(jobs)
+
+    def begin(info) -> Future:
+        return extractors.begin(info, annotator.settings, cfg.has_audio, cfg.has_visual,
+                                annotator.max_faces, annotator.faces_device)
+
+    def process(i: int, job: Job) -> None:
+        if on_start:
+            on_start(job, i, len(todo))
+        finish(job, run_job(annotator, job, plot, overlay, formats=formats))
+
+    try:
+        while queue or begun:
+            while queue and len(begun) < jobs + 1:
+                i, job = queue.pop(0)
+                try:
+                    info = probe(job.source)
+                except Exception:  # unreadable: annotate says why (at once)
+                    process(i, job)
+                    continue
+                try:
+                    future = begin(info)
+                except BrokenProcessPool:  # a process died since the last file was begun
+                    extractors.stop()
+                    extractors = Extractors(jobs)
+                    future = begin(info)
+                begun[future] = (i, job, extractors)
+            if not begun:
+                continue
+            for future in wait(begun, return_when=FIRST_COMPLETED)[0]:
+                i, job, pool = begun.pop(future)
+                if isinstance(future.exception(), BrokenProcessPool):
+                    if pool is extractors:
+                        extractors.stop()
+                        extractors = Extractors(jobs)
+                    if i not in retried:
+                        retried.add(i)
+                        queue.insert(0, (i, job))
+                        continue
+                    reason = f"{job.source}: the extraction process died (killed, or out of " \
+                             f"memory)"
+                    if on_start:
+                        on_start(job, i, len(todo))
+                    finish(job, Outcome("failed", reason,
+                                        _record(annotator, job, "failed", reason)))
+                    continue
+                process(i, job)  # its features are claimed from the finished extraction
+    finally:
+        extractors.stop()
+        torch.set_num_threads(own_threads)
+
+
+def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
                   on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
     """``todo`` over ``jobs`` annotators: this process's own (already loaded) and ``jobs - 1``
     spawned worker processes (each loads the model once), all taking from one queue."""

@@ -136,8 +136,13 @@ def main():
               help="Also write <stem>.avemo.mp4: the input with face box, visual attention heat "
                    "map, audio attention and valence/arousal gauges.")
 @click.option("--jobs", "jobs", default="1", show_default=True, metavar="N|auto",
-              help="Files annotated at once, each by its own worker process (auto: one per "
-                   "core); torch threads are split between them.")
+              help="Files annotated at once (auto: one per core). On the CPU each by a worker "
+                   "process with its own model, torch threads split between them; on CUDA "
+                   "that many processes extract features for the one model on the GPU.")
+@click.option("--one-model/--model-per-job", "one_model", default=None,
+              help="With --jobs: one model fed by that many extraction processes (the default "
+                   "on CUDA; less memory), or a model in every worker (the default on the CPU, "
+                   "where the model's work then spreads over the cores too).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Annotate only shard I of N (0 <= I < N) of the inputs, chosen by a hash of "
                    "each input's path; default: from a SLURM, Kubernetes or AWS Batch job array.")
@@ -148,7 +153,8 @@ def main():
               metavar="csv,parquet,json,eaf|all",
               help="Table formats to write, a comma list: <stem>.avemo.<format> each.")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
-             overwrite, quiet, profile, plot, overlay, jobs, shard, max_faces, formats):
+             overwrite, quiet, profile, plot, overlay, jobs, one_model, shard, max_faces,
+             formats):
     """Annotate videos, audio files and folders of them (searched recursively).
 
     Writes one table per input (one row per frame per face: frame, time, face_id, valence,
@@ -170,7 +176,8 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     # start to be extracted in another process, or else dlib's models load in a thread
     # (only under the console entry: a spawned process re-imports the main module, which must
     # be one that does not run the command again, as avemo's own entry points do not)
-    if _CONSOLE and len(inputs) == 1 and n_jobs == 1 and part is None:
+    if _CONSOLE and len(inputs) == 1 and n_jobs == 1 and part is None \
+            and faces_backend == "dlib":  # (FAN would import torch in that process too)
         _begin_early(Path(inputs[0]), Path(output_dir), weights, table_formats[0], overwrite,
                      dict(faces_backend=faces_backend, detect_every=detect_every,
                           max_faces=max_faces))
@@ -179,8 +186,9 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     # a process begun for the input ends with this command, whatever ends it (also when it is
     # run in-process, e.g. by click's test runner, where run()'s own stop does not apply)
     click.get_current_context().call_on_close(early.stop)
-    if faces_backend == "dlib" and not early.started_visual():
-        faces.preload("dlib")
+    fed = n_jobs > 1 and (one_model or (one_model is None and device.startswith("cuda")))
+    if faces_backend == "dlib" and not early.started_visual() and not fed:
+        faces.preload("dlib")  # (a model fed by extraction processes tracks no faces itself)
     from rich.console import Console
 
     from .batch import annotate_files, check_output_dir
@@ -210,7 +218,8 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
             report = annotate_files(inputs, annotator, output_dir, overwrite,
                                     on_start=prog.start, on_stage=prog.stage, on_done=on_done,
                                     plot=plot, overlay=overlay, jobs=n_jobs, shard=part,
-                                    on_record=prog.record, formats=table_formats)
+                                    on_record=prog.record, formats=table_formats,
+                                    one_model=one_model)
         except KeyboardInterrupt:
             prog.print("avemo: interrupted; outputs already written are complete, "
                        "the one in progress was not written (re-run to resume)")

@@ -31,7 +31,51 @@ def model_settings(weights: Path) -> dict | None:
         return None
 
 
-_STARTED: dict[Path, tuple[tuple, Future]] = {}
+_STARTED: dict[Path, tuple[tuple, Future]] = {}  # features begun, by file
+_POOLS: list[Extractors] = []  # the processes running, until they are stopped
+
+
+class Extractors:
+    """Spawned processes that extract files' features (``features.extract``: decoding,
+    openSMILE, dlib's models and tracking; no torch, no model) for a process that holds the
+    model: ``begin`` a file, and the model's ``Annotator.annotate`` of it ``claim``s them."""
+
+    def __init__(self, processes: int = 1):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.processes = processes
+        self.pool = ProcessPoolExecutor(processes, mp.get_context("spawn"),
+                                        initializer=_quiet)
+        _POOLS.append(self)
+
+    def begin(self, info: demux.MediaInfo, settings: FeatureSettings, audio_branch: bool,
+              visual_branch: bool, max_faces: int = 1,
+              faces_device: str = "cpu") -> Future:
+        """Submit ``info``'s extraction for a model with these branches (what the model's own
+        ``annotate`` would extract); the face backend runs on ``faces_device``."""
+        want_audio = info.has_audio and audio_branch
+        want_visual = info.has_video and visual_branch
+        job = self.pool.submit(_extract, info, settings, want_audio, want_visual, max_faces,
+                               faces_device)
+        _STARTED[Path(info.path).resolve()] = ((info.n_frames, settings, want_audio,
+                                                want_visual, max_faces), job)
+        return job
+
+    def stop(self) -> None:
+        """End the processes now (work in them is dropped)."""
+        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self in _POOLS:
+            _POOLS.remove(self)
+
+
+def _quiet() -> None:
+    """An extraction process leaves Ctrl-C to the process that started it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def begin(path: str | Path, weights: Path, faces_backend: str = "dlib", max_side: int = 480,
@@ -50,42 +94,30 @@ def begin(path: str | Path, weights: Path, faces_backend: str = "dlib", max_side
                                int(cfg.get("input_size", 64)), int(cfg.get("channels", 1)),
                                max_side, faces_backend, detect_every)
     modality = cfg.get("modality", "av")
-    want_audio = info.has_audio and modality in ("av", "audio")
-    want_visual = info.has_video and modality in ("av", "video")
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(1, mp.get_context("spawn"))
-    _POOLS.append(pool)
-    job = pool.submit(_extract, info, settings, want_audio, want_visual, max_faces)
-    job.add_done_callback(lambda _: pool.shutdown(wait=False))
-    _STARTED[Path(path).resolve()] = ((info.n_frames, settings, want_audio, want_visual,
-                                       max_faces), job)
+    extractors = Extractors(1)
+    job = extractors.begin(info, settings, modality in ("av", "audio"),
+                           modality in ("av", "video"), max_faces)
+    job.add_done_callback(lambda _: extractors.pool.shutdown(wait=False))
     return True
-
-
-_POOLS: list = []
 
 
 def stop() -> None:
     """End every process ``begin`` started (the command is ending, perhaps on an error before
     the features were claimed): none outlives it holding its output streams."""
-    for pool in _POOLS:
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-    _POOLS.clear()
+    for extractors in list(_POOLS):
+        extractors.stop()
     _STARTED.clear()
 
 
 def _extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
-             want_visual: bool, max_faces: int) -> tuple[Features, dict]:
+             want_visual: bool, max_faces: int,
+             faces_device: str) -> tuple[Features, dict]:
     from .faces import shared_backend
     from .features import STAGES
 
     timings = dict.fromkeys(STAGES, 0.0)
     feats = extract(info, settings, want_audio, want_visual,
-                    lambda: shared_backend(settings.faces_backend), timings,
+                    lambda: shared_backend(settings.faces_backend, faces_device), timings,
                     max_faces=max_faces)
     return feats, timings
 

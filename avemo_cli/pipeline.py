@@ -128,7 +128,7 @@ class Annotator:
         self._describer: faces.Describer | None = None
         self.device = resolve_device(device)
         # dlib runs on the CPU whatever --device says: one dlib backend serves every device
-        self._backend_device = "cpu" if faces_backend == "dlib" else str(self.device)
+        self.faces_device = "cpu" if faces_backend == "dlib" else str(self.device)
         # openSMILE's import (~0.8 s) goes on in the background while the model loads
         if not early.started():  # (a file begun early has its audio in that process)
             threading.Thread(target=audio_stage.prepare, daemon=True).start()
@@ -147,7 +147,7 @@ class Annotator:
     @property
     def backend(self) -> faces.FaceBackend:
         if self._backend is None:  # one per process (the CLI starts loading it early)
-            self._backend = faces.shared_backend(self.faces_backend, self._backend_device)
+            self._backend = faces.shared_backend(self.faces_backend, self.faces_device)
         return self._backend
 
     def describer(self) -> faces.Describer:

@@ -6,7 +6,10 @@ the default model in a fresh `avemo annotate` process per run, and prints the ag
 factor (seconds of media per wall second, start-up included; median of --repeats) and the peak
 resident memory of the largest process (the parent or one worker).
 
-    python benchmarks/bench_jobs.py [--videos 7] [--seconds 30] [--jobs 1 2] [--repeats 3]
+    python benchmarks/bench_jobs.py [--videos 7] [--seconds 30] [--jobs 1 2 2:one-model]
+                                    [--repeats 3]
+
+(``N:one-model`` runs ``--jobs N --one-model``: one model fed by N extraction processes.)
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--shared", type=Path, default=HERE.parent / "shared" / "data")
     ap.add_argument("--videos", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--jobs", nargs="+", default=["1", "2"])
+    ap.add_argument("--jobs", nargs="+", default=["1", "2", "2:one-model"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weights", default="default")
     args = ap.parse_args(argv)
@@ -58,10 +61,12 @@ def main(argv=None) -> None:
         folder = build_folder(args.shared, args.videos, args.seconds, Path(tmp) / "in")
         for jobs in args.jobs:
             rates, peaks = [], []
+            count, _, flag = jobs.partition(":")
+            options = ["--jobs", count] + ([f"--{flag}"] if flag else [])
             for _ in range(args.repeats):
                 mib, sec = peak_rss([sys.executable, "-m", "avemo_cli", "annotate",
                                      str(folder), "-o", str(Path(tmp) / "out"), "--weights",
-                                     args.weights, "-q", "--overwrite", "--jobs", jobs])
+                                     args.weights, "-q", "--overwrite", *options])
                 rates.append(media / sec)
                 peaks.append(mib)
             print(f"| {jobs} | {statistics.median(rates):.1f} | "

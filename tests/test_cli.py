@@ -346,7 +346,7 @@ def test_readme_synopses_list_every_option_of_help():
     ctx = click.Context(main)
     for name, cmd in main.commands.items():
         shown = {opt for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden
-                 for opt in p.opts if opt.startswith("--")} - {"--help"}
+                 for opt in [*p.opts, *p.secondary_opts] if opt.startswith("--")} - {"--help"}
         listed = {o for o in documented.get(name, set()) if o.startswith("--")}
         assert shown == listed, (name, "missing from README:", shown - listed,
                                  "not an option:", listed - shown)

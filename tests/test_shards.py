@@ -134,3 +134,47 @@ def test_jobs_give_the_same_outputs_as_one_at_a_time(folder, tmp_path, tiny_audi
     assert len(_manifest(tmp_path / "two" / "avemo-manifest.jsonl")) == 7
     code, _, err = run("annotate", folder, "-o", tmp_path / "x", "--jobs", "0")
     assert code == 2 and err.startswith("avemo: error:")
+
+
+def test_extraction_processes_feed_one_model(tmp_path, tiny_ckpt):
+    """One model fed by extraction processes (``one_model``: the default on CUDA, forced here
+    on the CPU): the same CSVs as one file at a time, a bad file costs only itself, and when
+    the extraction processes are killed mid-run their files are extracted again."""
+    import os
+    import signal
+
+    from avemo_cli import early
+    from avemo_cli.batch import annotate_files
+    from avemo_cli.pipeline import Annotator
+
+    from conftest import ffmpeg
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(["WDA_KatieHill_000", "WDA_AlexandriaOcasioCortez_000",
+                              "subj01_timepoint01", "WDA_KatieHill_000"]):
+        ffmpeg("-ss", f"{i}", "-i", str(shared_file("videos", f"{name}.mp4")), "-t", "3",
+               "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+               str(src / f"clip{i}.mp4"))
+    (src / "broken.mp4").write_bytes(b"not a video")
+    annotator = Annotator(tiny_ckpt, device="cpu")
+    one = annotate_files([src], annotator, tmp_path / "one")
+    killed = []
+
+    def kill_extractors(job, i, total):
+        if not killed:  # the first file's model stage: stop every extraction process
+            for extractors in early._POOLS:
+                for proc in list(extractors.pool._processes.values()):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+
+    fed = annotate_files([src], annotator, tmp_path / "fed", jobs=2, one_model=True,
+                         on_start=kill_extractors)
+    assert killed and early._POOLS == []  # the run's processes were stopped at its end
+    assert len(one.written) == len(fed.written) == 4
+    assert [p.name for p, _ in fed.failed] == ["broken.mp4"]
+    assert fed.failed[0][1].count("\n") == 0 and "broken.mp4" in fed.failed[0][1]
+    for csv in one.written:
+        twin = tmp_path / "fed" / csv.name
+        assert twin.read_bytes() == csv.read_bytes()
+    assert len(_manifest(tmp_path / "fed" / "avemo-manifest.jsonl")) == 5
