@@ -5,10 +5,13 @@ are gathered from the per-step features. For video, the per-frame work (2D encod
 convolutions before temporal pooling) is computed once over a span of frames and sliced into
 the overlapping clips; only the ConvLSTM attention and the layers after it run per clip. Memory
 is bounded by the span (about 150 frames of 64x64 feature maps), whatever the input's length.
+On the CPU the number of torch threads is chosen by measuring (``ThreadChoice``).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +20,59 @@ from ._memory import trim_heap
 from .model import AVModel
 
 MAX_SPAN_CLIPS = 128  # clip ends per shared-feature span
+R = TypeVar("R")
+
+
+class ThreadChoice:
+    """torch's thread count for the model's work on the CPU, chosen by timing it. Alone on a
+    machine, torch's threads share the work; beside other busy processes they wait for each
+    other at every step (OpenMP), so one thread is faster: on this project's 2-core machine a
+    10-minute video's model stage took 3.8 s with 2 threads and 6.6 s with 1 when alone, but
+    29 s with 2 and 6.4 s with 1 beside one busy process. Every ``every`` units of work (clip
+    batches of one size) the second is timed with every thread and the third with one, and
+    the faster count per clip is kept until the next such pair (also for the work between, and
+    for the next file: one per process and thread count, ``for_threads``). At most ``most``
+    threads (torch's count when it was made); ``restore`` sets that count back."""
+
+    def __init__(self, most: int, every: int = 32):
+        self.most = most
+        self.best = most
+        self.every = every
+        self.units = 0
+        self.timed: dict[int, float] = {}
+
+    def apply(self) -> None:
+        """Set the chosen count (for work between timed units)."""
+        if torch.get_num_threads() != self.best:
+            torch.set_num_threads(self.best)
+
+    def __call__(self, work: Callable[[], R], size: int) -> R:
+        """``work()``, a unit of ``size`` clips, under the chosen count, or timed to choose."""
+        phase = self.units % self.every
+        self.units += 1
+        if self.most <= 1 or phase not in (1, 2):  # (unit 0 warms up, at the chosen count)
+            self.apply()
+            return work()
+        threads = self.most if phase == 1 else 1
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        out = work()
+        self.timed[threads] = (time.perf_counter() - t0) / max(1, size)
+        if phase == 2:
+            self.best = 1 if self.timed[1] < self.timed[self.most] else self.most
+        return out
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.most)
+
+    @classmethod
+    def for_threads(cls) -> "ThreadChoice":
+        """This process's choice for torch's current thread count."""
+        most = torch.get_num_threads()
+        return _CHOICES.setdefault(most, cls(most))
+
+
+_CHOICES: dict[int, ThreadChoice] = {}
 
 
 @dataclass
@@ -79,6 +135,23 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
         n = len(crop_index)
     else:
         raise ValueError("predict_steps needs audio features, face crops, or both")
+    on_cpu = torch.device(device).type == "cpu"
+    threads = ThreadChoice.for_threads() if on_cpu else None
+    try:
+        return _predict(model, audio, crops, stride, batch_size, device, audio_valid,
+                        crop_index, n, threads)
+    finally:
+        if threads is not None:
+            threads.restore()
+
+
+def _predict(model: AVModel, audio: np.ndarray | None, crops: np.ndarray | None, stride: int,
+             batch_size: int, device: str | torch.device, audio_valid: np.ndarray | None,
+             crop_index: np.ndarray | None, n: int,
+             threads: ThreadChoice | None) -> StepPredictions:
+    def run(work: Callable[[], R], size: int) -> R:
+        return threads(work, size) if threads is not None else work()
+
     t = model.cfg.clip_steps
     ends = clip_ends(n, stride)
     z_audio = z_visual = None
@@ -88,6 +161,8 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
         if branch is None:
             raise ValueError("this model has no audio branch")
         feats = torch.from_numpy(branch.adapt(audio, audio_valid)).to(device)
+        if threads is not None:
+            threads.apply()
         zs, ws = [], []
         for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
             trim_heap()
@@ -109,11 +184,14 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
             steps = np.maximum(np.arange(q0, int(group[-1]) + t) - (t - 1), 0)
             frames = vis.prepare(torch.from_numpy(crops[crop_index[steps]]).to(device))
             frames = frames.unsqueeze(0)
+            if threads is not None:
+                threads.apply()
             enc, feat = vis.frame_features(frames)
             for b in range(0, len(group), batch_size):
                 off = torch.from_numpy(group[b:b + batch_size] - q0).to(device)
                 win = off[:, None] + torch.arange(t, device=device)[None, :]
-                z, att = vis.clip_forward(enc[0][win], feat[0][win[:, : t - ctx]])
+                z, att = run(lambda: vis.clip_forward(enc[0][win], feat[0][win[:, : t - ctx]]),
+                             len(off))
                 zs.append(z)
                 maps.append(att[:, -1].clone())  # a view would keep all T maps alive
         z_visual = torch.cat(zs)

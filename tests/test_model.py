@@ -52,6 +52,41 @@ def test_shared_span_inference_equals_per_clip_forward():
     assert np.allclose(steps.visual_attention, ref["visual_attention"][:, -1].numpy(), atol=1e-6)
 
 
+def test_thread_count_is_chosen_by_timing_and_given_back():
+    """``ThreadChoice`` keeps one thread where work with every thread is slower (threads
+    waiting for each other on a busy machine), every thread where it is faster, re-times every
+    ``every`` units, and predict_steps leaves torch's count as it found it."""
+    import time
+
+    from avemo_cli.predict import ThreadChoice
+
+    before = torch.get_num_threads()
+    busy = {"machine": True}
+
+    def work():  # with 2 threads: slow on a busy machine, fast on a quiet one
+        many = torch.get_num_threads() > 1
+        time.sleep(0.02 if many == busy["machine"] else 0.004)
+        return torch.get_num_threads()
+
+    try:
+        torch.set_num_threads(2)
+        choice = ThreadChoice(2, every=8)
+        used = [choice(work, 4) for _ in range(8)]
+        assert used[1:3] == [2, 1] and set(used[3:]) == {1} and choice.best == 1
+        busy["machine"] = False
+        used = [choice(work, 4) for _ in range(8)]
+        assert used[0] == 1 and used[1:3] == [2, 1] and set(used[3:]) == {2}
+        one = ThreadChoice(1)  # one thread allowed: nothing to time
+        assert [one(work, 4) for _ in range(4)] == [1] * 4 and not one.timed
+        torch.set_num_threads(2)
+        model = tiny_model("av", seed=1)
+        audio, crops = _inputs(k=40)
+        predict_steps(model, audio, crops, batch_size=4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_stride_predicts_fewer_clips_and_interpolates():
     model = tiny_model("av")
     audio, crops = _inputs(k=23)
