@@ -1,4 +1,4 @@
-"""Work begun before the model loads: one input's features, in a process of its own.
+"""Features extracted in other processes for the process that holds the model.
 
 ``begin`` (called by ``avemo annotate`` for a single input file, before torch is imported)
 probes the file, reads the model's feature settings from the checkpoint's header (no torch),
@@ -6,7 +6,9 @@ and starts ``features.extract`` for it in a spawned process: decoding, openSMILE
 models and face tracking run on the second core (and never wait on this interpreter's lock)
 while this process imports torch and loads the model on the first. ``Annotator.annotate`` then
 ``claim``s the features begun for the same file and settings (once), or extracts them itself.
-Nothing here imports torch.
+``Extractors`` are those processes; ``annotate --jobs N --one-model`` keeps N of them busy
+with the files ahead of the one the model is on (``batch._run_feeding``). Nothing here imports
+torch.
 """
 from __future__ import annotations
 
@@ -44,7 +46,6 @@ class Extractors:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        self.processes = processes
         self.pool = ProcessPoolExecutor(processes, mp.get_context("spawn"),
                                         initializer=_quiet)
         _POOLS.append(self)
