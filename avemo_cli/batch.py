@@ -303,7 +303,7 @@ def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
 
 
 def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
-                  on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
+                 on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
     """``todo`` with ``jobs`` extraction processes (``early.Extractors``: decoding, openSMILE,
     face tracking; no torch, no model) feeding this process's one model, which predicts and
     writes each file as its features arrive (on a GPU: N CPU processes feed one model). A
@@ -378,7 +378,7 @@ def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, o
 
 
 def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
-                  on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
+                 on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
     """``todo`` over ``jobs`` annotators: this process's own (already loaded) and ``jobs - 1``
     spawned worker processes (each loads the model once), all taking from one queue."""
     import multiprocessing as mp

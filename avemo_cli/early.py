@@ -48,6 +48,7 @@ class Extractors:
 
         self.pool = ProcessPoolExecutor(processes, mp.get_context("spawn"),
                                         initializer=_quiet)
+        self.begun: list[Future] = []
         _POOLS.append(self)
 
     def begin(self, info: demux.MediaInfo, settings: FeatureSettings, audio_branch: bool,
@@ -61,6 +62,7 @@ class Extractors:
                                faces_device)
         _STARTED[Path(info.path).resolve()] = ((info.n_frames, settings, want_audio,
                                                 want_visual, max_faces), job)
+        self.begun.append(job)
         return job
 
     def stop(self) -> None:
@@ -70,6 +72,9 @@ class Extractors:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self in _POOLS:
             _POOLS.remove(self)
+        mine = set(self.begun)  # features never claimed (their file failed before): let go
+        for path in [p for p, (_, job) in _STARTED.items() if job in mine]:
+            del _STARTED[path]
 
 
 def _quiet() -> None:

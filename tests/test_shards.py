@@ -170,7 +170,7 @@ def test_extraction_processes_feed_one_model(tmp_path, tiny_ckpt):
 
     fed = annotate_files([src], annotator, tmp_path / "fed", jobs=2, one_model=True,
                          on_start=kill_extractors)
-    assert killed and early._POOLS == []  # the run's processes were stopped at its end
+    assert killed and early._POOLS == [] and early._STARTED == {}  # all ended, all claimed
     assert len(one.written) == len(fed.written) == 4
     assert [p.name for p, _ in fed.failed] == ["broken.mp4"]
     assert fed.failed[0][1].count("\n") == 0 and "broken.mp4" in fed.failed[0][1]
