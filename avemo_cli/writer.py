@@ -189,8 +189,10 @@ def _write_parquet(annotation, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    table = pa.table({name: pa.array(values, from_pandas=True)  # NaN: null, as pandas wrote
+                      for name, values in annotation.columns.items()})
     with atomic_path(path) as tmp:
-        pq.write_table(pa.table(annotation.columns), tmp)
+        pq.write_table(table, tmp)
 
 
 def _metadata(annotation) -> dict:

@@ -89,6 +89,35 @@ def test_csv_is_what_pandas_wrote(tmp_path):
     assert b",," in ours and b"\n0,0.000,0," in ours
 
 
+def test_parquet_and_json_mark_missing_values_as_null(tmp_path):
+    """A missing value (no face: no box; a target the model lacks) is null in parquet and
+    JSON, as a DataFrame's NaN was written before; the columns keep their types."""
+    import json
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from avemo_cli import demux
+    from avemo_cli.writer import WRITERS
+
+    face = np.array([True, False, True, True])
+    boxes = np.tile([10.0, 20.0, 50.0, 70.0], (4, 1))
+    boxes[~face] = np.nan
+    columns = frame_columns(np.zeros((4, 1), np.float32), ["valence"], 4.0, face,
+                            np.ones(4, bool), None, 0, None, None, boxes)
+    info = demux.MediaInfo(tmp_path / "a.wav", 1.0, False, True, 0, 0, 0.0, 0, 0)
+    annotation = SimpleNamespace(columns=columns, info=info, path=info.path, model="m",
+                                 source="audio", targets=["valence"], rate=4.0)
+    WRITERS["parquet"](annotation, tmp_path / "a.parquet")
+    table = pq.read_table(tmp_path / "a.parquet")
+    assert table.column_names == COLUMNS and table.num_rows == 4
+    assert table.column("arousal").null_count == 4 and table.column("box_x").null_count == 1
+    assert str(table.schema.field("face").type) == "int8"
+    WRITERS["json"](annotation, tmp_path / "a.json")
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert rows[1]["box_x"] is None and rows[0]["box_x"] == 10.0 and rows[0]["arousal"] is None
+
+
 def test_fit_chain_keeps_only_steps_that_raise_devel_ccc():
     from avemo_cli.metrics import ccc
     from avemo_cli.postprocess import fit_chain
