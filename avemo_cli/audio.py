@@ -97,14 +97,6 @@ def _smile_api() -> _SmileAPI:
     return _SmileAPI(lib, core / "config", sink)
 
 
-def prepare() -> None:
-    """Load openSMILE's library ahead of the first file (a background thread may call this)."""
-    try:
-        _smile_api()
-    except Exception:  # not installed or broken: the first file says so
-        pass
-
-
 @contextmanager
 def _deferred_interrupt():
     """Hold Ctrl-C until openSMILE returns. Its results arrive through a ctypes callback, and a

@@ -128,11 +128,6 @@ def _extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
     return feats, timings
 
 
-def started() -> bool:
-    """Whether some file was begun (its audio is then analysed in that process)."""
-    return bool(_STARTED)
-
-
 def started_visual() -> bool:
     """Whether some file's faces are being tracked by ``begin``'s process (so this process
     need not load the face models ahead of time)."""

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -129,9 +128,6 @@ class Annotator:
         self.device = resolve_device(device)
         # dlib runs on the CPU whatever --device says: one dlib backend serves every device
         self.faces_device = "cpu" if faces_backend == "dlib" else str(self.device)
-        # openSMILE's import (~0.8 s) goes on in the background while the model loads
-        if not early.started():  # (a file begun early has its audio in that process)
-            threading.Thread(target=audio_stage.prepare, daemon=True).start()
         self.checkpoint = weights if isinstance(weights, Checkpoint) else \
             load_checkpoint(resolve_weights(None if weights is None else str(weights)),
                             self.device)
