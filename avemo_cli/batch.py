@@ -331,6 +331,11 @@ def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, o
         return extractors.begin(info, annotator.settings, cfg.has_audio, cfg.has_visual,
                                 annotator.max_faces, annotator.faces_device)
 
+    def restart() -> None:  # after a process died: the pool is broken for good
+        nonlocal extractors
+        extractors.stop()
+        extractors = Extractors(jobs)
+
     def process(i: int, job: Job) -> None:
         if on_start:
             on_start(job, i, len(todo))
@@ -348,8 +353,7 @@ def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, o
                 try:
                     future = begin(info)
                 except BrokenProcessPool:  # a process died since the last file was begun
-                    extractors.stop()
-                    extractors = Extractors(jobs)
+                    restart()
                     future = begin(info)
                 begun[future] = (i, job, extractors)
             if not begun:
@@ -358,8 +362,7 @@ def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, o
                 i, job, pool = begun.pop(future)
                 if isinstance(future.exception(), BrokenProcessPool):
                     if pool is extractors:
-                        extractors.stop()
-                        extractors = Extractors(jobs)
+                        restart()
                     if i not in retried:
                         retried.add(i)
                         queue.insert(0, (i, job))

@@ -33,7 +33,7 @@ def model_settings(weights: Path) -> dict | None:
         return None
 
 
-_STARTED: dict[Path, tuple[tuple, Future]] = {}  # features begun, by file
+_STARTED: dict[Path, tuple[tuple, demux.MediaInfo, Future]] = {}  # features begun, by file
 _POOLS: list[Extractors] = []  # the processes running, until they are stopped
 
 
@@ -61,7 +61,7 @@ class Extractors:
         job = self.pool.submit(_extract, info, settings, want_audio, want_visual, max_faces,
                                faces_device)
         _STARTED[Path(info.path).resolve()] = ((info.n_frames, settings, want_audio,
-                                                want_visual, max_faces), job)
+                                                want_visual, max_faces), info, job)
         self.begun.append(job)
         return job
 
@@ -73,7 +73,7 @@ class Extractors:
         if self in _POOLS:
             _POOLS.remove(self)
         mine = set(self.begun)  # features never claimed (their file failed before): let go
-        for path in [p for p, (_, job) in _STARTED.items() if job in mine]:
+        for path in [p for p, (_, _, job) in _STARTED.items() if job in mine]:
             del _STARTED[path]
 
 
@@ -131,7 +131,13 @@ def _extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
 def started_visual() -> bool:
     """Whether some file's faces are being tracked by ``begin``'s process (so this process
     need not load the face models ahead of time)."""
-    return any(key[3] for key, _ in _STARTED.values())
+    return any(key[3] for key, _, _ in _STARTED.values())
+
+
+def begun_info(path: str | Path) -> demux.MediaInfo | None:
+    """The probe of a file whose features were begun (``annotate`` need not probe it again)."""
+    started = _STARTED.get(Path(path).resolve())
+    return started[1] if started is not None else None
 
 
 def claim(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
@@ -144,6 +150,6 @@ def claim(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
                                          max_faces):
         return None
     del _STARTED[path]
-    feats, timings = started[1].result()
+    feats, timings = started[2].result()
     feats.info = info
     return feats, timings

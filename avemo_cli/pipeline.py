@@ -164,7 +164,7 @@ class Annotator:
         timings = dict.fromkeys(STAGES, 0.0)
         t0 = time.perf_counter()
         say("demux")
-        info = demux.probe(path)
+        info = early.begun_info(path) or demux.probe(path)  # (probed when it was begun)
         timings["demux"] += time.perf_counter() - t0
         name = ckpt.path or "the checkpoint"
         use_audio = info.has_audio and cfg.has_audio
