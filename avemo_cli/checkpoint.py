@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from .errors import CheckpointError

@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -28,8 +26,7 @@ TARGET_COLUMNS = ("valence", "arousal")
 BOX_COLUMNS = ("box_x", "box_y", "box_w", "box_h")
 SUFFIX = ".avemo.csv"
 Columns = dict[str, np.ndarray]  # a table as one array per name of COLUMNS, all of one length:
-# what annotating makes and the writers write (pandas, ~0.35 s of CPU to import, only for a
-# DataFrame: ``as_frame``)
+# what annotating makes and the writers write (a DataFrame only on request: ``as_frame``)
 
 
 def clip_share(mask: np.ndarray, t: int = 16) -> np.ndarray:
