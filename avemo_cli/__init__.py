@@ -1,17 +1,24 @@
 """avemo: per-frame emotional valence/arousal for talking-face videos.
 
-Read the pipeline in stage order: demux.py, audio.py, faces.py (+ align.py), speakers.py,
-features.py (one file's features), model.py, checkpoint.py, predict.py, postprocess.py,
-writer.py; pipeline.py joins them, early.py starts a single input before the model loads, and
-batch.py runs many files. Typical use::
+Read a video's way from demux to CSV in stage order: demux.py (probe, decode), audio.py
+(eGeMAPS), faces.py (detectors) with tracking.py, people.py and align.py (faces over time),
+speakers.py (whose voice), features.py (one file's features), model.py, checkpoint.py,
+predict.py (the model over clips), postprocess.py, inference.py (features to step values to a
+table), table.py (the per-frame rows), outputs.py (every output format) and files.py (atomic
+writes). pipeline.py's ``Annotator`` runs one file through them; batch.py runs many
+(``AnnotateOptions``; extractors.py: extraction processes; shards.py: job arrays and
+manifests); cli.py parses the command line. Training and scoring: datasets.py, cache.py,
+train.py (distributed.py), evaluate.py, metrics.py; the default model's recipes are in
+recipes/. Typical use::
 
     import avemo_cli
-    result = avemo_cli.annotate("talk.mp4", weights="model.safetensors")
-    result.table            # one row per frame per face: frame, time, face_id, valence, ...
+    result = avemo_cli.annotate("examples/sample.mp4")   # the shipped default model
+    result.table        # one row per frame per face: frame, time, face_id, valence, ...
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "annotate", "Annotator", "annotate_files", "load_checkpoint"]
+__all__ = ["__version__", "annotate", "Annotator", "annotate_files", "AnnotateOptions",
+           "load_checkpoint"]
 
 
 def __getattr__(name):  # lazy: `avemo --help` should not import torch
@@ -19,10 +26,10 @@ def __getattr__(name):  # lazy: `avemo --help` should not import torch
         from . import pipeline
 
         return getattr(pipeline, name)
-    if name == "annotate_files":
-        from .batch import annotate_files
+    if name in ("annotate_files", "AnnotateOptions"):
+        from . import batch
 
-        return annotate_files
+        return getattr(batch, name)
     if name == "load_checkpoint":
         from .checkpoint import load_checkpoint
 

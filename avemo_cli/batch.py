@@ -1,5 +1,20 @@
-"""Many inputs: find media in folders, plan mirrored outputs, skip finished ones, and keep going
-past bad files (each reported with its one-line reason)."""
+"""Many inputs: find media in folders, plan mirrored outputs, skip finished ones, keep going past
+bad files (each reported with its one-line reason), and choose how the files are run.
+
+``annotate_files(inputs, AnnotateOptions(...))`` is the whole of ``avemo annotate``. The
+options object travels whole from the CLI to the workers. How the work is spread is decided
+here, once (``_plan_run``):
+
+- one file to do: its features begin in an extraction process before torch is imported
+  (``extractors.begin_file``; only where ``options.early`` allows it, as the console entry does);
+- ``--jobs N`` with one model (the default on CUDA): N extraction processes feed this process's
+  model (``_run_feeding``);
+- ``--jobs N`` otherwise: this process and N - 1 workers each run the whole pipeline with a
+  model of their own (``_run_workers``);
+- else one file after the other here.
+
+Each input's outcome is a manifest record (``shards.Manifest``) and a ``Progress.done`` call.
+"""
 from __future__ import annotations
 
 import os
@@ -8,23 +23,94 @@ import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from . import __version__
-from .demux import AUDIO_EXTS, MEDIA_EXTS, VIDEO_EXTS  # noqa: F401  (re-exported)
+from . import __version__, outputs
+from .demux import find_media
 from .errors import AvemoError, OutputError
-from .pipeline import STAGES, Annotation, Annotator
+from .features import STAGES
+from .files import remove_stale_temporaries
 from .shards import UNSHARDED_MANIFEST, Manifest, Record, Shard
-from .writer import SUFFIX, WRITERS, output_path, remove_stale_temporaries
 
+if TYPE_CHECKING:  # (torch is imported only once the work is planned)
+    from .extractors import Extractors
+    from .pipeline import Annotator
+
+
+@dataclass
+class AnnotateOptions:
+    """One annotate run's settings: what ``avemo annotate`` parses, passed whole."""
+
+    output_dir: str | os.PathLike = "."
+    formats: tuple[str, ...] = ("csv",)  # outputs.WRITERS' names, in writing order
+    overwrite: bool = False  # redo inputs whose outputs exist
+    weights: str | None = None  # checkpoint path or shipped name (None: the default model)
+    device: str = "auto"
+    faces_backend: str = "dlib"
+    stride: int = 1
+    batch_size: int = 32
+    detect_every: int = 8
+    max_side: int = 480
+    max_faces: int = 1
+    jobs: int = 1  # files at once
+    one_model: bool | None = None  # with jobs > 1: one model fed by extraction processes
+    # (None: on CUDA), else a model per worker
+    shard: Shard | None = None  # only this share of the inputs
+    early: bool = False  # a single input may begin before torch is imported (the console
+    # entry only: a spawned process re-imports the main module, which must not run again)
+
+    def annotator(self) -> Annotator:
+        """The model and face backend these options describe."""
+        from .pipeline import Annotator
+
+        return Annotator(self.weights, device=self.device, faces_backend=self.faces_backend,
+                         stride=self.stride, batch_size=self.batch_size,
+                         detect_every=self.detect_every, max_side=self.max_side,
+                         max_faces=self.max_faces)
+
+    def feeds(self, device: str) -> bool:
+        """Whether one model on ``device`` is fed by extraction processes (``--one-model``,
+        the default on CUDA) rather than a model in every worker."""
+        one = self.one_model if self.one_model is not None else device.startswith("cuda")
+        return self.jobs > 1 and one
 
 
 @dataclass
 class Job:
     source: Path
-    output: Path
+    outputs: dict[str, Path]  # format -> the file it is written to (outputs.output_path)
     key: str = ""  # the input's path relative to the folder it was found in (its name, for a
     # file given directly): what shards are chosen by
+
+    @property
+    def first(self) -> Path | None:
+        """The output that names the job in reports (the first format's)."""
+        return next(iter(self.outputs.values()), None)
+
+
+@dataclass
+class Outcome:
+    """What became of one job: ``status`` written/skipped/failed, ``detail`` (the output paths,
+    one per line, or the reason), and its manifest record."""
+
+    status: str
+    detail: str
+    record: Record
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Progress:
+    """What a run tells its caller as it goes; each method does nothing here (a caller
+    overrides what it shows)."""
+
+    def start(self, job: Job, index: int, total: int) -> None:
+        """``job`` (the ``index``-th of ``total`` to do) begins."""
+
+    def stage(self, name: str) -> None:
+        """The current file enters a stage (``features.STAGES``)."""
+
+    def done(self, job: Job, outcome: Outcome) -> None:
+        """``job`` ended: written, skipped or failed (and its manifest record)."""
 
 
 @dataclass
@@ -34,21 +120,6 @@ class BatchReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     media_seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def find_media(folder: Path) -> list[Path]:
-    """Media files under ``folder`` (recursive, by extension, hidden files skipped), sorted."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTS:
-                found.append(Path(root) / name)
-    return found
 
 
 def check_output_dir(output_dir: str | os.PathLike) -> Path:
@@ -74,8 +145,8 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     return out
 
 
-def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = "."
-         ) -> tuple[list[Job], list[tuple[Path, str]]]:
+def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".",
+         formats: tuple[str, ...] = ("csv",)) -> tuple[list[Job], list[tuple[Path, str]]]:
     """Jobs for the inputs (files, and folders searched recursively; outputs mirror the tree
     below each folder) and the inputs that cannot even be planned, with the reason."""
     out = Path(output_dir)
@@ -85,105 +156,60 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            pairs = [(f, out / f.relative_to(p).parent / (f.stem + SUFFIX),
-                      f.relative_to(p).as_posix()) for f in find_media(p)]
+            pairs = [(f, out / f.relative_to(p).parent / f.stem, f.relative_to(p).as_posix())
+                     for f in find_media(p)]
             if not pairs:
                 bad.append((p, f"{p}: no media files found in this folder"))
         elif p.exists():
-            pairs = [(p, out / (p.stem + SUFFIX), p.name)]
+            pairs = [(p, out / p.stem, p.name)]
         else:
             bad.append((p, f"{p}: no such file or folder"))
             continue
-        for src, dst, key in pairs:
-            if dst in claimed:
-                if claimed[dst].resolve() != src.resolve():
-                    bad.append((src, f"{src}: its output {dst} is already the output of "
-                                     f"{claimed[dst]}; annotate it into another -o folder"))
+        for src, base, key in pairs:
+            if base in claimed:
+                if claimed[base].resolve() != src.resolve():
+                    bad.append((src, f"{src}: its output {outputs.output_path(base, 'csv')} is "
+                                     f"already the output of {claimed[base]}; annotate it into "
+                                     f"another -o folder"))
                 continue
-            claimed[dst] = src
-            jobs.append(Job(src, dst, key))
+            claimed[base] = src
+            jobs.append(Job(src, outputs.wanted(src, base, formats), key))
     return jobs, bad
 
 
-def table_outputs(job: Job, formats: tuple[str, ...] = ("csv",)) -> list[Path]:
-    """The job's table in each format: ``<stem>.avemo.<csv|parquet|json|eaf>``."""
-    return [output_path(job.output, fmt) for fmt in formats]
-
-
-def extra_outputs(job: Job, plot: bool, overlay: bool) -> list[Path]:
-    """The files requested beside a job's tables: ``<stem>.avemo.png`` and ``<stem>.avemo.mp4``
-    (no overlay for an audio file)."""
-    out = [output_path(job.output, "png")] if plot else []
-    if overlay and job.source.suffix.lower() not in AUDIO_EXTS:
-        out.append(output_path(job.output, "mp4"))
-    return out
-
-
-@dataclass
-class Outcome:
-    """What became of one job: ``status`` written/skipped/failed, ``detail`` (the output paths,
-    one per line, or the reason), and its manifest record."""
-
-    status: str
-    detail: str
-    record: Record
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def run_job(annotator: Annotator, job: Job, plot: bool = False, overlay: bool = False,
-            on_stage: Callable[[str], None] | None = None,
-            formats: tuple[str, ...] = ("csv",)) -> Outcome:
-    """Annotate one job's input and write its outputs (the table in each of ``formats``, then
-    the plot and overlay); a failure is an outcome, not raised (KeyboardInterrupt is)."""
+def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
+            extractors: Extractors | None = None) -> Outcome:
+    """Annotate one job's input and write its outputs (``job.outputs``, in order); a failure
+    is an outcome, not raised (KeyboardInterrupt is)."""
     t0 = time.perf_counter()
-    tables = table_outputs(job, formats)
-    extras = extra_outputs(job, plot, overlay)
+    stage = progress.stage if progress is not None else None
+    model = annotator.checkpoint.path
     try:
-        result: Annotation = annotator.annotate(job.source, progress=on_stage)
-        t1 = time.perf_counter()
-        for fmt, path in zip(formats, tables):
-            WRITERS[fmt](result, path)
-        result.timings["write"] += time.perf_counter() - t1
-        for extra in extras:
-            stage = "plot" if extra.suffix == ".png" else "overlay"
-            if on_stage:
-                on_stage(stage)
-            t1 = time.perf_counter()
-            if stage == "plot":
-                from .plots import plot_track
-
-                plot_track(result.table, extra, job.source.name, result.info.has_video)
-            else:
-                from .overlay import render_overlay
-
-                render_overlay(result, extra)
-            result.timings[stage] += time.perf_counter() - t1
+        result = annotator.annotate(job.source, stage, extractors)
+        outputs.write(result, job.outputs, stage)
     except AvemoError as err:
-        return Outcome("failed", str(err), _record(annotator, job, "failed", str(err), t0))
+        return Outcome("failed", str(err), _record(model, job, "failed", str(err), t0))
     except Exception as err:  # a bug or an unforeseen input: still one line, batch goes on
         if os.environ.get("AVEMO_DEBUG"):
             traceback.print_exc()
         line = str(err).strip().splitlines()
         reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}".rstrip(": ")
-        return Outcome("failed", reason, _record(annotator, job, "failed", reason, t0))
-    outputs = [*tables, *extras]
-    record = _record(annotator, job, "ok", "", t0, [str(p) for p in outputs])
+        return Outcome("failed", reason, _record(model, job, "failed", reason, t0))
+    written = [str(p) for p in job.outputs.values()]
+    record = _record(model, job, "ok", "", t0, written)
     record.media_seconds = result.info.duration
     frames = result.columns["frame"]
     record.frames = int(frames.max()) + 1 if len(frames) else 0
     record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
-    return Outcome("written", "\n".join(str(p) for p in outputs), record, result.timings)
+    return Outcome("written", "\n".join(written), record, result.timings)
 
 
-def _record(annotator: Annotator | None, job: Job, status: str, error: str = "",
-            t0: float | None = None, outputs: list[str] | None = None) -> Record:
-    ckpt = annotator.checkpoint if annotator is not None else None
-    return Record(str(job.source), status, error, outputs or [],
+def _record(model: Path | None, job: Job, status: str, error: str = "",
+            t0: float | None = None, written: list[str] | None = None) -> Record:
+    return Record(str(job.source), status, error, written or [],
                   round(time.perf_counter() - t0, 3) if t0 is not None else 0.0,
-                  avemo=__version__,
-                  model=ckpt.path.name if ckpt is not None and ckpt.path else "",
-                  model_sha256=_model_digest(ckpt.path) if ckpt is not None and ckpt.path
-                  else "")
+                  avemo=__version__, model=model.name if model else "",
+                  model_sha256=_model_digest(model) if model else "")
 
 
 @lru_cache(maxsize=4)
@@ -193,22 +219,112 @@ def _model_digest(path: Path) -> str:
     return file_digest(path)
 
 
-_WORKER: dict[str, Annotator] = {}
+class _Run:
+    """One run's bookkeeping: every outcome goes to the manifest, the report and the
+    caller's ``Progress``."""
+
+    def __init__(self, manifest: Manifest, progress: Progress, model: Path | None):
+        self.manifest, self.progress, self.model = manifest, progress, model
+        self.report = BatchReport()
+
+    def finish(self, job: Job, outcome: Outcome) -> None:
+        self.manifest.add(outcome.record)
+        report = self.report
+        if outcome.status == "written":
+            for k, v in outcome.timings.items():
+                report.timings[k] += v
+            report.media_seconds += outcome.record.media_seconds
+            report.written.append(job.first or job.source)
+        elif outcome.status == "skipped":
+            report.skipped.append(job.first or job.source)
+        else:
+            report.failed.append((job.source, outcome.detail))
+        self.progress.done(job, outcome)
+
+    def fail(self, job: Job, reason: str) -> None:
+        self.finish(job, Outcome("failed", reason, _record(self.model, job, "failed", reason)))
+
+    def skip(self, job: Job) -> None:
+        written = [str(p) for p in job.outputs.values()]
+        self.finish(job, Outcome("skipped", f"{job.first} exists (use --overwrite to redo it)",
+                                 _record(self.model, job, "skipped", "", None, written)))
 
 
-def _start_worker(weights: str, options: dict, threads: int) -> None:
-    """A --jobs worker process: its own model and face backend, ``threads`` for torch."""
-    import signal
-
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for all
-    torch.set_num_threads(threads)
-    _WORKER["annotator"] = Annotator(weights, **options)
+def _finished(job: Job, overwrite: bool) -> bool:
+    """Whether all of ``job``'s outputs are there (and not to be redone); what a killed earlier
+    run left half-written is removed on the way."""
+    for out in job.outputs.values():
+        remove_stale_temporaries(out)
+    return not overwrite and all(p.exists() for p in job.outputs.values())
 
 
-def _work(job: Job, plot: bool, overlay: bool, formats: tuple[str, ...]) -> Outcome:
-    return run_job(_WORKER["annotator"], job, plot, overlay, formats=formats)
+def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions | None = None,
+                   annotator: Annotator | None = None,
+                   progress: Progress | None = None) -> BatchReport:
+    """Annotate every input into ``options.output_dir`` (see ``AnnotateOptions``), with
+    ``annotator`` or the model the options name (loaded once the work is planned, so that a
+    single input's extraction begins first). ``progress`` hears of each job as it starts and
+    ends. A manifest of the run is written in the output folder. Raises ``OutputError`` before
+    any work if the folder cannot be written."""
+    from .checkpoint import resolve_weights
+
+    options = options or AnnotateOptions()
+    out = check_output_dir(options.output_dir)
+    planned, bad = plan(inputs, out, options.formats)
+    shard = options.shard
+    if shard is not None:
+        planned = [j for j in planned if shard.takes(j.key)]
+    model = annotator.checkpoint.path if annotator is not None \
+        else resolve_weights(options.weights)
+    finished = [_finished(job, options.overwrite) for job in planned]
+    done = [job for job, f in zip(planned, finished) if f]
+    todo = [job for job, f in zip(planned, finished) if not f]
+    begun = _begin(todo, options, model, annotator is None)
+    try:
+        annotator = annotator or options.annotator()  # (nothing is written if it fails)
+        run = _Run(Manifest(out / (shard.manifest_name if shard else UNSHARDED_MANIFEST)),
+                   progress or Progress(), model)
+        try:
+            for src, reason in bad:  # (with shards, every shard reports these)
+                run.fail(Job(src, {}, str(src)), reason)
+            for job in done:
+                run.skip(job)
+            if len(todo) > 1 and options.feeds(str(annotator.device)):
+                _run_feeding(todo, annotator, min(options.jobs, len(todo)), run)
+            elif len(todo) > 1 and options.jobs > 1:
+                _run_workers(todo, annotator, min(options.jobs, len(todo)), run)
+            else:
+                for i, job in enumerate(todo):
+                    run.progress.start(job, i, len(todo))
+                    run.finish(job, run_job(annotator, job, run.progress, begun))
+        finally:
+            run.manifest.close()
+    finally:
+        if begun is not None:
+            begun.stop()
+    return run.report
+
+
+def _begin(todo: list[Job], options: AnnotateOptions, model: Path | None,
+           loading: bool) -> Extractors | None:
+    """Before torch is imported (a second or more on one core): a single input's features
+    begin in an extraction process (dlib only: FAN would import torch there too), or else
+    dlib's models start loading in a thread (unless extraction processes will track the
+    faces). Only when the model is yet to be ``loading``."""
+    if not loading:
+        return None
+    begun = None
+    if options.early and len(todo) == 1 and options.faces_backend == "dlib" and model:
+        from .extractors import begin_file
+
+        begun = begin_file(todo[0].source, model, options.faces_backend, options.max_side,
+                           options.detect_every, options.max_faces)
+    tracked = begun is not None and begun.tracking_faces()
+    if options.faces_backend == "dlib" and not tracked and not options.feeds(options.device):
+        from .faces import preload
+
+        preload("dlib")
+    return begun
 
 
 def worker_threads(jobs: int) -> int:
@@ -222,166 +338,124 @@ def model_threads(extractors: int) -> int:
     return max(1, (os.cpu_count() or 1) - extractors)
 
 
-def annotate_files(inputs: Iterable[str | os.PathLike], annotator: Annotator,
-                   output_dir: str | os.PathLike = ".", overwrite: bool = False,
-                   on_start: Callable[[Job, int, int], None] | None = None,
-                   on_stage: Callable[[str], None] | None = None,
-                   on_done: Callable[[Job, str, str], None] | None = None,
-                   plot: bool = False, overlay: bool = False, jobs: int = 1,
-                   shard: Shard | None = None,
-                   on_record: Callable[[Record], None] | None = None,
-                   formats: tuple[str, ...] = ("csv",),
-                   one_model: bool | None = None) -> BatchReport:
-    """Annotate every input into ``output_dir``. ``on_done(job, status, detail)`` is called with
-    status ``written``, ``skipped`` or ``failed`` (detail: the output paths or the reason);
-    ``on_record`` with each input's manifest record.
-    ``formats`` are the table's formats (``writer.WRITERS``: csv, parquet, json, eaf);
-    ``plot`` / ``overlay`` also write the valence plot and the attention overlay video.
-    ``jobs`` > 1 annotates that many files at once: with ``one_model`` (the default on CUDA)
-    that many processes extract features for this process's model (``_run_feeding``), else
-    this process and ``jobs - 1`` workers each run the whole pipeline with a model of their
-    own, torch threads split between them (``_run_workers``: on a CPU the model's share of the
-    work then grows with the cores too). ``shard`` keeps only its
-    share of the inputs. A manifest of the run is written in ``output_dir`` (``shards.Manifest``).
-    Raises ``OutputError`` before any work if ``output_dir`` cannot be written."""
-    check_output_dir(output_dir)
-    report = BatchReport()
-    planned, bad = plan(inputs, output_dir)
-    if shard is not None:
-        planned = [j for j in planned if shard.takes(j.key)]
-    manifest = Manifest(Path(output_dir) / (shard.manifest_name if shard else UNSHARDED_MANIFEST))
-
-    def finish(job: Job, outcome: Outcome) -> None:
-        manifest.add(outcome.record)
-        if on_record:
-            on_record(outcome.record)
-        if outcome.status == "written":
-            for k, v in outcome.timings.items():
-                report.timings[k] += v
-            report.media_seconds += outcome.record.media_seconds
-            report.written.append(table_outputs(job, formats)[0])
-        elif outcome.status == "skipped":
-            report.skipped.append(table_outputs(job, formats)[0])
-        else:
-            report.failed.append((job.source, outcome.detail))
-        if on_done:
-            on_done(job, outcome.status, outcome.detail)
-
-    try:
-        for src, reason in bad:  # (with shards, every shard reports these)
-            unplanned = Job(src, Path(), str(src))
-            finish(unplanned, Outcome("failed", reason,
-                                      _record(annotator, unplanned, "failed", reason)))
-        todo = []
-        for job in planned:
-            wanted = [*table_outputs(job, formats), *extra_outputs(job, plot, overlay)]
-            for out in wanted:  # what a killed earlier run left half-written
-                remove_stale_temporaries(out)
-            if not overwrite and all(p.exists() for p in wanted):
-                finish(job, Outcome("skipped",
-                                    f"{wanted[0]} exists (use --overwrite to redo it)",
-                                    _record(annotator, job, "skipped", "", None,
-                                            [str(p) for p in wanted])))
-            else:
-                todo.append(job)
-        if one_model is None:
-            one_model = annotator.device.type == "cuda"
-        if jobs > 1 and todo and one_model:
-            _run_feeding(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish,
-                         formats)
-        elif jobs <= 1 or len(todo) <= 1:
-            for i, job in enumerate(todo):
-                if on_start:
-                    on_start(job, i, len(todo))
-                finish(job, run_job(annotator, job, plot, overlay, on_stage, formats))
-        else:
-            _run_workers(todo, annotator, min(jobs, len(todo)), plot, overlay, on_start, finish,
-                         formats)
-    finally:
-        manifest.close()
-    return report
-
-
-def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
-                 on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
-    """``todo`` with ``jobs`` extraction processes (``early.Extractors``: decoding, openSMILE,
-    face tracking; no torch, no model) feeding this process's one model, which predicts and
-    writes each file as its features arrive (on a GPU: N CPU processes feed one model). A
-    file's extraction is begun ``jobs + 1`` files ahead, so every process has the next file
-    waiting. A process that dies (killed, out of memory) takes the files it held with it: the
-    processes are restarted and each of those files is tried once more before it is reported
-    as failed."""
+def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) -> None:
+    """``todo`` with ``jobs`` extraction processes (``extractors.Extractors``: decoding,
+    openSMILE, face tracking; no torch, no model) feeding this process's one model, which
+    predicts and writes each file as its features arrive (on a GPU: N CPU processes feed one
+    model). A file's extraction is begun ``jobs + 1`` files ahead, so every process has the
+    next file waiting. A process that dies (killed, out of memory) takes the files it held with
+    it: the processes are restarted and each of those files is tried once more before it is
+    reported as failed."""
     from concurrent.futures import FIRST_COMPLETED, Future, wait
-    from concurrent.futures.process import BrokenProcessPool
 
     import torch
 
-    from .demux import probe
-    from .early import Extractors
 
-    cfg = annotator.cfg
     queue = list(enumerate(todo))
     begun: dict[Future, tuple[int, Job, Extractors]] = {}
     retried: set[int] = set()
     own_threads = torch.get_num_threads()
     torch.set_num_threads(model_threads(jobs))
-    extractors = Extractors(jobs)
+    feeder = _Feeder(annotator, jobs)
 
-    def begin(info) -> Future:
-        return extractors.begin(info, annotator.settings, cfg.has_audio, cfg.has_visual,
-                                annotator.max_faces, annotator.faces_device)
-
-    def restart() -> None:  # after a process died: the pool is broken for good
-        nonlocal extractors
-        extractors.stop()
-        extractors = Extractors(jobs)
-
-    def process(i: int, job: Job) -> None:
-        if on_start:
-            on_start(job, i, len(todo))
-        finish(job, run_job(annotator, job, plot, overlay, formats=formats))
+    def process(i: int, job: Job, pool: Extractors | None) -> None:
+        run.progress.start(job, i, len(todo))
+        run.finish(job, run_job(annotator, job, run.progress, pool))
 
     try:
         while queue or begun:
             while queue and len(begun) < jobs + 1:
                 i, job = queue.pop(0)
-                try:
-                    info = probe(job.source)
-                except Exception:  # unreadable: annotate says why (at once)
-                    process(i, job)
+                future = feeder.begin(job)
+                if future is None:  # unreadable: annotate says why (at once)
+                    process(i, job, None)
                     continue
-                try:
-                    future = begin(info)
-                except BrokenProcessPool:  # a process died since the last file was begun
-                    restart()
-                    future = begin(info)
-                begun[future] = (i, job, extractors)
+                begun[future] = (i, job, feeder.pool)
             if not begun:
                 continue
             for future in wait(begun, return_when=FIRST_COMPLETED)[0]:
                 i, job, pool = begun.pop(future)
-                if isinstance(future.exception(), BrokenProcessPool):
-                    if pool is extractors:
-                        restart()
-                    if i not in retried:
-                        retried.add(i)
-                        queue.insert(0, (i, job))
-                        continue
-                    reason = f"{job.source}: the extraction process died (killed, or out of " \
-                             f"memory)"
-                    if on_start:
-                        on_start(job, i, len(todo))
-                    finish(job, Outcome("failed", reason,
-                                        _record(annotator, job, "failed", reason)))
-                    continue
-                process(i, job)  # its features are claimed from the finished extraction
+                if not feeder.died(future, pool):
+                    process(i, job, pool)  # its features are claimed from the extraction
+                elif i not in retried:
+                    retried.add(i)
+                    queue.insert(0, (i, job))
+                else:
+                    run.progress.start(job, i, len(todo))
+                    run.fail(job, f"{job.source}: the extraction process died (killed, or out "
+                                  f"of memory)")
     finally:
-        extractors.stop()
+        feeder.pool.stop()
         torch.set_num_threads(own_threads)
 
 
-def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, overlay: bool,
-                 on_start, finish, formats: tuple[str, ...] = ("csv",)) -> None:
+class _Feeder:
+    """The extraction processes of ``_run_feeding``, restarted when one of them dies (the
+    pool is then broken for good)."""
+
+    def __init__(self, annotator: Annotator, processes: int):
+        from .extractors import Extractors
+
+        self.annotator, self.processes = annotator, processes
+        self.pool = Extractors(processes)
+
+    def restart(self) -> None:
+        from .extractors import Extractors
+
+        self.pool.stop()
+        self.pool = Extractors(self.processes)
+
+    def begin(self, job: Job):
+        """The future of ``job``'s extraction; None if the file cannot even be probed."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        from .demux import probe
+
+        try:
+            info = probe(job.source)
+        except Exception:
+            return None
+        a = self.annotator
+        args = (info, a.settings, a.cfg.has_audio, a.cfg.has_visual, a.max_faces,
+                a.faces_device)
+        try:
+            return self.pool.begin(*args)
+        except BrokenProcessPool:  # a process died since the last file was begun
+            self.restart()
+            return self.pool.begin(*args)
+
+    def died(self, future, pool) -> bool:
+        """Whether ``future``'s process died (the pool is then restarted, once)."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not isinstance(future.exception(), BrokenProcessPool):
+            return False
+        if pool is self.pool:
+            self.restart()
+        return True
+
+
+_WORKER: dict[str, Annotator] = {}
+
+
+def _start_worker(weights: str, options: dict, threads: int) -> None:
+    """A --jobs worker process: its own model and face backend, ``threads`` for torch."""
+    import signal
+
+    import torch
+
+    from .pipeline import Annotator
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for all
+    torch.set_num_threads(threads)
+    _WORKER["annotator"] = Annotator(weights, **options)
+
+
+def _work(job: Job) -> Outcome:
+    return run_job(_WORKER["annotator"], job)
+
+
+def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) -> None:
     """``todo`` over ``jobs`` annotators: this process's own (already loaded) and ``jobs - 1``
     spawned worker processes (each loads the model once), all taking from one queue."""
     import multiprocessing as mp
@@ -408,22 +482,20 @@ def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, plot: bool, o
             try:
                 outcome = future.result()
             except Exception as err:  # the worker died (killed, out of memory)
-                reason = f"{job.source}: the worker process failed ({type(err).__name__})"
-                outcome = Outcome("failed", reason, _record(annotator, job, "failed", reason))
-            finish(job, outcome)
+                run.fail(job, f"{job.source}: the worker process failed ({type(err).__name__})")
+                continue
+            run.finish(job, outcome)
 
     try:
         while queue or pending:
             while queue and len(pending) < jobs - 1:  # one queued per worker, no more
                 i, job = queue.pop(0)
-                if on_start:
-                    on_start(job, i, len(todo))
-                pending[pool.submit(_work, job, plot, overlay, formats)] = job
+                run.progress.start(job, i, len(todo))
+                pending[pool.submit(_work, job)] = job
             if queue:  # this process annotates one file meanwhile
                 i, job = queue.pop(0)
-                if on_start:
-                    on_start(job, i, len(todo))
-                finish(job, run_job(annotator, job, plot, overlay, formats=formats))
+                run.progress.start(job, i, len(todo))
+                run.finish(job, run_job(annotator, job))
                 collect(block=False)
             elif pending:
                 collect(block=True)

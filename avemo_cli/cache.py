@@ -23,9 +23,10 @@ import numpy as np
 from . import demux
 from .audio import AudioFeatures
 from .errors import plural
-from .faces import FaceTrack, shared_backend
-from .pipeline import Features, FeatureSettings, extract
-from .writer import atomic_path
+from .faces import shared_backend
+from .tracking import FaceTrack
+from .features import Features, FeatureSettings, extract
+from .files import atomic_path
 
 CACHE_VERSION = 5  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
 # could not describe (files of 1 s or less) are not valid; 4: frame times from the container,

@@ -40,7 +40,7 @@ def save_checkpoint(path: str | os.PathLike, model: AVModel, postprocess: dict |
     """Write ``model`` and its settings to ``path`` (atomically)."""
     from safetensors.torch import save_file
 
-    from .writer import atomic_path
+    from .files import atomic_path
 
     path = Path(path)
     meta = {

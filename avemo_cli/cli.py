@@ -1,4 +1,5 @@
-"""The ``avemo`` command line: a thin layer over the Python API (pipeline.py, batch.py)."""
+"""The ``avemo`` command line: a thin layer over the Python API (batch.py, evaluate.py,
+train.py): options are parsed here and passed on whole; the work is done there."""
 from __future__ import annotations
 
 import os
@@ -51,27 +52,6 @@ class _Avemo(click.Group):
             _fail(f"{name}{err.strerror or err}")
 
 
-def _begin_early(source: Path, output_dir: Path, weights: str | None, fmt: str,
-                 overwrite: bool, options: dict) -> None:
-    """``early.begin`` for a single input file that will be annotated (not one whose output
-    is already there, which is skipped)."""
-    from .demux import MEDIA_EXTS
-    from .writer import SUFFIX, output_path
-
-    if not source.is_file() or source.suffix.lower() not in MEDIA_EXTS:
-        return
-    if not overwrite and output_path(output_dir / (source.stem + SUFFIX), fmt).exists():
-        return
-    from .checkpoint import resolve_weights
-    from .early import begin
-    from .errors import AvemoError
-
-    try:
-        begin(source, resolve_weights(weights), **options)
-    except AvemoError:
-        return  # the model's own loading reports it
-
-
 _CONSOLE = False  # set by run(): the command runs as the avemo script / python -m avemo_cli
 
 
@@ -92,9 +72,9 @@ def run() -> None:
         else:
             code = done.code or 0
     finally:
-        from . import early
+        from . import extractors
 
-        early.stop()  # a process begun for an input, if the command ended before using it
+        extractors.stop_all()  # a process begun for an input, if the command ended early
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -150,8 +130,9 @@ def main():
               help="Track up to N people, each with a face_id that follows the person (face "
                    "descriptors); the voice goes to the face that speaks.")
 @click.option("--format", "formats", default="csv", show_default=True,
-              metavar="csv,parquet,json,eaf|all",
-              help="Table formats to write, a comma list: <stem>.avemo.<format> each.")
+              metavar="csv,parquet,json,eaf,png,mp4|all",
+              help="Outputs to write, a comma list: <stem>.avemo.<format> each (all: every "
+                   "table format; png is --plot, mp4 is --overlay).")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
              overwrite, quiet, profile, plot, overlay, jobs, one_model, shard, max_faces,
              formats):
@@ -162,70 +143,34 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     Prints each written file on stdout; notices, progress and errors go to stderr. Exit status
     1 if any input failed.
     """
-    from . import faces
+    from .batch import AnnotateOptions, annotate_files
+    from .outputs import WRITERS, parse_formats
     from .shards import parse_shard, shard_from_env
-    from .writer import parse_formats
 
     try:
-        table_formats = parse_formats(formats)
+        chosen = parse_formats(formats + ",png" * plot + ",mp4" * overlay)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--format'") from None
-    n_jobs = _jobs(jobs)
     part = parse_shard(shard) if shard else shard_from_env()
-    # before torch is imported (a second or more on one core): a single input's features
-    # start to be extracted in another process, or else dlib's models load in a thread
-    # (only under the console entry: a spawned process re-imports the main module, which must
-    # be one that does not run the command again, as avemo's own entry points do not)
-    if _CONSOLE and len(inputs) == 1 and n_jobs == 1 and part is None \
-            and faces_backend == "dlib":  # (FAN would import torch in that process too)
-        _begin_early(Path(inputs[0]), Path(output_dir), weights, table_formats[0], overwrite,
-                     dict(faces_backend=faces_backend, detect_every=detect_every,
-                          max_faces=max_faces))
-    from . import early
-
-    # a process begun for the input ends with this command, whatever ends it (also when it is
-    # run in-process, e.g. by click's test runner, where run()'s own stop does not apply)
-    click.get_current_context().call_on_close(early.stop)
-    fed = n_jobs > 1 and (one_model or (one_model is None and device.startswith("cuda")))
-    if faces_backend == "dlib" and not early.started_visual() and not fed:
-        faces.preload("dlib")  # (a model fed by extraction processes tracks no faces itself)
-    from rich.console import Console
-
-    from .batch import annotate_files, check_output_dir
-    from .pipeline import Annotator
-
-    console = Console(stderr=True)
     if part is not None and not shard:
         click.echo(f"avemo: shard {part.index}/{part.count} (from the {part.origin})", err=True)
-    check_output_dir(output_dir)  # before the model loads and any file is analysed
-    annotator = Annotator(weights, device=device, faces_backend=faces_backend, stride=stride,
-                          batch_size=batch_size, detect_every=detect_every,
-                          max_faces=max_faces)
-    loaded = time.perf_counter()
+    options = AnnotateOptions(
+        output_dir, chosen, overwrite, weights, device, faces_backend, stride, batch_size,
+        detect_every, max_faces=max_faces, jobs=_jobs(jobs), one_model=one_model, shard=part,
+        early=_CONSOLE)
+    from rich.console import Console
 
-    with _Progress(console, enabled=not quiet, stages_per_file=5 + plot + overlay) as prog:
-        def on_done(job, status, detail):
-            if status == "written":
-                print(detail, flush=True)  # stdout: results only (rich keeps it off its display)
-            elif status == "skipped":
-                if not quiet:
-                    prog.print(f"skip: {detail}")
-            else:
-                prog.print(f"avemo: error: {detail}")
-            prog.advance()
-
+    console = Console(stderr=True)
+    stages = 5 + sum(WRITERS[f].stage != "write" for f in chosen)
+    with _Progress(console, enabled=not quiet, stages_per_file=stages, quiet=quiet) as prog:
         try:
-            report = annotate_files(inputs, annotator, output_dir, overwrite,
-                                    on_start=prog.start, on_stage=prog.stage, on_done=on_done,
-                                    plot=plot, overlay=overlay, jobs=n_jobs, shard=part,
-                                    on_record=prog.record, formats=table_formats,
-                                    one_model=one_model)
+            report = annotate_files(inputs, options, progress=prog)
         except KeyboardInterrupt:
             prog.print("avemo: interrupted; outputs already written are complete, "
                        "the one in progress was not written (re-run to resume)")
             sys.exit(130)
     if profile:
-        _print_profile(console, report, loaded - _START, time.perf_counter() - _START)
+        _print_profile(console, report, prog.loaded - _START, time.perf_counter() - _START)
     if report.failed:
         total = len(report.failed) + len(report.written) + len(report.skipped)
         if total > 1:  # one input's failure is its own error line
@@ -235,13 +180,17 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
 
 
 class _Progress:
-    """rich progress on stderr: files done of all, and the current file's pipeline stage."""
+    """rich progress on stderr: files done of all, and the current file's pipeline stage; each
+    file's outcome (``batch.Progress``): written paths on stdout, skips and errors on stderr."""
 
-    def __init__(self, console, enabled: bool, stages_per_file: int = 5):
+    def __init__(self, console, enabled: bool, stages_per_file: int = 5, quiet: bool = False):
         self.console = console
         self.stages_per_file = stages_per_file
         self.enabled = enabled and console.is_terminal
+        self.quiet = quiet
         self.progress = None
+        self.media = 0.0
+        self.loaded: float | None = None  # when the first file began (the model was loaded)
 
     def __enter__(self):
         self.began = time.perf_counter()
@@ -258,10 +207,14 @@ class _Progress:
         return self
 
     def __exit__(self, *exc):
+        if self.loaded is None:
+            self.loaded = time.perf_counter()
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
     def start(self, job, i, n):
+        if self.loaded is None:
+            self.loaded = time.perf_counter()
         if self.progress is not None:
             self.progress.update(self.task, total=n)
             self.name = job.source.name
@@ -275,16 +228,22 @@ class _Progress:
                                  completed=self.done_stages)
             self.done_stages += 1
 
-    def advance(self):
-        if self.progress is not None:
-            self.progress.advance(self.task)
-
-    def record(self, rec):
-        """Aggregate rate: media seconds annotated per wall second since the first file."""
-        self.media = getattr(self, "media", 0.0) + rec.media_seconds
+    def done(self, job, outcome):
+        """Aggregate rate (media seconds annotated per wall second since the first file),
+        then the outcome: written paths on stdout, the rest on stderr."""
+        self.media += outcome.record.media_seconds
         if self.progress is not None:
             rate = self.media / max(1e-9, time.perf_counter() - self.began)
             self.progress.update(self.task, description=f"files ({rate:.1f}x real time)")
+        if outcome.status == "written":
+            print(outcome.detail, flush=True)  # stdout: results only (rich keeps it apart)
+        elif outcome.status == "skipped":
+            if not self.quiet:
+                self.print(f"skip: {outcome.detail}")
+        else:
+            self.print(f"avemo: error: {outcome.detail}")
+        if self.progress is not None:
+            self.progress.advance(self.task)
 
     def print(self, text):
         (self.progress.console if self.progress is not None else self.console).print(
@@ -304,7 +263,7 @@ def _jobs(text: str) -> int:
 def _print_profile(console, report, startup: float, wall: float) -> None:
     from rich.table import Table
 
-    from .pipeline import STAGES
+    from .features import STAGES
 
     media = report.media_seconds
     table = Table(title="avemo profile", show_lines=False)
@@ -400,7 +359,8 @@ def extract(data, split, layout, cache, jobs, modality, faces_backend, device, q
     from .cache import FeatureCache, describe_counts, extract_all
     from .datasets import load_dataset
     from .model import ModelConfig
-    from .pipeline import FeatureSettings, resolve_device
+    from .features import FeatureSettings
+    from .inference import resolve_device
 
     resolve_device(device)
     seqs = load_dataset(data, layout, split)
@@ -467,7 +427,7 @@ def train(data, split, layout, cache, jobs, out, out_alias, modality, targets, e
     model together (DistributedDataParallel); --batch-size is the global batch."""
     import json
 
-    from .pipeline import resolve_device
+    from .inference import resolve_device
     from .train import TrainOptions, train as run_train
 
     resolve_device(device)
@@ -539,13 +499,13 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
     else:
         if not (data and weights):
             raise click.UsageError("use either --data DIR --weights CKPT, or --pred DIR --gold DIR")
-        from .pipeline import resolve_device
+        from .inference import resolve_device
 
         resolve_device(device)
         log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-        result = E.evaluate_model(data, weights, layout, partition, split, not no_postprocess,
-                                  device, cache, jobs, metrics, how, save_pred or save_pred_alias,
-                                  log, min_coverage, faces_backend)
+        result = E.evaluate_model(E.EvalOptions(
+            data, weights, layout, partition, split, not no_postprocess, device, faces_backend,
+            cache, jobs, metrics, how, save_pred or save_pred_alias, min_coverage), log)
         title = f"{Path(weights).name} on {partition}"
     for note in result.warnings:
         click.echo(f"avemo: warning: {note}", err=True)

@@ -25,11 +25,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .batch import MEDIA_EXTS, find_media
+from .demux import MEDIA_EXTS, find_media
 from .errors import AvemoError
 
+# (valence, arousal) per emotion: the data README's starting table (Russell's circumplex)
+EMOTION_VA = {
+    "happiness": (0.8, 0.5),
+    "neutral": (0.0, 0.0),
+    "boredom": (-0.3, -0.6),
+    "sadness": (-0.7, -0.4),
+    "anger": (-0.6, 0.8),
+    "fear": (-0.6, 0.6),
+    "disgust": (-0.7, 0.2),
+    "surprise": (0.2, 0.8),
+    "contempt": (-0.5, 0.2),
+    "calm": (0.3, -0.5),
+}
 LAYOUTS = ("avec2017", "generic", "categorical")
-PARTITIONS = ("train", "devel", "test")
 _ALIASES = {"train": "train", "training": "train", "devel": "devel", "dev": "devel",
             "development": "devel", "valid": "devel", "validation": "devel", "val": "devel",
             "test": "test"}
@@ -199,7 +211,6 @@ def load_generic(root: Path, split: Path | None = None) -> list[Sequence]:
 
 
 def load_categorical(root: Path) -> list[Sequence]:
-    from .categorical import EMOTION_VA
 
     seqs = []
     for m in sorted(find_media(root)):

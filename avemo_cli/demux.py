@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import MediaError
 
-# what counts as media when folders are searched (batch.find_media)
+# what counts as media when folders are searched (find_media)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
               ".3gp", ".mts", ".ts"}
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
@@ -32,6 +32,17 @@ AUDIO_RATE = 16000
 
 
 @lru_cache(maxsize=1)
+def find_media(folder: Path) -> list[Path]:
+    """Media files under ``folder`` (recursive, by extension, hidden files skipped), sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTS:
+                found.append(Path(root) / name)
+    return found
+
+
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary: $AVEMO_FFMPEG, a system ffmpeg on PATH, or imageio-ffmpeg's."""
     env = os.environ.get("AVEMO_FFMPEG")

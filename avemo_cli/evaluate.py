@@ -5,9 +5,10 @@ Predictions are avemo CSVs (``<name>.avemo.csv``); gold is label files of either
 gold label times (gold times more than half a second past the prediction's end are ignored),
 and the metrics are aggregated over sequences (``concat``, AVEC's, or ``mean``).
 
-With ``--weights``, the model annotates the partition's videos into CSVs (exactly what
-``avemo annotate`` writes, post-processing included unless disabled) and those files are scored
-by the same code, so both routes give the same numbers on the same predictions.
+With ``--weights``, the model annotates the partition's videos into CSVs through annotate's own
+code (``pipeline.Annotator.predict`` on the features in the cache, then the ``csv`` writer of
+``outputs.py``; post-processing included unless disabled), and those files are scored by the
+same code, so both routes give the same numbers on the same predictions.
 """
 from __future__ import annotations
 
@@ -20,11 +21,9 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from . import writer
+from . import outputs
 from .cache import FeatureCache, describe_counts, extract_all
-from .checkpoint import load_checkpoint, resolve_weights
 from .datasets import DatasetError, load_dataset, read_labels
-from .pipeline import FeatureSettings, predict_features, resolve_device, to_table
 
 TARGETS = ("valence", "arousal")
 PAST_END = 0.5  # s: gold this far past a prediction's last row is still scored, not beyond
@@ -89,16 +88,16 @@ def read_prediction(path: Path) -> pd.DataFrame:
 
 
 def read_predictions(folder: Path) -> dict[str, pd.DataFrame]:
-    found = {p.name[: -len(writer.SUFFIX)]: p
-             for p in sorted(Path(folder).rglob("*" + writer.SUFFIX))}
+    found = {outputs.stem_of(p, "csv"): p
+             for p in sorted(Path(folder).rglob(outputs.pattern("csv")))}
     if not found:
-        raise DatasetError(f"{folder}: no *{writer.SUFFIX} prediction files")
+        raise DatasetError(f"{folder}: no {outputs.pattern('csv')} prediction files")
     return {name: read_prediction(p) for name, p in found.items()}
 
 
 def read_gold(folder: Path) -> dict[str, pd.DataFrame]:
     found = {p.stem: p for p in sorted(Path(folder).rglob("*.csv"))
-             if not p.name.endswith(writer.SUFFIX)}
+             if not p.match(outputs.pattern("csv"))}
     if not found:
         raise DatasetError(f"{folder}: no label CSV files")
     return {name: read_labels(p) for name, p in found.items()}
@@ -183,26 +182,47 @@ def evaluate_folders(pred_dir: Path, gold_dir: Path, metrics=M.METRICS, how="con
     return evaluate(read_predictions(pred_dir), read_gold(gold_dir), metrics, how, min_coverage)
 
 
-def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
-                      layout: str = "avec2017", partition: str = "devel",
-                      split: str | None = None, use_postprocess: bool = True, device="auto",
-                      cache: str | None = None, jobs: int = 1,
-                      log: Callable[[str], None] = print,
-                      faces_backend: str = "dlib") -> dict[str, Path]:
-    """Annotate a partition's videos into ``out_dir`` (features from the cache); returns the
-    gold labels of each written sequence, by name (a categorical clip's constant label is laid
-    on its prediction's time grid)."""
-    seqs = [s for s in load_dataset(data, layout, split) if s.partition == partition]
+@dataclass
+class EvalOptions:
+    """What ``evaluate_model`` scores and how: the corpus, the model, the metrics."""
+
+    data: str | Path
+    weights: str | Path | None = None  # checkpoint path or shipped name (None: the default)
+    layout: str = "avec2017"
+    partition: str = "devel"
+    split: str | None = None  # generic layout: CSV of name,partition
+    postprocess: bool = True  # the checkpoint's post-processing (False: raw model output)
+    device: str = "auto"
+    faces_backend: str = "dlib"
+    cache: str | None = None  # feature cache folder
+    jobs: int = 1  # files whose features are extracted in parallel
+    metrics: tuple[str, ...] = M.METRICS
+    how: str = "concat"  # aggregation over sequences
+    save_pred: str | Path | None = None  # keep the predicted CSVs here
+    min_coverage: float = 0.5
+
+
+def predict_partition(options: EvalOptions, out_dir: Path,
+                      log: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
+    """Annotate a partition's videos into ``out_dir`` (features from the cache, the model
+    through ``Annotator.predict``, the CSVs through the ``csv`` writer); returns the gold
+    labels of each written sequence, by name (a categorical clip's constant label is laid on
+    its prediction's time grid)."""
+    from .pipeline import Annotator
+
+    seqs = [s for s in load_dataset(options.data, options.layout, options.split)
+            if s.partition == options.partition]
     labelled = [s for s in seqs if s.labels is not None]
     if not labelled:
-        raise DatasetError(f"{data}: no labelled {partition} sequences to evaluate")
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(resolve_weights(str(weights)), dev)
-    cfg = ckpt.config
-    settings = FeatureSettings.for_model(cfg, faces_backend)
-    fc = FeatureCache(cache)
+        raise DatasetError(f"{options.data}: no labelled {options.partition} sequences to "
+                           f"evaluate")
+    annotator = Annotator(None if options.weights is None else str(options.weights),
+                          device=options.device, faces_backend=options.faces_backend,
+                          postprocess=options.postprocess)
+    cfg, settings = annotator.cfg, annotator.settings
+    fc = FeatureCache(options.cache)
     counts = extract_all([s.media for s in labelled], settings, cfg.has_audio, cfg.has_visual,
-                         fc, jobs)
+                         fc, options.jobs)
     log(describe_counts(counts))
     gold = {}
     for s in labelled:
@@ -210,28 +230,23 @@ def predict_partition(data: str | Path, weights: str | Path, out_dir: Path,
         if feats is None:
             log(f"avemo: warning: {s.media}: could not be analysed; skipped")
             continue
-        _, values, source = predict_features(ckpt.model, feats, 1, 32, dev)
-        table = writer.as_frame(to_table(ckpt, feats, values, source, use_postprocess).columns)
-        writer.write_csv(table, out_dir / (s.media.stem + writer.SUFFIX))
+        annotation = annotator.predict(feats)
+        outputs.write(annotation, {"csv": outputs.output_path(out_dir / s.media.stem, "csv")})
         if s.label_path is not None:
             gold[s.media.stem] = read_labels(s.label_path)
         elif s.labels is not None:
-            labels = s.labels
+            labels, times = s.labels, annotation.columns["time"]
             gold[s.media.stem] = pd.DataFrame(
-                {"time": table["time"], **{t: np.interp(table["time"], labels["time"],
-                                                        labels[t])
-                                           for t in TARGETS if t in labels}})
+                {"time": times, **{t: np.interp(times, labels["time"], labels[t])
+                                   for t in TARGETS if t in labels}})
     return gold
 
 
-def evaluate_model(data, weights, layout="avec2017", partition="devel", split=None,
-                   use_postprocess=True, device="auto", cache=None, jobs=1, metrics=M.METRICS,
-                   how="concat", save_pred: str | Path | None = None,
-                   log: Callable[[str], None] = print, min_coverage: float = 0.5,
-                   faces_backend: str = "dlib") -> EvalResult:
+def evaluate_model(options: EvalOptions, log: Callable[[str], None] = print) -> EvalResult:
+    """Annotate ``options.partition`` with the model and score it against its labels."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(save_pred) if save_pred else Path(tmp)
-        gold = predict_partition(data, weights, out, layout, partition, split, use_postprocess,
-                                 device, cache, jobs, log, faces_backend)
+        out = Path(options.save_pred) if options.save_pred else Path(tmp)
+        gold = predict_partition(options, out, log)
         preds = read_predictions(out)
-        return evaluate({n: preds[n] for n in gold}, gold, metrics, how, min_coverage)
+        return evaluate({n: preds[n] for n in gold}, gold, options.metrics, options.how,
+                        options.min_coverage)

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import audio as audio_stage
-from . import demux, faces
+from . import demux, faces, people, tracking
 
 STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "overlay")
 
@@ -123,12 +123,12 @@ class Features:
     n_steps: int
     frame_times: np.ndarray | None  # video frame times; None for audio-only files
     audio: audio_stage.AudioFeatures | None = None
-    track: faces.FaceTrack | None = None
+    track: tracking.FaceTrack | None = None
     _crops: np.ndarray | None = field(default=None, repr=False)
-    others: list[faces.FaceTrack] = field(default_factory=list)  # faces 1.. (--max-faces)
+    others: list[tracking.FaceTrack] = field(default_factory=list)  # faces 1.. (--max-faces)
 
     @property
-    def tracks(self) -> list[faces.FaceTrack]:
+    def tracks(self) -> list[tracking.FaceTrack]:
         """Every tracked face, face 0 first."""
         return ([self.track] if self.track is not None else []) + self.others
 
@@ -169,7 +169,7 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
             want_visual: bool, backend: Callable[[], faces.FaceBackend],
             timings: dict | None = None, say: Callable[[str], None] | None = None,
             concurrent: bool = True, max_faces: int = 1,
-            describer: Callable[[], faces.Describer] | None = None) -> Features:
+            describer: Callable[[], people.Describer] | None = None) -> Features:
     """Run the demux, face and audio stages for one probed file. The audio path (its own ffmpeg,
     openSMILE) runs in a thread beside the video path (ffmpeg, face tracking): openSMILE works
     in C with the interpreter released, so the two share the cores. ``concurrent=False`` runs
@@ -196,13 +196,13 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
             frames = Timed(demux.iter_frames(info, settings.rate, settings.max_side,
                                              gray=gray), timings, "demux")
             if max_faces > 1:
-                tracks = faces.track_people(frames, backend(), settings.crop_size, max_faces,
-                                            (describer or faces.Describer)(),
+                tracks = people.track_people(frames, backend(), settings.crop_size, max_faces,
+                                            (describer or people.Describer)(),
                                             settings.detect_every)
-                feats.track = tracks[0] if tracks else faces.FaceTrack.empty(settings.crop_size)
+                feats.track = tracks[0] if tracks else tracking.FaceTrack.empty(settings.crop_size)
                 feats.others = tracks[1:]
             else:
-                feats.track = faces.track_faces(frames, backend(), settings.crop_size,
+                feats.track = tracking.track_faces(frames, backend(), settings.crop_size,
                                                 settings.detect_every, expected=n_steps)
             timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
         if audio_job is not None:

@@ -28,10 +28,10 @@ import numpy as np
 
 from .demux import _short_reason, ffmpeg_exe
 from .errors import MediaError
-from .faces import box_area
-from .pipeline import nearest_index
+from .tracking import box_area
+from .features import nearest_index
 from .plots import FACE_COLOURS
-from .writer import atomic_path
+from .files import atomic_path
 
 PANEL_ALPHA = 0.6
 HEAT_ALPHA = 0.5

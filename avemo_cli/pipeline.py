@@ -1,32 +1,36 @@
-"""The annotation pipeline: a media file in, a per-frame valence/arousal table out.
+"""The annotation of one file: a media file in, a per-frame valence/arousal table out.
 
-    demux.probe -> faces.track_faces(demux.iter_frames) -> audio.egemaps_stream(demux.iter_audio)
-    -> predict.predict_steps -> postprocess.apply_postprocess -> writer.frame_table
+    demux.probe -> features.extract (audio.py, faces.py, tracking.py, people.py)
+    -> inference.predict_features (predict.py) -> inference.to_table (postprocess.py, table.py)
+    -> outputs.WRITERS
 
-``Annotator`` holds the loaded model and the face backend, so a batch pays for them once.
+``Annotator`` holds the loaded model and the face backend, so a batch pays for them once;
+``annotate(path)`` is its one-call form. ``Annotator.features`` and ``Annotator.predict`` are the
+two halves of ``Annotator.annotate`` (eval predicts features it read from its cache).
 """
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from . import audio as audio_stage
-from . import demux, early, faces, postprocess, predict, speakers, writer
+from . import demux, faces, people, predict, speakers, tracking
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
-from .features import (STAGES, FeatureSettings, Features, extract,
-                       nearest_index)
-from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
+from .errors import ModalityError, NoFaceError
+from .features import STAGES, Features, FeatureSettings, extract
+from .inference import predict_features, resolve_device, to_table
+from .table import Columns, as_frame, merge_faces
 
 if TYPE_CHECKING:  # pandas is imported only when a DataFrame is asked for
     import pandas as pd
+
+    from .extractors import Extractors
 
 
 class OrientationWarning(UserWarning):
@@ -38,7 +42,7 @@ class Person:
     """One tracked face's results (``Annotation.people``; face 0 first)."""
 
     face_id: int
-    track: faces.FaceTrack | None
+    track: tracking.FaceTrack | None
     steps: predict.StepPredictions  # raw per-step output and attention for this face
     step_values: np.ndarray  # (K, targets) after face-gap interpolation and post-processing
     face: np.ndarray  # (K,) bool: this face found (all 0 when the face was not used)
@@ -54,13 +58,13 @@ class Annotation:
 
     path: Path
     info: demux.MediaInfo
-    columns: writer.Columns
+    columns: Columns
     source: str  # what the prediction used: "av", "audio" or "video"
     steps: predict.StepPredictions  # raw per-step model output and attention
     step_values: np.ndarray  # (K, targets) after face-gap interpolation and post-processing
     face: np.ndarray  # (K,) bool
     voice: np.ndarray  # (K,) bool
-    track: faces.FaceTrack | None = None
+    track: tracking.FaceTrack | None = None
     audio_features: audio_stage.AudioFeatures | None = None
     timings: dict[str, float] = field(default_factory=dict)
     rate: float = 4.0  # analysis steps per second
@@ -72,39 +76,7 @@ class Annotation:
     @cached_property
     def table(self) -> pd.DataFrame:
         """The rows as a pandas DataFrame (made, and pandas imported, on first use)."""
-        return writer.as_frame(self.columns)
-
-
-DEVICES = "auto|cpu|cuda[:N]"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` (or None): CUDA when present, else CPU; ``cpu``; ``cuda`` or ``cuda:N``.
-    Anything else, or CUDA where there is none, is a ``DeviceError``."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
-        raise DeviceError(f"--device {device}: not a device (use {DEVICES})")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {device}: this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Replace rows where ``ok`` is False by linear interpolation between the nearest ok rows
-    (held constant beyond the first/last); the paper's rule for steps with no face."""
-    if ok.all() or not ok.any():
-        return values.copy()
-    steps = np.arange(len(values))
-    out = values.copy()
-    for j in range(values.shape[1]):
-        out[~ok, j] = np.interp(steps[~ok], steps[ok], values[ok, j])
-    return out
+        return as_frame(self.columns)
 
 
 class Annotator:
@@ -117,14 +89,16 @@ class Annotator:
 
     def __init__(self, weights: str | Path | Checkpoint | None = None, device: str | None = "auto",
                  faces_backend: str = "dlib", stride: int = 1, batch_size: int = 32,
-                 detect_every: int = 8, max_side: int = 480, max_faces: int = 1):
+                 detect_every: int = 8, max_side: int = 480, max_faces: int = 1,
+                 postprocess: bool = True):
         self.options = {"device": device, "faces_backend": faces_backend, "stride": stride,
                         "batch_size": batch_size, "detect_every": detect_every,
-                        "max_side": max_side, "max_faces": max_faces}  # for a worker's twin
+                        "max_side": max_side, "max_faces": max_faces,
+                        "postprocess": postprocess}  # for a worker's twin
         if max_faces < 1:
             raise ValueError("max_faces must be at least 1")
         self.max_faces = max_faces
-        self._describer: faces.Describer | None = None
+        self._describer: people.Describer | None = None
         self.device = resolve_device(device)
         # dlib runs on the CPU whatever --device says: one dlib backend serves every device
         self.faces_device = "cpu" if faces_backend == "dlib" else str(self.device)
@@ -139,6 +113,7 @@ class Annotator:
         self.batch_size = batch_size
         self.detect_every = detect_every
         self.max_side = max_side
+        self.postprocess = postprocess  # the checkpoint's post-processing (eval can skip it)
 
     @property
     def backend(self) -> faces.FaceBackend:
@@ -146,9 +121,9 @@ class Annotator:
             self._backend = faces.shared_backend(self.faces_backend, self.faces_device)
         return self._backend
 
-    def describer(self) -> faces.Describer:
+    def describer(self) -> people.Describer:
         if self._describer is None:
-            self._describer = faces.Describer()
+            self._describer = people.Describer()
         return self._describer
 
     @property
@@ -156,17 +131,28 @@ class Annotator:
         return FeatureSettings.for_model(self.cfg, self.faces_backend, self.max_side,
                                          self.detect_every)
 
-    def annotate(self, path: str | Path,
-                 progress: Callable[[str], None] | None = None) -> Annotation:
-        """Annotate one file. ``progress(stage)`` is called as each stage starts."""
+    def annotate(self, path: str | Path, progress: Callable[[str], None] | None = None,
+                 extractors: Extractors | None = None) -> Annotation:
+        """Annotate one file. ``progress(stage)`` is called as each stage starts; the
+        features begun for the file in ``extractors`` (``extractors.py``) are used if there
+        are some, else they are extracted here."""
         say = progress or (lambda stage: None)
-        cfg, ckpt = self.cfg, self.checkpoint
         timings = dict.fromkeys(STAGES, 0.0)
         t0 = time.perf_counter()
         say("demux")
-        info = early.begun_info(path) or demux.probe(path)  # (probed when it was begun)
+        info = (extractors.info(path) if extractors is not None else None) \
+            or demux.probe(path)  # (a file begun elsewhere was probed there)
         timings["demux"] += time.perf_counter() - t0
-        name = ckpt.path or "the checkpoint"
+        feats, notices = self.features(info, timings, say, extractors)
+        return self.predict(feats, timings, say, notices)
+
+    def features(self, info: demux.MediaInfo, timings: dict[str, float],
+                 say: Callable[[str], None], extractors: Extractors | None = None
+                 ) -> tuple[Features, list[str]]:
+        """The features of a probed file for this model (claimed from ``extractors`` or
+        extracted here), and the notices a user should see about them."""
+        cfg = self.cfg
+        name = self.checkpoint.path or "the checkpoint"
         use_audio = info.has_audio and cfg.has_audio
         use_visual = info.has_video and cfg.has_visual
         if not info.has_video and not cfg.has_audio:
@@ -175,8 +161,9 @@ class Annotator:
         if info.has_video and not use_audio and not use_visual:
             raise ModalityError(f"{info.path}: no audio track, and {name} has no visual branch "
                                 f"(an audio-only model)")
-        begun = early.claim(info, self.settings, use_audio, use_visual, self.max_faces)
-        if begun is not None:  # extracted while the model loaded (avemo annotate, one file)
+        begun = None if extractors is None else \
+            extractors.claim(info, self.settings, use_audio, use_visual, self.max_faces)
+        if begun is not None:  # extracted in another process while this one was busy
             feats, child_timings = begun
             for k, v in child_timings.items():
                 timings[k] += v
@@ -194,10 +181,20 @@ class Annotator:
             if turned:
                 notices.append(f"{info.path}: no face found as the video is displayed, so its "
                                f"valence and arousal come from the voice alone; {turned}")
-                warnings.warn(notices[-1], OrientationWarning, stacklevel=2)
+                warnings.warn(notices[-1], OrientationWarning, stacklevel=3)
+        return feats, notices
 
+    def predict(self, feats: Features, timings: dict[str, float] | None = None,
+                say: Callable[[str], None] | None = None,
+                notices: list[str] | None = None) -> Annotation:
+        """The model's annotation of one file's features: every tracked face's predictions
+        (the voice fused where the face speaks) and the table of them all."""
+        say = say or (lambda stage: None)
+        timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
+        cfg, ckpt, info = self.cfg, self.checkpoint, feats.info
         say("model")
         t1 = time.perf_counter()
+        use_visual = info.has_video and cfg.has_visual
         tracks = feats.tracks if use_visual and feats.face.any() else []
         loudness = feats.audio.loudness if feats.audio is not None else None
         talk = speakers.speaking(tracks, loudness, feats.voice)
@@ -213,18 +210,19 @@ class Annotator:
 
         say("postprocess")
         t1 = time.perf_counter()
-        people, tables = [], []
+        persons, tables = [], []
         for i, (one, steps, values, source, speaking) in enumerate(results):
-            made = to_table(ckpt, one, values, source, face_id=i, speaking=speaking)
-            people.append(Person(i, one.track, steps, made.values, made.face, made.speaking,
-                                 made.confidence))
+            made = to_table(ckpt, one, values, source, self.postprocess, face_id=i,
+                            speaking=speaking)
+            persons.append(Person(i, one.track, steps, made.values, made.face, made.speaking,
+                                  made.confidence))
             tables.append(made.columns)
-        table = writer.merge_faces(tables)
+        columns = merge_faces(tables)
         timings["postprocess"] += time.perf_counter() - t1
-        first, (_, steps, _, source, _) = people[0], results[0]
-        return Annotation(info.path, info, table, source, steps, first.step_values,
+        first, (_, steps, _, source, _) = persons[0], results[0]
+        return Annotation(info.path, info, columns, source, steps, first.step_values,
                           first.face, feats.voice, feats.track, feats.audio, timings, cfg.rate,
-                          list(cfg.targets), notices, people, _model_name(ckpt))
+                          list(cfg.targets), notices or [], persons, _model_name(ckpt))
 
     def turned_face(self, info: demux.MediaInfo, n: int = 6) -> str:
         """When no face was found: a few frames tried in the other three orientations. Says
@@ -240,73 +238,6 @@ class Annotator:
 
 def _model_name(ckpt: Checkpoint) -> str:
     return Path(ckpt.path).name if ckpt.path else "in-memory checkpoint"
-
-
-def predict_features(model, feats: "Features", stride: int = 1, batch_size: int = 32,
-                     device="cpu", speaking: np.ndarray | None = None
-                     ) -> tuple[predict.StepPredictions, np.ndarray, str]:
-    """Model output for one file's features: fusion when the model and the file have both
-    modalities and a face was found somewhere, else the available branch. Steps without a face
-    are interpolated from neighbouring face steps (the paper's rule). ``speaking`` (K,), when
-    given (several faces), limits fusion to the steps where this face speaks: elsewhere the
-    visual head alone. Returns the raw step predictions, the gap-filled values (before
-    post-processing) and the source used."""
-    cfg = model.cfg
-    heard = feats.audio is not None and feats.audio.valid.any()
-    use_audio = cfg.has_audio and heard
-    use_visual = cfg.has_visual and feats.track is not None and feats.face.any()
-    if not (use_audio or use_visual):
-        if cfg.has_audio and feats.audio is not None:
-            raise ModalityError(f"{feats.info.path}: the audio is too short to describe "
-                                f"(openSMILE needs more than 1 s)"
-                                f"{' and no face was found' if cfg.has_visual else ''}")
-        raise NoFaceError(f"{feats.info.path}: nothing this model can use (no face found"
-                          f"{'' if cfg.has_audio else ' and no audio branch'})")
-    heard_audio = feats.audio if use_audio else None
-    seen = feats.track if use_visual else None
-    steps = predict.predict_steps(model, heard_audio.values if heard_audio else None,
-                                  seen.crops if seen else None, stride, batch_size, device,
-                                  heard_audio.valid if heard_audio else None,
-                                  nearest_index(feats.face) if seen else None)
-    if not np.isfinite(steps.values).all():
-        raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
-                              f"or infinite): a damaged or diverged checkpoint")
-    values = steps.values
-    if steps.visual_values is not None and use_audio:  # no voice heard: the face alone
-        fused = feats.voice if speaking is None else feats.voice & speaking
-        values = np.where(fused[:, None], values, steps.visual_values)
-    values = fill_gaps(values, feats.face) if use_visual else values
-    source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
-    return steps, values, source
-
-
-class TableParts(NamedTuple):
-    """What ``to_table`` makes of one face's step predictions."""
-
-    values: np.ndarray  # (K, targets) post-processed step values
-    face: np.ndarray  # (K,) face flags (all 0 when the face was not used)
-    columns: writer.Columns  # the per-frame rows of this face
-    speaking: np.ndarray  # (K,) the voice is this face's
-    confidence: np.ndarray  # (K,) share of each step's clip with this face (or the voice)
-
-
-def to_table(ckpt: Checkpoint, feats: "Features", values: np.ndarray, source: str,
-             use_postprocess: bool = True, face_id: int = 0,
-             speaking: np.ndarray | None = None) -> TableParts:
-    """Step predictions (from ``predict_features``) to what a file's CSV holds: the
-    checkpoint's post-processing, the ``face`` flags, ``speaking`` (given, or the voice where
-    the face is) and the confidence, and the per-frame table of face ``face_id``."""
-    cfg = ckpt.config
-    if use_postprocess:
-        values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
-    face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
-    voice = feats.voice
-    speaking = (voice & face if face.any() else voice) if speaking is None else speaking & voice
-    confidence = writer.clip_share(face if face.any() else voice, cfg.clip_steps)
-    columns = writer.frame_columns(values, cfg.targets, cfg.rate, face, voice,
-                                   feats.frame_times, face_id, speaking, confidence,
-                                   feats.source_boxes() if face.any() else None)
-    return TableParts(values, face, columns, speaking, confidence)
 
 
 def annotate(path: str | Path, weights: str | Path | Checkpoint | None = None,

@@ -135,7 +135,7 @@ def plot_ccc_summary(per_sequence: dict[str, dict[str, dict[str, float]]], path:
 
 def _save(fig, path: Path) -> None:
     """Atomic PNG write (temporary name, then rename)."""
-    from .writer import atomic_path
+    from .files import atomic_path
 
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp)

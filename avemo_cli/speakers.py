@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .faces import FaceTrack
+from .tracking import FaceTrack
 from .features import fit_length
 
 WINDOW = 16  # steps (4 s at 4 steps/s: the model's clip)

@@ -37,12 +37,13 @@ from .checkpoint import load_checkpoint, save_checkpoint, state_mismatch
 from .datasets import Sequence, load_dataset
 from .distributed import Group
 from .errors import AvemoError, plural
+from .features import Features, FeatureSettings
+from .files import append_line, atomic_path, write_text
+from .inference import predict_features, resolve_device
 from .metrics import ccc
 from .model import AVModel, ModelConfig, VisualBranch
-from .pipeline import Features, FeatureSettings, predict_features, resolve_device
 from .postprocess import fit_chain
 from .predict import clip_steps
-from .writer import atomic_path
 
 
 @dataclass
@@ -376,6 +377,59 @@ def _train(opts: TrainOptions, log: Callable[[str], None], group: Group) -> Path
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     device = group.device
+    cfg = _model_config(opts, group)
+    train_items, devel_items, windows, window = _prepare(opts, cfg, log, group)
+    torch.manual_seed(opts.seed)
+    model = AVModel(cfg).to(device)
+    if model.audio is not None:
+        mean, std = audio_statistics([p.feats.audio.values[p.feats.audio.valid]
+                                      for p in train_items if p.feats.audio is not None])
+        model.audio.mean.copy_(torch.from_numpy(mean))
+        model.audio.std.copy_(torch.from_numpy(std))
+    optim = optimiser(model, opts.lr)
+    start_epoch, best_score, best_epoch = _start(opts, out, model, optim, cfg, log, group)
+    adapt_audio(model, train_items)
+    if group.main:
+        write_text(out / "run.json", json.dumps(
+            {"options": asdict(opts), "model": cfg.to_dict(), "processes": group.world},
+            indent=2, default=str))
+    provenance = {"data": str(Path(opts.data).resolve()), "layout": opts.layout,
+                  "train_sequences": [p.seq.name for p in train_items],
+                  "devel_sequences": [p.seq.name for p in devel_items],
+                  "commit": _git_commit(), "options": asdict(opts)}
+    step = _Step(model, cfg, opts.loss)
+    stepper: torch.nn.Module = step
+    if group.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        torch.manual_seed(opts.seed + 7919 * group.rank)  # each rank its own dropout masks
+        # every parameter takes part in every step, unless an attention is switched off
+        stepper = DistributedDataParallel(
+            step, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=not (cfg.audio_attention and cfg.visual_attention))
+    make_batch = window_batch if window > 1 else clip_batch
+    for epoch in range(start_epoch, opts.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        mine = [group.part(rows) for rows in epoch_batches(windows, opts.batch_size, opts.seed,
+                                                            epoch)
+                if len(rows) >= group.world]  # a last batch too small for every rank: dropped
+        batches = prefetched(mine, lambda r: make_batch(train_items, r, cfg, "cpu"), device,
+                             ahead=2 if device.type == "cuda" else 0)
+        total, seen = _epoch(batches, stepper, optim, epoch, group)
+        train_s = time.perf_counter() - t0
+        if group.main:
+            best_score, best_epoch = _end_epoch(
+                model, optim, cfg, devel_items, device, out, provenance, opts, log,
+                epoch, total / max(seen, 1), seen, train_s, best_score, best_epoch)
+        group.barrier()  # the next epoch (or the end) after rank 0 has saved this one
+    if not group.main:
+        return out / "best.safetensors"
+    return _finish(out, devel_items, cfg, device, best_epoch, log)
+
+
+def _model_config(opts: TrainOptions, group: Group) -> ModelConfig:
+    """The model the options describe, checked with the options that must agree with it."""
     settings_cfg = dict(modality=opts.modality, targets=list(opts.targets),
                         audio_attention=opts.audio_attention,
                         visual_attention=opts.visual_attention,
@@ -390,6 +444,12 @@ def _train(opts: TrainOptions, log: Callable[[str], None], group: Group) -> Path
     if opts.batch_size < group.world:
         raise TrainError(f"--batch-size {opts.batch_size} is the global batch: it needs at "
                          f"least one clip for each of the {group.world} processes")
+    return cfg
+
+
+def _prepare(opts: TrainOptions, cfg: ModelConfig, log: Callable[[str], None], group: Group
+             ) -> tuple[list[Prepared], list[Prepared], list, int]:
+    """The train and devel sequences' features, and the training clips in windows."""
     seqs = load_dataset(opts.data, opts.layout, opts.split)
     by_part = {p: [s for s in seqs if s.partition == p and s.labels is not None]
                for p in ("train", "devel")}
@@ -412,26 +472,26 @@ def _train(opts: TrainOptions, log: Callable[[str], None], group: Group) -> Path
     # batch normalisation's statistics would see a window's frames once, not once per clip
     window = 1 if cfg.batch_norm else max(1, opts.window)
     windows = training_windows(samples, window, cfg.clip_steps)
+    device = group.device
     where = f"{device}" if group.world == 1 else \
         f"{group.world} processes ({device.type}), {_per_process(opts.batch_size, group.world)}"
     log(f"train: {plural(len(train_items), 'sequence')}, {plural(len(samples), 'clip')} "
         f"in {plural(len(windows), 'window')} of up to {window}; devel: "
         f"{plural(len(devel_items), 'sequence')}; model {cfg.modality} on {where}; global "
         f"batch {opts.batch_size}")
+    return train_items, devel_items, windows, window
 
-    torch.manual_seed(opts.seed)
-    model = AVModel(cfg).to(device)
-    if model.audio is not None:
-        mean, std = audio_statistics([p.feats.audio.values[p.feats.audio.valid]
-                                      for p in train_items if p.feats.audio is not None])
-        model.audio.mean.copy_(torch.from_numpy(mean))
-        model.audio.std.copy_(torch.from_numpy(std))
-    optim = optimiser(model, opts.lr)
+
+def _start(opts: TrainOptions, out: Path, model, optim, cfg: ModelConfig,
+           log: Callable[[str], None], group: Group) -> tuple[int, float, int]:
+    """The epoch to start from, the best devel score so far and its epoch: a resumed run's,
+    or a fresh start (whose metrics log is emptied)."""
     start_epoch, best_score, best_epoch = 0, -np.inf, 0
     state_path = out / "last.pt"
     metrics_path = out / "metrics.jsonl"
     if opts.resume and state_path.exists():
-        start_epoch, best_score, best_epoch = _resume(state_path, model, optim, cfg, device)
+        start_epoch, best_score, best_epoch = _resume(state_path, model, optim, cfg,
+                                                      group.device)
         log(f"resuming from epoch {start_epoch} (best devel {best_score:.4f} at epoch "
             f"{best_epoch})")
         if group.main:
@@ -440,59 +500,36 @@ def _train(opts: TrainOptions, log: Callable[[str], None], group: Group) -> Path
         log(f"nothing to resume in {out}; starting afresh")
     if start_epoch == 0 and group.main:
         metrics_path.unlink(missing_ok=True)
-    adapt_audio(model, train_items)
-    if group.main:
-        (out / "run.json").write_text(json.dumps(
-            {"options": asdict(opts), "model": cfg.to_dict(), "processes": group.world},
-            indent=2, default=str))
-    amp = device.type == "cuda"
-    provenance = {"data": str(Path(opts.data).resolve()), "layout": opts.layout,
-                  "train_sequences": [p.seq.name for p in train_items],
-                  "devel_sequences": [p.seq.name for p in devel_items],
-                  "commit": _git_commit(), "options": asdict(opts)}
-    step = _Step(model, cfg, opts.loss)
-    stepper: torch.nn.Module = step
-    if group.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    return start_epoch, best_score, best_epoch
 
-        torch.manual_seed(opts.seed + 7919 * group.rank)  # each rank its own dropout masks
-        # every parameter takes part in every step, unless an attention is switched off
-        stepper = DistributedDataParallel(
-            step, device_ids=[device] if device.type == "cuda" else None,
-            find_unused_parameters=not (cfg.audio_attention and cfg.visual_attention))
-    make_batch = window_batch if window > 1 else clip_batch
 
-    for epoch in range(start_epoch, opts.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        mine = [group.part(rows) for rows in epoch_batches(windows, opts.batch_size, opts.seed,
-                                                            epoch)
-                if len(rows) >= group.world]  # a last batch too small for every rank: dropped
-        for batch in prefetched(mine, lambda r: make_batch(train_items, r, cfg, "cpu"), device,
-                                ahead=2 if device.type == "cuda" else 0):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                loss = stepper(batch)
-            n = len(batch["gold"])
-            value, count = group.total(float(loss.detach()) * n, n)
-            if not np.isfinite(value):
-                raise TrainError(f"epoch {epoch + 1}: the training loss is {value} (diverged); "
-                                 f"nothing was saved from this epoch: lower --lr and re-run "
-                                 f"(--resume goes on from the last finished epoch)")
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            total += value
-            seen += int(count)
-        train_s = time.perf_counter() - t0
-        if group.main:
-            best_score, best_epoch = _end_epoch(
-                model, optim, cfg, devel_items, device, out, provenance, opts, log,
-                epoch, total / max(seen, 1), seen, train_s, best_score, best_epoch)
-        group.barrier()  # the next epoch (or the end) after rank 0 has saved this one
+def _epoch(batches, stepper: torch.nn.Module, optim, epoch: int, group: Group
+           ) -> tuple[float, int]:
+    """One pass over this process's batches: the summed loss (over every process) and the
+    clips seen."""
+    amp = group.device.type == "cuda"
+    total, seen = 0.0, 0
+    for batch in batches:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = stepper(batch)
+        n = len(batch["gold"])
+        value, count = group.total(float(loss.detach()) * n, n)
+        if not np.isfinite(value):
+            raise TrainError(f"epoch {epoch + 1}: the training loss is {value} (diverged); "
+                             f"nothing was saved from this epoch: lower --lr and re-run "
+                             f"(--resume goes on from the last finished epoch)")
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        total += value
+        seen += int(count)
+    return total, seen
 
-    if not group.main:
-        return out / "best.safetensors"
+
+def _finish(out: Path, devel_items: list[Prepared], cfg: ModelConfig, device,
+            best_epoch: int, log: Callable[[str], None]) -> Path:
+    """Rank 0 after the last epoch: fit the post-processing on devel into the best
+    checkpoint."""
     if not (out / "best.safetensors").exists():
         raise TrainError(f"{out}: no epoch finished, so there is no best checkpoint")
     best = load_checkpoint(out / "best.safetensors", device)
@@ -623,8 +660,7 @@ def _end_epoch(model, optim, cfg, devel_items, device, out: Path, provenance, op
         best_score, best_epoch = mean_score, epoch + 1
         save_checkpoint(out / "best.safetensors", model,
                         provenance={**provenance, "epoch": epoch + 1, "devel_ccc": scores})
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(out / "metrics.jsonl", json.dumps(record))
     _save_state(out / "last.pt", model, optim, cfg, epoch + 1, best_score, best_epoch)
     log(f"epoch {epoch + 1}/{opts.epochs}: loss {record['train_loss']:.4f}, devel CCC "
         + ", ".join(f"{t} {v:.3f}" for t, v in scores.items())
@@ -644,4 +680,4 @@ def _truncate_log(path: Path, epochs: int) -> None:
     line of an epoch whose state was not saved)."""
     if path.exists():
         lines = path.read_text().splitlines()[:epochs]
-        path.write_text("".join(line + "\n" for line in lines))
+        write_text(path, "".join(line + "\n" for line in lines))

@@ -3,16 +3,16 @@
     python benchmarks/bench_crosscorpus.py [--shared ../shared/data] [--norm recording|global]
         [--prior 30] [--updates 4000] [--copies 2] [--schemes speaker_cv,loco] [--json out.json]
 
-Defaults are the default model's recipe (avemo_cli.speech.AUDIO_CONFIG, UPDATES, COPIES), so
+Defaults are the default model's recipe (avemo_cli.recipes.speech.AUDIO_CONFIG, UPDATES, COPIES), so
 its first tables are the model card's; the options reproduce the design comparisons there.
 
-Trains the default model's audio recipe (avemo_cli.speech) on EmoDB (German), RAVDESS actors
+Trains the default model's audio recipe (avemo_cli.recipes.speech) on EmoDB (German), RAVDESS actors
 01-18 (English) and EMOVO (Italian), with speakers held out (5 folds, every corpus's speakers
 dealt round-robin, all corpora pooled) and with each whole corpus held out in turn, and scores
 the held-out speakers' clean recordings: each clip alone, and each speaker's clips joined into
 one recording with a block per emotion (scored per block after its first 5 s). The SVR probe
 (eGeMAPS functionals, RBF SVR, same normalisation and training steps) is scored beside the
-network. Labels: emotion categories mapped by categorical.EMOTION_VA (an assumption).
+network. Labels: emotion categories mapped by datasets.EMOTION_VA (an assumption).
 Needs scikit-learn (pip install -e '.[bench]'). Prints the tables and the machine.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
-from avemo_cli import speech  # noqa: E402
+from avemo_cli.recipes import speech  # noqa: E402
 from avemo_cli.cache import default_cache_dir  # noqa: E402
 from avemo_cli.model import ModelConfig  # noqa: E402
 

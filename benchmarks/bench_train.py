@@ -33,9 +33,9 @@ from avemo_cli import __version__  # noqa: E402
 from avemo_cli.audio import AudioFeatures  # noqa: E402
 from avemo_cli.datasets import Sequence  # noqa: E402
 from avemo_cli.demux import MediaInfo  # noqa: E402
-from avemo_cli.faces import FaceTrack  # noqa: E402
+from avemo_cli.tracking import FaceTrack  # noqa: E402
 from avemo_cli.model import AVModel, ModelConfig  # noqa: E402
-from avemo_cli.pipeline import Features  # noqa: E402
+from avemo_cli.features import Features  # noqa: E402
 from avemo_cli.train import (Prepared, adapt_audio, batch_loss, clip_batch,  # noqa: E402
                              epoch_batches, optimiser, training_samples, training_windows,
                              window_batch)

@@ -10,7 +10,7 @@ Everything is written under --work (default: $AVEMO_CACHE/default_model or
 ~/.cache/avemo/default_model): the aligned FER+ faces, the branch checkpoints and metrics.json;
 assemble writes weights/default.safetensors and weights/default_metrics.json.
 
-Labels are emotion categories mapped onto (valence, arousal) by categorical.EMOTION_VA (FER+:
+Labels are emotion categories mapped onto (valence, arousal) by datasets.EMOTION_VA (FER+:
 the expectation under its crowd votes). See weights/MODEL_CARD.md for what this implies.
 """
 from __future__ import annotations
@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avemo_cli import categorical as C
-from avemo_cli import speech
 from avemo_cli.cache import default_cache_dir
 from avemo_cli.checkpoint import save_checkpoint
+from avemo_cli.datasets import EMOTION_VA
 from avemo_cli.metrics import ccc
 from avemo_cli.model import AVModel, ModelConfig
+from avemo_cli.recipes import corpora as C
+from avemo_cli.recipes import speech, stills
 
 HERE = Path(__file__).resolve().parents[1]
 SHARED = HERE.parent / "shared" / "data"
@@ -65,7 +66,7 @@ def aligned_ferplus(work: Path, jobs: int) -> dict:
     data = C.ferplus(SHARED / "ferplus" / "ferplus.npz")
     if not path.exists():
         log(f"aligning {len(data.images)} FER+ faces (dlib, x4 upsampling) ...")
-        crops, detected = C.align_stills(data.images, 48, jobs=jobs)
+        crops, detected = stills.align_stills(data.images, 48, jobs=jobs)
         np.savez(path, crops=crops, detected=detected)
     z = np.load(path)
     return {"crops": z["crops"], "detected": z["detected"], "targets": data.targets,
@@ -77,7 +78,7 @@ def predict_stills(model: AVModel, crops: np.ndarray, batch: int = 128) -> np.nd
     model.eval()
     out = []
     for i in range(0, len(crops), batch):
-        clips = C.still_clips(torch.from_numpy(crops[i:i + batch]), model.cfg.clip_steps,
+        clips = stills.still_clips(torch.from_numpy(crops[i:i + batch]), model.cfg.clip_steps,
                               jitter=False)
         out.append(model(video=clips)["pred"].numpy())
     return np.concatenate(out)
@@ -106,7 +107,7 @@ def train_visual(work: Path, clips: int, jobs: int, seed: int = 0) -> None:
         for i in range(0, len(order), 32):
             model.train()
             idx = order[i:i + 32]
-            clips = C.still_clips(x[idx], model.cfg.clip_steps, gen)
+            clips = stills.still_clips(x[idx], model.cfg.clip_steps, gen)
             loss = torch.mean((model(video=clips)["pred"] - y[idx]) ** 2)
             opt.zero_grad()
             loss.backward()
@@ -217,7 +218,7 @@ def train_audio(work: Path, updates: int, jobs: int) -> None:
               "updates": updates,
               "augmented_copies": AUDIO_COPIES, "cross_validation_minutes": cv_minutes,
               "final_minutes": round((time.time() - t0) / 60, 1),
-              "label_mapping": C.EMOTION_VA}
+              "label_mapping": EMOTION_VA}
     save_checkpoint(path, final, provenance={"speech": {
         "corpora": "EmoDB (8 speakers), RAVDESS actors 01-18, EMOVO (4 speakers)",
         "updates": updates, "augmented_copies": AUDIO_COPIES}})
@@ -286,7 +287,7 @@ def assemble(work: Path) -> Path:
         "audio": "EmoDB + RAVDESS actors 01-18 + EMOVO, all 30 speakers, clean and augmented "
                  "(metrics from speaker-held-out and leave-one-corpus-out runs)",
         "fusion": f"weighted by held-out reliability: {weights}",
-        "label_mapping": C.EMOTION_VA, "metrics": {
+        "label_mapping": EMOTION_VA, "metrics": {
             "ferplus_test": metrics["visual_ferplus"]["test"],
             "speech_speaker_cv_clips": speech_cv["clip"]["all"],
             "speech_loco_ccc": audio_ccc}})

@@ -65,8 +65,9 @@ def test_audio_of_one_second_or_less_is_not_voice_and_warns_nobody(recwarn):
 
 
 def test_steps_without_voice_use_the_visual_head_alone(tmp_path):
-    from avemo_cli.faces import FaceTrack
-    from avemo_cli.pipeline import Features, predict_features
+    from avemo_cli.tracking import FaceTrack
+    from avemo_cli.features import Features
+    from avemo_cli.inference import predict_features
     from avemo_cli.testing.tiny_checkpoint import tiny_model
 
     k = 24
@@ -90,7 +91,8 @@ def test_non_finite_predictions_are_an_error_not_blank_columns(tmp_path):
     import torch
 
     from avemo_cli.errors import CheckpointError
-    from avemo_cli.pipeline import Features, predict_features
+    from avemo_cli.features import Features
+    from avemo_cli.inference import predict_features
     from avemo_cli.testing.tiny_checkpoint import tiny_model
 
     k = 12

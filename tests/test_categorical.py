@@ -2,7 +2,9 @@
 import numpy as np
 import torch
 
-from avemo_cli import align, categorical as C
+from avemo_cli import align
+from avemo_cli.recipes import corpora as C
+from avemo_cli.recipes import stills
 
 from conftest import shared_file
 
@@ -47,7 +49,7 @@ def test_nearest_class():
 
 def test_stills_align_like_video_frames_and_become_clips():
     z = np.load(shared_file("ferplus", "ferplus.npz"))
-    crops, detected = C.align_stills(z["images"][:40], 48)
+    crops, detected = stills.align_stills(z["images"][:40], 48)
     assert crops.shape == (40, 48, 48) and detected.mean() > 0.5
     # a detected face's landmarks, re-found on its aligned crop, sit near the template
     from avemo_cli.faces import DlibBackend
@@ -60,9 +62,9 @@ def test_stills_align_like_video_frames_and_become_clips():
         pts = align.anchor_points(dl.landmarks(big, boxes[0]) / 4)
         assert np.abs(pts[:2] - align.TEMPLATE[:2] * 48).max() < 6
     still = torch.from_numpy(crops[:4])
-    fixed = C.still_clips(still, 16, jitter=False)
+    fixed = stills.still_clips(still, 16, jitter=False)
     assert fixed.shape == (4, 16, 1, 48, 48) and torch.equal(fixed[:, 0], fixed[:, 15])
-    moving = C.still_clips(still, 16, torch.Generator().manual_seed(0))
+    moving = stills.still_clips(still, 16, torch.Generator().manual_seed(0))
     assert moving.shape == fixed.shape and moving.min() >= -1 and moving.max() <= 1
     step_change = (moving[:, 1:] - moving[:, :-1]).abs().mean()
     assert 0 < step_change < (moving - fixed).abs().mean() + 0.5  # small motion between steps

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from avemo_cli.cli import main
 from avemo_cli.demux import probe
-from avemo_cli.writer import COLUMNS
+from avemo_cli.table import COLUMNS
 
 from conftest import decoded_frame_count, make_synthetic_video, shared_file
 
@@ -216,7 +216,7 @@ def test_default_model_annotates_the_bundled_sample(tmp_path, monkeypatch):
 
 
 def test_unusable_output_folder_fails_before_any_work(tmp_path, tiny_ckpt, monkeypatch):
-    from avemo_cli.batch import annotate_files
+    from avemo_cli.batch import AnnotateOptions, annotate_files
     from avemo_cli.errors import OutputError
     from avemo_cli.pipeline import Annotator
 
@@ -232,7 +232,7 @@ def test_unusable_output_folder_fails_before_any_work(tmp_path, tiny_ckpt, monke
         assert code == 2 and err.strip() == err.strip().splitlines()[0], err
         assert f"{out}: cannot write outputs there" in err and why in err and not stdout
         with pytest.raises(OutputError):
-            annotate_files([video], None, out)
+            annotate_files([video], AnnotateOptions(out, weights=str(tiny_ckpt)))
     assert not analysed
     ok = tmp_path / "new" / "nested"
     monkeypatch.undo()

@@ -162,7 +162,7 @@ def _anamorphic(src, path, stretch):
 
 def test_sample_aspect_ratio_is_honoured(tmp_path):
     from avemo_cli.faces import make_backend
-    from avemo_cli.pipeline import FeatureSettings, extract
+    from avemo_cli.features import FeatureSettings, extract
 
     src = shared_file("videos", "WDA_KatieHill_000.mp4")
     square = tmp_path / "square.mp4"

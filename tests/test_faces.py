@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from avemo_cli import align, demux, faces
+from avemo_cli import align, demux, faces, tracking
 
 from conftest import ffmpeg, make_synthetic_video, shared_file
 
@@ -31,7 +31,7 @@ def test_warp_resamples_through_the_matrix():
 
 def test_tracking_and_alignment_on_a_real_talking_face(dlib_backend):
     info = demux.probe(shared_file("videos", "WDA_KatieHill_000.mp4"))
-    track = faces.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64,
+    track = tracking.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64,
                               detect_every=8)
     n = len(track.found)
     assert n == 32 and track.found.mean() >= 0.95
@@ -54,7 +54,7 @@ def test_tracking_and_alignment_on_a_real_talking_face(dlib_backend):
 def test_no_face_in_a_test_pattern(tmp_path, dlib_backend):
     path = make_synthetic_video(tmp_path / "pattern.mp4", seconds=2, audio=False)
     info = demux.probe(path)
-    track = faces.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64)
+    track = tracking.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64)
     assert not track.found.any() and track.detections == len(track.found) == 8
     assert np.isnan(track.boxes).all() and (track.crops == 0).all()
 
@@ -75,7 +75,7 @@ def test_small_videos_are_scaled_up_so_their_faces_are_found(tmp_path, dlib_back
     info = demux.probe(small)
     frames = list(demux.iter_frames(info, 4))
     assert frames[0].shape == (320, 480)
-    track = faces.track_faces(iter(frames), dlib_backend, crop_size=64)
+    track = tracking.track_faces(iter(frames), dlib_backend, crop_size=64)
     assert track.found.mean() >= 0.9
 
 
@@ -112,7 +112,7 @@ def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tin
 
 def test_audio_beside_video_gives_what_one_after_the_other_gives():
     """The audio path runs in a thread beside the video path: the same features either way."""
-    from avemo_cli.pipeline import FeatureSettings, extract
+    from avemo_cli.features import FeatureSettings, extract
 
     info = demux.probe(shared_file("videos", "subj01_timepoint01.mp4"))
     backend = faces.make_backend("dlib")
@@ -138,7 +138,7 @@ def test_decoding_without_deblocking_keeps_the_predictions():
     assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(fast, exact)]) < 1.5
     backend = faces.make_backend("dlib")
     model = load_checkpoint(resolve_weights(None)).model.eval()
-    tracks = [faces.track_faces(iter(f), backend, model.cfg.input_size) for f in (fast, exact)]
+    tracks = [tracking.track_faces(iter(f), backend, model.cfg.input_size) for f in (fast, exact)]
     assert np.array_equal(tracks[0].found, tracks[1].found) and tracks[0].found.mean() > 0.5
     values = [predict_steps(model, crops=t.crops).values for t in tracks]
     assert np.abs(values[0] - values[1]).max() < 0.03

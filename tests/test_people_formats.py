@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from avemo_cli.cli import main
-from avemo_cli.faces import FaceTrack
+from avemo_cli.tracking import FaceTrack
 from avemo_cli.speakers import speaking
-from avemo_cli.writer import COLUMNS
+from avemo_cli.table import COLUMNS
 
 from conftest import ffmpeg, shared_file
 

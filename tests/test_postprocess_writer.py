@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avemo_cli.pipeline import fill_gaps
+from avemo_cli.inference import fill_gaps
 from avemo_cli.postprocess import apply_chain, apply_postprocess, median_filter, shift_forward
-from avemo_cli.writer import (COLUMNS, as_frame, frame_columns, merge_faces, read_csv,
-                              write_csv)
+from avemo_cli.outputs import write_csv
+from avemo_cli.table import COLUMNS, as_frame, frame_columns, merge_faces, read_csv
 
 
 def frame_table(*args, **kwargs) -> pd.DataFrame:
@@ -98,7 +98,7 @@ def test_parquet_and_json_mark_missing_values_as_null(tmp_path):
     import pyarrow.parquet as pq
 
     from avemo_cli import demux
-    from avemo_cli.writer import WRITERS
+    from avemo_cli.outputs import WRITERS
 
     face = np.array([True, False, True, True])
     boxes = np.tile([10.0, 20.0, 50.0, 70.0], (4, 1))
@@ -108,12 +108,12 @@ def test_parquet_and_json_mark_missing_values_as_null(tmp_path):
     info = demux.MediaInfo(tmp_path / "a.wav", 1.0, False, True, 0, 0, 0.0, 0, 0)
     annotation = SimpleNamespace(columns=columns, info=info, path=info.path, model="m",
                                  source="audio", targets=["valence"], rate=4.0)
-    WRITERS["parquet"](annotation, tmp_path / "a.parquet")
+    WRITERS["parquet"].write(annotation, tmp_path / "a.parquet")
     table = pq.read_table(tmp_path / "a.parquet")
     assert table.column_names == COLUMNS and table.num_rows == 4
     assert table.column("arousal").null_count == 4 and table.column("box_x").null_count == 1
     assert str(table.schema.field("face").type) == "int8"
-    WRITERS["json"](annotation, tmp_path / "a.json")
+    WRITERS["json"].write(annotation, tmp_path / "a.json")
     rows = json.loads((tmp_path / "a.json").read_text())["rows"]
     assert rows[1]["box_x"] is None and rows[0]["box_x"] == 10.0 and rows[0]["arousal"] is None
 
@@ -150,7 +150,7 @@ def test_fit_chain_ignores_unscored_sequences():
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
-    from avemo_cli.writer import atomic_path
+    from avemo_cli.files import atomic_path
 
     target = tmp_path / "sub" / "out.png"
     with atomic_path(target, ".png") as tmp:
@@ -170,7 +170,7 @@ def test_stale_temporaries_of_killed_runs_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from avemo_cli.writer import remove_stale_temporaries
+    from avemo_cli.files import remove_stale_temporaries
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()

@@ -143,8 +143,8 @@ def test_extraction_processes_feed_one_model(tmp_path, tiny_ckpt):
     import os
     import signal
 
-    from avemo_cli import early
-    from avemo_cli.batch import annotate_files
+    from avemo_cli import extractors
+    from avemo_cli.batch import AnnotateOptions, Progress, annotate_files
     from avemo_cli.pipeline import Annotator
 
     from conftest import ffmpeg
@@ -158,19 +158,20 @@ def test_extraction_processes_feed_one_model(tmp_path, tiny_ckpt):
                str(src / f"clip{i}.mp4"))
     (src / "broken.mp4").write_bytes(b"not a video")
     annotator = Annotator(tiny_ckpt, device="cpu")
-    one = annotate_files([src], annotator, tmp_path / "one")
+    one = annotate_files([src], AnnotateOptions(tmp_path / "one"), annotator)
     killed = []
 
-    def kill_extractors(job, i, total):
-        if not killed:  # the first file's model stage: stop every extraction process
-            for extractors in early._POOLS:
-                for proc in list(extractors.pool._processes.values()):
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.append(proc.pid)
+    class KillExtractors(Progress):
+        def start(self, job, i, total):
+            if not killed:  # the first file's model stage: stop every extraction process
+                for pool in extractors.live():
+                    for proc in list(pool.pool._processes.values()):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
 
-    fed = annotate_files([src], annotator, tmp_path / "fed", jobs=2, one_model=True,
-                         on_start=kill_extractors)
-    assert killed and early._POOLS == [] and early._STARTED == {}  # all ended, all claimed
+    fed = annotate_files([src], AnnotateOptions(tmp_path / "fed", jobs=2, one_model=True),
+                         annotator, KillExtractors())
+    assert killed and extractors.live() == []  # all ended
     assert len(one.written) == len(fed.written) == 4
     assert [p.name for p, _ in fed.failed] == ["broken.mp4"]
     assert fed.failed[0][1].count("\n") == 0 and "broken.mp4" in fed.failed[0][1]

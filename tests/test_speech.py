@@ -1,5 +1,5 @@
 """Recording-level audio normalisation, weighted fusion, the speech corpora and the cross-corpus
-machinery of the default model's recipe (avemo_cli.speech)."""
+machinery of the default model's recipe (avemo_cli.recipes.speech)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from avemo_cli import speech
+from avemo_cli.recipes import speech
 from avemo_cli.audio import AudioFeatures
 from avemo_cli.checkpoint import load_checkpoint, save_checkpoint
 from avemo_cli.datasets import Sequence
 from avemo_cli.demux import MediaInfo
 from avemo_cli.model import ModelConfig
-from avemo_cli.pipeline import Annotator, Features, FeatureSettings, extract
+from avemo_cli.features import Features, FeatureSettings, extract
+from avemo_cli.pipeline import Annotator
 from avemo_cli.predict import clip_steps, predict_steps
 from avemo_cli.testing.tiny_checkpoint import tiny_model
 from avemo_cli.train import (Prepared, adapt_audio, batch_outputs, clip_batch, evaluate_items,
@@ -144,7 +145,7 @@ def test_annotate_applies_the_checkpoints_recording_norm(tmp_path):
 
 
 def test_speech_corpora_readers():
-    from avemo_cli import categorical as C
+    from avemo_cli.recipes import corpora as C
 
     rav = C.ravdess(shared_file("ravdess"))
     emo = C.emovo(shared_file("emovo"))
@@ -172,7 +173,7 @@ def test_augment_changes_level_speed_and_channel():
 
 
 def _clips(n_per=3):
-    from avemo_cli.categorical import Clip
+    from avemo_cli.recipes.corpora import Clip
 
     out = []
     for spk in ("a", "b"):
@@ -210,7 +211,7 @@ def test_scores_of_units():
 def test_cross_corpus_pipeline_on_real_speech(tmp_path):
     """A few real EmoDB and EMOVO clips through decode, augmentation, joined recordings, a short
     fit and held-out scoring, end to end."""
-    from avemo_cli import categorical as C
+    from avemo_cli.recipes import corpora as C
 
     clips = [c for c in C.emodb(shared_file("emodb")) if c.speaker in ("emodb:03", "emodb:08")
              and c.emotion in ("happiness", "sadness")][:12]

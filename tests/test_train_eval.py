@@ -166,7 +166,7 @@ def test_user_errors_are_one_line(corpus, tmp_path):
 
 def test_damaged_cache_entry_is_recomputed(corpus, tmp_path):
     from avemo_cli.cache import FeatureCache, extract_all, file_digest
-    from avemo_cli.pipeline import FeatureSettings
+    from avemo_cli.features import FeatureSettings
 
     video = corpus / "video" / "Devel_01.mp4"
     cache = FeatureCache(tmp_path)
@@ -186,7 +186,7 @@ def test_categorical_layout_trains_speaker_independently(tmp_path):
     """EmoDB anger / sadness / happiness as <partition>/<emotion>/ folders, split by speaker:
     an audio model must separate high-arousal anger from low-arousal sadness on unseen voices.
     Trained with recording-level normalisation, which the checkpoint carries to eval."""
-    from avemo_cli.categorical import emodb
+    from avemo_cli.recipes.corpora import emodb
 
     root = tmp_path / "emodb"
     for clip in emodb(shared_file("emodb")):

@@ -13,8 +13,8 @@ import torch
 from avemo_cli.audio import AudioFeatures
 from avemo_cli.datasets import Sequence
 from avemo_cli.demux import MediaInfo
-from avemo_cli.faces import FaceTrack
-from avemo_cli.pipeline import Features
+from avemo_cli.tracking import FaceTrack
+from avemo_cli.features import Features
 from avemo_cli.testing.corpus import build_corpus
 from avemo_cli.testing.tiny_checkpoint import tiny_model
 from avemo_cli.train import (Prepared, adapt_audio, batch_loss, clip_batch, epoch_batches,

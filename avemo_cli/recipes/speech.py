@@ -1,7 +1,7 @@
 """Cross-corpus speech emotion for the audio branch: the default model's recipe and its benchmark.
 
 Labelled speech here is acted clips of one emotion each (EmoDB, RAVDESS, EMOVO), mapped onto
-the valence/arousal plane by ``categorical.EMOTION_VA``. From them this module builds two kinds of
+the valence/arousal plane by ``datasets.EMOTION_VA``. From them this module builds two kinds of
 *recording*, both annotated by the same inference path as ``avemo annotate``
 (``predict.predict_steps``, which applies the checkpoint's audio normalisation):
 
@@ -31,14 +31,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import categorical as C
-from .audio import egemaps
-from .cache import save_npz, spawn_map
-from .demux import AUDIO_RATE, probe, read_audio
-from .metrics import ccc
-from .model import AVModel, ModelConfig
-from .predict import clip_steps, predict_steps
-from .train import audio_statistics
+from ..audio import egemaps
+from ..cache import save_npz, spawn_map
+from ..demux import AUDIO_RATE, probe, read_audio
+from ..metrics import ccc
+from ..model import AVModel, ModelConfig
+from ..predict import clip_steps, predict_steps
+from ..train import audio_statistics
+from . import corpora as C
 
 NEGATIVE = ("anger", "fear", "disgust", "sadness")
 
@@ -245,7 +245,7 @@ def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int
     """Train an audio model on the recordings' steps against the mapped targets: ``mse``, or
     ``mse+ccc`` (MSE plus 1 - CCC per target over the batch, which rewards spreading the
     predictions as far as the targets spread)."""
-    from .train import loss_fn
+    from ..train import loss_fn
 
     torch.manual_seed(seed)
     model = AVModel(cfg)

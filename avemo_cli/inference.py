@@ -1,0 +1,115 @@
+"""Stage 5 — inference shared by annotate, train and eval: one file's features through a
+model (``predict_features``: fusion or the branch the file allows, face gaps filled) and the
+step predictions to a table (``to_table``: post-processing, flags, confidence, per-frame rows);
+and where the networks run (``resolve_device``)."""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from . import postprocess, predict, table
+from .checkpoint import Checkpoint
+from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
+from .features import Features, nearest_index
+
+
+DEVICES = "auto|cpu|cuda[:N]"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` (or None): CUDA when present, else CPU; ``cpu``; ``cuda`` or ``cuda:N``.
+    Anything else, or CUDA where there is none, is a ``DeviceError``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise DeviceError(f"--device {device}: not a device (use {DEVICES})")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Replace rows where ``ok`` is False by linear interpolation between the nearest ok rows
+    (held constant beyond the first/last); the paper's rule for steps with no face."""
+    if ok.all() or not ok.any():
+        return values.copy()
+    steps = np.arange(len(values))
+    out = values.copy()
+    for j in range(values.shape[1]):
+        out[~ok, j] = np.interp(steps[~ok], steps[ok], values[ok, j])
+    return out
+
+
+def predict_features(model, feats: Features, stride: int = 1, batch_size: int = 32,
+                     device="cpu", speaking: np.ndarray | None = None
+                     ) -> tuple[predict.StepPredictions, np.ndarray, str]:
+    """Model output for one file's features: fusion when the model and the file have both
+    modalities and a face was found somewhere, else the available branch. Steps without a face
+    are interpolated from neighbouring face steps (the paper's rule). ``speaking`` (K,), when
+    given (several faces), limits fusion to the steps where this face speaks: elsewhere the
+    visual head alone. Returns the raw step predictions, the gap-filled values (before
+    post-processing) and the source used."""
+    cfg = model.cfg
+    heard = feats.audio is not None and feats.audio.valid.any()
+    use_audio = cfg.has_audio and heard
+    use_visual = cfg.has_visual and feats.track is not None and feats.face.any()
+    if not (use_audio or use_visual):
+        if cfg.has_audio and feats.audio is not None:
+            raise ModalityError(f"{feats.info.path}: the audio is too short to describe "
+                                f"(openSMILE needs more than 1 s)"
+                                f"{' and no face was found' if cfg.has_visual else ''}")
+        raise NoFaceError(f"{feats.info.path}: nothing this model can use (no face found"
+                          f"{'' if cfg.has_audio else ' and no audio branch'})")
+    heard_audio = feats.audio if use_audio else None
+    seen = feats.track if use_visual else None
+    steps = predict.predict_steps(model, heard_audio.values if heard_audio else None,
+                                  seen.crops if seen else None, stride, batch_size, device,
+                                  heard_audio.valid if heard_audio else None,
+                                  nearest_index(feats.face) if seen else None)
+    if not np.isfinite(steps.values).all():
+        raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
+                              f"or infinite): a damaged or diverged checkpoint")
+    values = steps.values
+    if steps.visual_values is not None and use_audio:  # no voice heard: the face alone
+        fused = feats.voice if speaking is None else feats.voice & speaking
+        values = np.where(fused[:, None], values, steps.visual_values)
+    values = fill_gaps(values, feats.face) if use_visual else values
+    source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
+    return steps, values, source
+
+
+class TableParts(NamedTuple):
+    """What ``to_table`` makes of one face's step predictions."""
+
+    values: np.ndarray  # (K, targets) post-processed step values
+    face: np.ndarray  # (K,) face flags (all 0 when the face was not used)
+    columns: table.Columns  # the per-frame rows of this face
+    speaking: np.ndarray  # (K,) the voice is this face's
+    confidence: np.ndarray  # (K,) share of each step's clip with this face (or the voice)
+
+
+def to_table(ckpt: Checkpoint, feats: Features, values: np.ndarray, source: str,
+             use_postprocess: bool = True, face_id: int = 0,
+             speaking: np.ndarray | None = None) -> TableParts:
+    """Step predictions (from ``predict_features``) to what a file's CSV holds: the
+    checkpoint's post-processing, the ``face`` flags, ``speaking`` (given, or the voice where
+    the face is) and the confidence, and the per-frame table of face ``face_id``."""
+    cfg = ckpt.config
+    if use_postprocess:
+        values = postprocess.apply_postprocess(values, cfg.targets, ckpt.postprocess)
+    face = feats.face if source != "audio" else np.zeros(feats.n_steps, bool)
+    voice = feats.voice
+    speaking = (voice & face if face.any() else voice) if speaking is None else speaking & voice
+    confidence = table.clip_share(face if face.any() else voice, cfg.clip_steps)
+    columns = table.frame_columns(values, cfg.targets, cfg.rate, face, voice,
+                                  feats.frame_times, face_id, speaking, confidence,
+                                  feats.source_boxes() if face.any() else None)
+    return TableParts(values, face, columns, speaking, confidence)

@@ -1,0 +1,216 @@
+"""Stage 6b — outputs: every file avemo writes for an annotated input, one writer per format.
+
+A writer takes an annotation (``pipeline.Annotation``) and a path and writes atomically
+(``files.atomic_path``). ``WRITERS`` holds them all, chosen by name (``--format``):
+
+    csv, parquet, json, eaf   the table (``table.py``) in four formats
+    png                       valence/arousal over time (``plots.plot_track``; ``--plot``)
+    mp4                       the input with face box, attention and gauges (``overlay.py``;
+                              ``--overlay``; not for audio-only inputs)
+
+``output_path`` is the one place an output's file name is made: ``<stem>.avemo.<format>``.
+Adding a format is one writer function and its line in ``WRITERS``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .demux import AUDIO_EXTS
+from .files import atomic_path
+from .table import TARGET_COLUMNS, Columns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .pipeline import Annotation
+
+TAG = ".avemo"  # every output is <stem>.avemo.<format>
+
+
+def output_path(base: Path, fmt: str) -> Path:
+    """Where format ``fmt`` of the input planned as ``base`` (``<folder>/<stem>``) goes."""
+    return base.with_name(f"{base.name}{TAG}.{WRITERS[fmt].suffix}")
+
+
+def pattern(fmt: str) -> str:
+    """A glob for the outputs of format ``fmt`` (``*.avemo.csv``)."""
+    return f"*{TAG}.{WRITERS[fmt].suffix}"
+
+
+def stem_of(path: Path, fmt: str) -> str:
+    """The input's stem back from an output's name (``talk.avemo.csv`` -> ``talk``)."""
+    return path.name[: -len(f"{TAG}.{WRITERS[fmt].suffix}")]
+
+
+def _cells(name: str, values: np.ndarray) -> list[str]:
+    """One column as the CSV's text: time to the millisecond, targets to 4 decimals, other
+    numbers as Python writes them (shortest exact form), a missing value as nothing."""
+    if name == "time":
+        return [f"{v:.3f}" for v in values]
+    if name in TARGET_COLUMNS:
+        return ["" if v != v else f"{v:.4f}" for v in values.tolist()]
+    text = values.astype(str)
+    if values.dtype.kind == "f":
+        text[np.isnan(values)] = ""
+    return text.tolist()
+
+
+def write_csv(table: Columns | pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``table`` (columns, or a DataFrame with the CSV's columns) to ``path``
+    atomically (a temporary file in the same folder, renamed)."""
+    names = list(table.keys()) if isinstance(table, dict) else list(table.columns)
+    cells = [_cells(name, np.asarray(table[name])) for name in names]
+    lines = [",".join(names)] + [",".join(row) for row in zip(*cells)]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            f.write(os.linesep.join(lines) + os.linesep)
+    return Path(path)
+
+
+def _write_csv(annotation: Annotation, path: Path) -> None:
+    write_csv(annotation.columns, path)
+
+
+def _write_parquet(annotation: Annotation, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({name: pa.array(values, from_pandas=True)  # NaN: null, as pandas wrote
+                      for name, values in annotation.columns.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def metadata(annotation: Annotation) -> dict:
+    """What the JSON (and any self-describing output) says about the file and the model."""
+    from . import __version__
+
+    info = annotation.info
+    return {"avemo": __version__, "media": str(annotation.path), "model": annotation.model,
+            "source": annotation.source, "targets": list(annotation.targets),
+            "rate": annotation.rate, "fps": info.fps if info.has_video else None,
+            "duration": info.duration,
+            "faces": sorted(int(i) for i in set(annotation.columns["face_id"].tolist())),
+            "columns": list(annotation.columns)}
+
+
+def _write_json(annotation: Annotation, path: Path) -> None:
+    import json
+
+    columns = {name: [None if v != v else v for v in values.tolist()]  # NaN: null
+               for name, values in annotation.columns.items()}
+    rows = [dict(zip(columns, row)) for row in zip(*columns.values())]
+    doc = {**metadata(annotation), "rows": rows}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, default=_plain) + "\n")
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else str(v)
+
+
+def _write_eaf(annotation: Annotation, path: Path) -> None:
+    """An ELAN document: per face and target a tier of the values at the analysis steps (each
+    annotation spans its step's 1/rate seconds; steps with no evidence for the face are left
+    out), linked to the media file so that the tiers open beside the video."""
+    from pympi import Elan
+
+    from . import __version__
+
+    eaf = Elan.Eaf(author=f"avemo {__version__}")
+    eaf.remove_tier("default")
+    media = Path(annotation.path).resolve()
+    mime = "audio/x-wav" if not annotation.info.has_video else "video/mp4"
+    eaf.add_linked_file(media.as_uri(), relpath=os.path.relpath(media, path.resolve().parent),
+                        mimetype=mime)
+    step_ms = 1000.0 / annotation.rate
+    for person in annotation.people:
+        evidence = person.confidence > 0
+        for j, target in enumerate(annotation.targets):
+            tier = f"face {person.face_id} {target}"
+            eaf.add_tier(tier)
+            for k in np.flatnonzero(evidence):
+                v = float(person.step_values[k, j])
+                if np.isfinite(v):
+                    eaf.add_annotation(tier, int(round(k * step_ms)),
+                                       int(round((k + 1) * step_ms)), f"{v:.3f}")
+    with atomic_path(path, ".eaf") as tmp:
+        Elan.to_eaf(str(tmp), eaf, pretty=True)
+
+
+def _write_png(annotation: Annotation, path: Path) -> None:
+    from .plots import plot_track
+
+    plot_track(annotation.table, path, annotation.path.name, annotation.info.has_video)
+
+
+def _write_mp4(annotation: Annotation, path: Path) -> None:
+    from .overlay import render_overlay
+
+    render_overlay(annotation, path)
+
+
+def _has_picture(source: Path) -> bool:
+    return source.suffix.lower() not in AUDIO_EXTS
+
+
+@dataclass(frozen=True)
+class Writer:
+    write: Callable[[Annotation, Path], None]
+    suffix: str  # the file name's last part: <stem>.avemo.<suffix>
+    stage: str = "write"  # the timing (and progress) stage it counts under
+    in_all: bool = True  # part of ``--format all`` (the costly renderings are asked for by name)
+    wants: Callable[[Path], bool] = lambda source: True  # whether an input gets this output
+
+
+WRITERS: dict[str, Writer] = {
+    "csv": Writer(_write_csv, "csv"),
+    "parquet": Writer(_write_parquet, "parquet"),
+    "json": Writer(_write_json, "json"),
+    "eaf": Writer(_write_eaf, "eaf"),
+    "png": Writer(_write_png, "png", stage="plot", in_all=False),
+    "mp4": Writer(_write_mp4, "mp4", stage="overlay", in_all=False, wants=_has_picture),
+}
+FORMATS_HELP = "|".join([",".join(WRITERS), "all"])
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``csv,parquet`` -> ("csv", "parquet"); ``all`` -> every format in ``all``; order kept,
+    no repeats."""
+    names: list[str] = []
+    for name in (n.strip().lower() for n in text.split(",")):
+        every = [n for n, w in WRITERS.items() if w.in_all]
+        for one in (every if name == "all" else [name]):
+            if one not in WRITERS:
+                raise ValueError(f"unknown output format {one!r} (choose from "
+                                 f"{', '.join(WRITERS)} or all)")
+            if one not in names:
+                names.append(one)
+    if not names:
+        raise ValueError("no output format given")
+    return tuple(names)
+
+
+def wanted(source: Path, base: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    """The outputs input ``source`` planned as ``base`` gets, by format, in order."""
+    return {fmt: output_path(base, fmt) for fmt in formats if WRITERS[fmt].wants(source)}
+
+
+def write(annotation: Annotation, paths: dict[str, Path],
+          on_stage: Callable[[str], None] | None = None) -> None:
+    """Write ``annotation`` to each of ``paths`` (format -> path), timing each writer's stage
+    in ``annotation.timings``; ``on_stage`` is told of each stage but the tables' own."""
+    import time
+
+    for fmt, path in paths.items():
+        writer = WRITERS[fmt]
+        if on_stage and writer.stage != "write":
+            on_stage(writer.stage)
+        t1 = time.perf_counter()
+        writer.write(annotation, path)
+        annotation.timings[writer.stage] += time.perf_counter() - t1
