@@ -1,4 +1,4 @@
-"""Stage 3b — face alignment: a similarity transform maps the two eye centres and the nose tip
+"""Stage 3c — face alignment: a similarity transform maps the two eye centres and the nose tip
 of the 68 iBUG landmarks onto fixed template positions, and the face is resampled into a square
 crop (the paper's normalisation)."""
 from __future__ import annotations

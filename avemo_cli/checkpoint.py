@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .errors import CheckpointError
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it: resolving a name and
-    import torch  # reading settings (early.py, before the model loads) stay light
+    import torch  # reading settings (extractors.py, before the model loads) stay light
 
     from .model import AVModel, ModelConfig
 

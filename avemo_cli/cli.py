@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import plural
+from .outputs import FORMATS_HELP  # (the registry's names; numpy, no torch)
 
 _START = time.perf_counter()
 
@@ -129,10 +130,9 @@ def main():
 @click.option("--max-faces", default=1, show_default=True, type=click.IntRange(min=1),
               help="Track up to N people, each with a face_id that follows the person (face "
                    "descriptors); the voice goes to the face that speaks.")
-@click.option("--format", "formats", default="csv", show_default=True,
-              metavar="csv,parquet,json,eaf,png,mp4|all",
+@click.option("--format", "formats", default="csv", show_default=True, metavar=FORMATS_HELP,
               help="Outputs to write, a comma list: <stem>.avemo.<format> each (all: every "
-                   "table format; png is --plot, mp4 is --overlay).")
+                   "format but png and mp4; png is --plot, mp4 is --overlay).")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
              overwrite, quiet, profile, plot, overlay, jobs, one_model, shard, max_faces,
              formats):

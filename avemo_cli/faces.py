@@ -1,4 +1,4 @@
-"""Stage 3 — faces: the detectors and landmark predictors (tracking.py and people.py use them).
+"""Stage 3a — faces: the detectors and landmark predictors (tracking.py and people.py use them).
 
 Backends share one small interface (``FaceBackend``): ``detect`` returns face boxes in a frame,
 ``landmarks`` returns the 68 iBUG points for a box. ``dlib`` (default; the paper's detector) runs

@@ -1,9 +1,9 @@
-"""Stage 0 — one file's features: the demux, audio and face stages joined (no torch here).
+"""Stages 1-3 joined — one file's features: the demux, audio and face stages (no torch here).
 
 ``extract`` probes nothing: it takes a probed file (``demux.probe``) and returns its
 ``Features``: per-step audio features and the face track(s). The audio path (its own ffmpeg,
 openSMILE) runs in a thread beside the video path (ffmpeg, face tracking). ``pipeline.py`` runs
-the model on them; ``early.py`` runs ``extract`` in a process of its own before the model loads.
+the model on them; ``extractors.py`` runs ``extract`` in processes of their own.
 """
 from __future__ import annotations
 

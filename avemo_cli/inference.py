@@ -1,4 +1,4 @@
-"""Stage 5 — inference shared by annotate, train and eval: one file's features through a
+"""Stage 5a — inference shared by annotate, train and eval: one file's features through a
 model (``predict_features``: fusion or the branch the file allows, face gaps filled) and the
 step predictions to a table (``to_table``: post-processing, flags, confidence, per-frame rows);
 and where the networks run (``resolve_device``)."""

@@ -1,4 +1,4 @@
-"""Stage 3 — several faces, each a person with an identity (``--max-faces N``).
+"""Stage 3d — several faces, each a person with an identity (``--max-faces N``).
 
 Several faces (``track_people``, ``--max-faces N``): the same tracking per face, and an identity
 per *person*, decided by dlib's face-recognition ResNet (128-d descriptors, offline in

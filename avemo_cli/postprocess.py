@@ -1,4 +1,4 @@
-"""Stage 5 — post-processing (Ringeval's AVEC chain), applied from checkpoint parameters.
+"""Stage 5b — post-processing (Ringeval's AVEC chain), applied from checkpoint parameters.
 
 Per target, in this order: (1) median filter over ``median_window`` steps, (2) centering by
 adding ``bias``, (3) scaling by multiplying with ``scale``, then (4) shifting predictions

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import AvemoError
+from .files import append_line, write_text
 
 MANIFEST_GLOB = "avemo-manifest*.jsonl"
 
@@ -116,19 +117,18 @@ class Record:
 
 
 class Manifest:
-    """The manifest of one run, appended line by line (a killed run keeps what it finished)."""
+    """The manifest of one run, a line per input as it finishes (``files.append_line``: a
+    killed run keeps the lines it finished, each whole)."""
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(path, "w", encoding="utf-8")
+        write_text(path, "")  # (this run's records only)
 
     def add(self, record: Record) -> None:
-        self._f.write(record.line() + "\n")
-        self._f.flush()
+        append_line(self.path, record.line())
 
     def close(self) -> None:
-        self._f.close()
+        """Nothing is held open between records (kept for callers that close)."""
 
 
 @dataclass

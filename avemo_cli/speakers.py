@@ -1,4 +1,4 @@
-"""Stage 3b — who is speaking, when several faces are tracked (``--max-faces`` above 1).
+"""Stage 3e — who is speaking, when several faces are tracked (``--max-faces`` above 1).
 
 The voice is one track for the whole file; with several faces its features belong to the face
 that is speaking. Per face and step the mouth opening is measured from the landmarks (inner

@@ -1,4 +1,4 @@
-"""Stage 3 — one face tracked: landmarks followed between steps, aligned crops (align.py).
+"""Stage 3b — one face tracked: landmarks followed between steps, aligned crops (align.py).
 
 Tracking: at every step the landmarks are predicted inside the previous step's box and the box is
 moved onto them; the full-frame detector runs only when there is no track, when the tracked box
