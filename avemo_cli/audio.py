@@ -45,11 +45,12 @@ HOP = 0.01  # eGeMAPS low-level frame step: passes start on this grid, as whole-
 
 
 def step_windows(steps: int | np.ndarray, rate: float, duration: float, window: float,
-                 min_window: float = 1.0) -> np.ndarray:
-    """(K, 2) start/end seconds of the window that ends at each analysis step (``steps``: a
-    count, meaning steps 0..K-1, or the step indices)."""
+                 min_window: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """(K, 2) start/end seconds (on the audio's own clock) of the window that ends at each
+    analysis step (``steps``: a count, meaning steps 0..K-1, or the step indices); the audio
+    starts ``offset`` seconds into the file, so step k is at ``k / rate - offset`` on it."""
     idx = np.arange(steps) if isinstance(steps, (int, np.integer)) else np.asarray(steps)
-    t = idx.astype(np.float64) / rate
+    t = idx.astype(np.float64) / rate - offset
     end = np.minimum(t, duration)
     start = np.maximum(0.0, end - window)
     short = end - start < min_window
@@ -190,9 +191,12 @@ class _Extractor:
 
 
 def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int, rate: float,
-                   window: float = 6.0, pass_seconds: float = PASS_SECONDS) -> AudioFeatures:
+                   window: float = 6.0, pass_seconds: float = PASS_SECONDS,
+                   offset: float = 0.0) -> AudioFeatures:
     """eGeMAPSv02 functionals for the window ending at each of ``n_steps`` steps, from the
-    audio in consecutive ``blocks`` (e.g. ``demux.iter_audio``).
+    audio in consecutive ``blocks`` (e.g. ``demux.iter_audio``). The audio begins ``offset``
+    seconds into the file (``MediaInfo.audio_start``): steps before it have no audio (zeros,
+    not valid); the first steps after it are described as a file's first steps are.
 
     openSMILE runs once per ``pass_seconds`` of steps, over the audio from ``HISTORY`` seconds
     before the pass's first window; audio no later pass needs is let go. Memory is bounded by
@@ -203,12 +207,13 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
     held: list[np.ndarray] = []
     held_from = 0  # sample index of held[0][0]
     total = 0
-    done = 0
+    first_step = min(n_steps, max(0, int(np.ceil(offset * rate - 1e-9))))  # at/after the start
+    done = first_step
     extract = _Extractor()
 
     def run(stop: int, duration: float) -> None:
         nonlocal done, held, held_from
-        wins = step_windows(np.arange(done, stop), rate, duration, window)
+        wins = step_windows(np.arange(done, stop), rate, duration, window, offset=offset)
         t0 = max(0.0, np.floor((wins[:, 0].min() - HISTORY) / HOP) * HOP)
         first = int(round(t0 * sample_rate))
         end = int(np.ceil((wins[:, 1].max() + LOOKAHEAD) * sample_rate))  # no audio past it
@@ -218,7 +223,7 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
         trim_heap()  # openSMILE's buffers of this pass, freed: back to the system
         done = stop
         # later windows start at or after (stop / rate - window): keep from HISTORY before it
-        keep_t = max(0.0, np.floor((stop / rate - window - HISTORY) / HOP) * HOP)
+        keep_t = max(0.0, np.floor((stop / rate - offset - window - HISTORY) / HOP) * HOP)
         keep = max(held_from, min(int(round(keep_t * sample_rate)), held_from + len(data)))
         held, held_from = [data[keep - held_from:]], keep
 
@@ -228,7 +233,7 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
             total += len(block)
             while done < n_steps:
                 stop = min(done + per_pass, n_steps)
-                if total / sample_rate < max((stop - 1) / rate, 1.0) + LOOKAHEAD:
+                if total / sample_rate < max((stop - 1) / rate - offset, 1.0) + LOOKAHEAD:
                     break
                 run(stop, np.inf)  # the audio goes on past these windows
         if total == 0:
@@ -240,7 +245,8 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
         extract.close()
     degenerate = np.isnan(values).all(axis=1)  # e.g. a file of 1 s or less: nothing measured
     values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    valid = (np.arange(n_steps) / rate < duration) & ~degenerate
+    t = np.arange(n_steps) / rate - offset  # each step on the audio's clock
+    valid = (t >= -1e-9) & (t < duration) & ~degenerate
     return AudioFeatures(values, valid)
 
 

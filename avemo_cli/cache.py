@@ -28,10 +28,10 @@ from .tracking import FaceTrack
 from .features import Features, FeatureSettings, extract
 from .files import atomic_path
 
-CACHE_VERSION = 5  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
+CACHE_VERSION = 6  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
 # could not describe (files of 1 s or less) are not valid; 4: frame times from the container,
 # display size after the sample aspect ratio; 5: audio past full scale is clipped for openSMILE
-# (it wrapped around before)
+# (it wrapped around before); 6: audio placed at its stream's start time
 
 
 def save_npz(path: Path, arrays: dict) -> None:

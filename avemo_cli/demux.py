@@ -73,6 +73,8 @@ class MediaInfo:
     sar: float = 1.0  # sample (pixel) aspect ratio of the stored frames
     pts: np.ndarray | None = field(default=None, compare=False, repr=False)
     # (n_frames,) presentation time of every frame in seconds, from the container
+    audio_start: float = 0.0  # seconds on the same timeline where the audio's first sample
+    # plays (a stream that starts after the video's first frame, e.g. an offset track)
 
     def frame_times(self) -> np.ndarray:
         """Presentation time of every video frame: the container's timestamps (on ffmpeg's
@@ -86,7 +88,8 @@ class MediaInfo:
         return {"path": str(self.path), "duration": self.duration, "has_video": self.has_video,
                 "has_audio": self.has_audio, "width": self.width, "height": self.height,
                 "fps": self.fps, "rotation": self.rotation, "n_frames": self.n_frames,
-                "audio_codec": self.audio_codec, "sar": self.sar}
+                "audio_codec": self.audio_codec, "sar": self.sar,
+                "audio_start": self.audio_start}
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -96,6 +99,7 @@ _FPS = re.compile(r"([\d.]+)(k?) fps")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
 _SAR = re.compile(r"SAR (\d+):(\d+)")
+_START = re.compile(r"start:? (-?\d+(?:\.\d+)?)")  # the file's (Duration line), a stream's
 _AV_NOPTS = -(2 ** 63)
 DISCARD = 0x4  # AV_PKT_FLAG_DISCARD: a packet an edit list leaves out of the presentation
 
@@ -164,6 +168,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     audio = next((d for kind, d in streams if kind == "Audio"), None)
     has_audio = audio is not None
     audio_codec = audio.split(maxsplit=1)[0].rstrip(",") if audio else ""
+    audio_start = _stream_start(audio, err) if audio else 0.0
     if video is None:
         if not has_audio:
             raise MediaError(f"{path}: no video or audio stream")
@@ -190,7 +195,18 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     if n_frames == 0:
         raise MediaError(f"{path}: the video stream has no frames")
     return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames,
-                     audio_codec, sar, pts)
+                     audio_codec, sar, pts, audio_start)
+
+
+def _stream_start(stream: str, listing: str) -> float:
+    """Where a stream starts on the decoded timeline: its start time (``ffmpeg -i`` names it
+    when it is not the file's) less the file's, which ffmpeg subtracts from every timestamp."""
+    own = _START.search(stream)
+    if own is None:
+        return 0.0
+    line = next((ln for ln in listing.splitlines() if "Duration:" in ln), "")
+    whole = _START.search(line)
+    return max(0.0, round(float(own.group(1)) - (float(whole.group(1)) if whole else 0.0), 6))
 
 
 def analysis_size(info: MediaInfo, max_side: int) -> tuple[int, int]:

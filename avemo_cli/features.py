@@ -55,7 +55,8 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
     loudness (RMS of its own 1/rate seconds, dB: who speaks, speakers.py)."""
     energy, count = np.zeros(n_steps), np.zeros(n_steps)
     per_step = demux.AUDIO_RATE / rate
-    seen = 0
+    offset = info.audio_start if info.has_video else 0.0  # the audio's place on the timeline
+    seen = int(round(offset * demux.AUDIO_RATE))  # samples of the timeline before this block
 
     def blocks():
         nonlocal seen
@@ -71,7 +72,8 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
 
     t1 = time.perf_counter()
     stream = Timed(blocks(), timings, "demux")
-    values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, rate, window)
+    values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, rate, window,
+                                        offset=offset)
     with np.errstate(divide="ignore", invalid="ignore"):
         values.loudness = (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
     timings["audio"] += time.perf_counter() - t1 - timings["demux"]

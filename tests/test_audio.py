@@ -154,3 +154,28 @@ def test_audio_past_full_scale_is_clipped_not_wrapped():
     loud = audio.egemaps(x, 16000, n_steps=8, rate=4, window=6.0)
     clipped = audio.egemaps(np.clip(x, -1, 1), 16000, n_steps=8, rate=4, window=6.0)
     assert np.array_equal(loud.values, clipped.values)
+
+
+def test_audio_that_starts_after_the_video_is_placed_on_the_video_clock(tmp_path, tiny_ckpt):
+    """A track whose audio starts 3 s into the video (an offset stream, as `-itsoffset`
+    makes): the analysis puts it at 3 s, steps before it have no voice."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from avemo_cli.cli import main
+
+    from conftest import ffmpeg, make_synthetic_video
+
+    picture = make_synthetic_video(tmp_path / "picture.mp4", seconds=8.0, audio=False)
+    tone = make_synthetic_video(tmp_path / "tone.mp4", seconds=5.0)
+    late = tmp_path / "late.mp4"
+    ffmpeg("-i", str(picture), "-itsoffset", "3", "-i", str(tone), "-map", "0:v", "-map", "1:a",
+           "-c", "copy", str(late))
+    info = demux.probe(late)
+    assert 2.9 <= info.audio_start <= 3.05, info.audio_start
+    r = CliRunner().invoke(main, ["annotate", str(late), "-o", str(tmp_path / "out"),
+                                  "--weights", str(tiny_ckpt), "-q"])
+    assert r.exit_code == 0, r.stderr
+    t = pd.read_csv(tmp_path / "out" / "late.avemo.csv")
+    assert (t.voice[t.time < info.audio_start - 0.2] == 0).all()
+    assert (t.voice[(t.time > info.audio_start + 0.2) & (t.time < 7.5)] == 1).all()
