@@ -195,8 +195,9 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
                    offset: float = 0.0) -> AudioFeatures:
     """eGeMAPSv02 functionals for the window ending at each of ``n_steps`` steps, from the
     audio in consecutive ``blocks`` (e.g. ``demux.iter_audio``). The audio begins ``offset``
-    seconds into the file (``MediaInfo.audio_start``): steps before it have no audio (zeros,
-    not valid); the first steps after it are described as a file's first steps are.
+    seconds into the file (``MediaInfo.audio_start``): steps more than half a step before it
+    have no audio (zeros, not valid); the first ones after it are described as a file's first
+    steps are.
 
     openSMILE runs once per ``pass_seconds`` of steps, over the audio from ``HISTORY`` seconds
     before the pass's first window; audio no later pass needs is let go. Memory is bounded by
@@ -207,7 +208,9 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
     held: list[np.ndarray] = []
     held_from = 0  # sample index of held[0][0]
     total = 0
-    first_step = min(n_steps, max(0, int(np.ceil(offset * rate - 1e-9))))  # at/after the start
+    # the first step at the audio's start, or within half a step before it (a track a few
+    # milliseconds late still has its first step)
+    first_step = min(n_steps, max(0, int(np.ceil(offset * rate - 0.5 - 1e-9))))
     done = first_step
     extract = _Extractor()
 
@@ -246,7 +249,7 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
     degenerate = np.isnan(values).all(axis=1)  # e.g. a file of 1 s or less: nothing measured
     values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     t = np.arange(n_steps) / rate - offset  # each step on the audio's clock
-    valid = (t >= -1e-9) & (t < duration) & ~degenerate
+    valid = (np.arange(n_steps) >= first_step) & (t < duration) & ~degenerate
     return AudioFeatures(values, valid)
 
 
