@@ -84,6 +84,22 @@ def read_prediction(path: Path) -> pd.DataFrame:
             raise DatasetError(f"{path}: non-numeric values in the {col} column") from None
     if table["time"].isna().any():
         raise DatasetError(f"{path}: rows without a time")
+    return _in_time_order(table, path)
+
+
+def _in_time_order(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Rows sorted by time (a shuffled file scores as the ordered one); rows repeating a time
+    with the same values kept once, with other values an error naming the first such time."""
+    targets = [t for t in TARGETS if t in table.columns]
+    table = table.sort_values("time", kind="stable").reset_index(drop=True)
+    repeated = table["time"].duplicated(keep=False)
+    if repeated.any():
+        same = table[repeated].groupby("time")[targets].nunique(dropna=False).le(1).all(axis=1)
+        if not same.all():
+            first = same.index[~same.to_numpy()][0]
+            raise DatasetError(f"{path}: two rows at time {first:g} with different values "
+                               f"(one prediction per time)")
+        table = table.drop_duplicates("time").reset_index(drop=True)
     return table
 
 

@@ -295,3 +295,33 @@ def test_eval_says_what_it_scored(tmp_path):
         code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
         assert code == 2 and "flat.avemo.csv" in err and cause in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_scores_predictions_in_time_order_and_refuses_conflicting_times(tmp_path):
+    """A prediction CSV whose rows are shuffled scores as the ordered file; two rows at one
+    time with different values are an error naming the file and the time."""
+    pred, gold = tmp_path / "pred", tmp_path / "gold"
+    pred.mkdir()
+    gold.mkdir()
+    t = np.round(np.arange(200) * 0.1, 1)
+    g = pd.DataFrame({"time": t, "valence": np.sin(t), "arousal": np.cos(t / 2)})
+    g.to_csv(gold / "a.csv", index=False)
+    p = g.assign(valence=g.valence * 0.8 + 0.05, arousal=g.arousal * 0.9)
+    p.to_csv(pred / "a.avemo.csv", index=False)
+    code, ordered, err = run("eval", "--pred", pred, "--gold", gold, "--json", "--metric", "all")
+    assert code == 0, err
+    assert json.loads(ordered)["valence"]["ccc"] > 0.9
+    for shuffled in (p.sample(frac=1.0, random_state=1), p.iloc[::-1]):
+        shuffled.to_csv(pred / "a.avemo.csv", index=False)
+        code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--json", "--metric",
+                                "all")
+        assert code == 0 and json.loads(stdout) == json.loads(ordered), err
+    twice = pd.concat([p, p.iloc[[50]]])  # the same row twice: kept once
+    twice.to_csv(pred / "a.avemo.csv", index=False)
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--json", "--metric", "all")
+    assert code == 0 and json.loads(stdout) == json.loads(ordered), err
+    clash = pd.concat([p, p.iloc[[50, 120]].assign(valence=0.0)])
+    clash.to_csv(pred / "a.avemo.csv", index=False)
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
+    assert code == 2 and "a.avemo.csv" in err and "at time 5 with different values" in err, err
+    assert len(err.strip().splitlines()) == 1
