@@ -250,6 +250,46 @@ class _Run:
                                  _record(self.model, job, "skipped", "", None, written)))
 
 
+def _not_ours(job: Job, owners: dict[Path, str]) -> str:
+    """Why the outputs found for a finished-looking ``job`` are not its own ("" if they are):
+    an earlier run wrote them for another input of the same name, or the table there is not
+    an avemo table."""
+    for out in job.outputs.values():
+        owner = owners.get(out.resolve())
+        if owner is not None and Path(owner).resolve() != job.source.resolve():
+            return (f"{job.source}: its output {out} was written for {owner} by an earlier "
+                    f"run; annotate it into another -o folder (or --overwrite)")
+    csv = job.outputs.get("csv")
+    if csv is not None:
+        with open(csv, encoding="utf-8", errors="replace") as f:
+            header = f.readline().strip()
+        if not header.startswith("frame,time,"):
+            return (f"{job.source}: {csv} exists but is not an avemo table (its header is "
+                    f"{header[:40]!r}); move it away, or --overwrite to replace it")
+    return ""
+
+
+def _blocked(job: Job) -> str:
+    """Why ``job``'s outputs cannot be written where they go ("" if they can): something that
+    is not a file (a folder) stands there."""
+    for out in job.outputs.values():
+        if out.exists() and not out.is_file():
+            return (f"{job.source}: cannot write {out}: a folder (or other non-file) is there; "
+                    f"move it away")
+    return ""
+
+
+def _owners(out: Path) -> dict[Path, str]:
+    """Each output recorded in the folder's manifests, with the input it was written for."""
+    from .shards import DONE, summarise
+
+    try:
+        records = summarise(out).records.values() if out.is_dir() else []
+    except AvemoError:
+        return {}
+    return {Path(o).resolve(): r.input for r in records if r.status in DONE for o in r.outputs}
+
+
 def _finished(job: Job, overwrite: bool) -> bool:
     """Whether all of ``job``'s outputs are there (and not to be redone); what a killed earlier
     run left half-written is removed on the way."""
@@ -276,6 +316,8 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
         planned = [j for j in planned if shard.takes(j.key)]
     model = annotator.checkpoint.path if annotator is not None \
         else resolve_weights(options.weights)
+    blocked = [job for job in planned if _blocked(job)]
+    planned = [job for job in planned if job not in blocked]
     finished = [_finished(job, options.overwrite) for job in planned]
     done = [job for job, f in zip(planned, finished) if f]
     todo = [job for job, f in zip(planned, finished) if not f]
@@ -287,8 +329,15 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
         try:
             for src, reason in bad:  # (with shards, every shard reports these)
                 run.fail(Job(src, {}, str(src)), reason)
+            owners = _owners(out) if done else {}
             for job in done:
-                run.skip(job)
+                reason = _not_ours(job, owners)
+                if reason:
+                    run.fail(job, reason)
+                else:
+                    run.skip(job)
+            for job in blocked:
+                run.fail(job, _blocked(job))
             if len(todo) > 1 and options.feeds(str(annotator.device)):
                 _run_feeding(todo, annotator, min(options.jobs, len(todo)), run)
             elif len(todo) > 1 and options.jobs > 1:

@@ -294,25 +294,38 @@ def status(folder, as_json):
     from .shards import summarise
 
     summary = summarise(folder)
+    for note in summary.warnings:
+        click.echo(f"avemo: warning: {note}", err=True)
     failed = sorted((r.input, r.error) for r in summary.records.values()
                     if r.status == "failed")
+    partial = sorted((r.input, r.warning) for r in summary.records.values()
+                     if r.status == "partial")
+    makers = summary.makers()
     totals = {"inputs": len(summary.records), "ok": summary.count("ok"),
-              "skipped": summary.count("skipped"), "failed": len(failed),
-              "media_hours": round(summary.media_hours, 3),
+              "partial": len(partial), "skipped": summary.count("skipped"),
+              "failed": len(failed), "media_hours": round(summary.media_hours, 3),
               "rate_x_real_time": round(summary.rate, 1),
               "manifests": len(summary.manifests),
               "missing_shards": summary.missing_shards(),
-              "failures": [{"input": i, "error": e} for i, e in failed]}
+              "failures": [{"input": i, "error": e} for i, e in failed],
+              "partials": [{"input": i, "warning": w} for i, w in partial],
+              "made_by": makers, "unreadable_lines": len(summary.warnings)}
     if as_json:
         click.echo(json.dumps(totals, indent=2))
     else:
         click.echo(f"{folder}: {plural(totals['inputs'], 'input')} in "
                    f"{plural(totals['manifests'], 'manifest')}: {totals['ok']} annotated, "
-                   f"{totals['skipped']} skipped (already done), {totals['failed']} failed")
+                   f"{totals['partial']} annotated in part, {totals['skipped']} skipped "
+                   f"(already done), {totals['failed']} failed")
         click.echo(f"media annotated: {totals['media_hours']:.2f} h at "
                    f"{totals['rate_x_real_time']:.1f}x real time per worker")
+        if len(makers) > 1:  # outputs of several versions or models side by side
+            for who, n in sorted(makers.items()):
+                click.echo(f"made by {who}: {plural(n, 'input')}")
         for shard in totals["missing_shards"]:
             click.echo(f"missing: the manifest of shard {shard} (not run, or still running)")
+        for i, w in partial:
+            click.echo(f"partial: {w if i in w else f'{i}: {w}'}")
         for i, e in failed:
             click.echo(f"failed: {e if i in e else f'{i}: {e}'}")
     sys.exit(1 if failed or totals["missing_shards"] else 0)
