@@ -62,9 +62,9 @@ def test_second_run_skips_and_overwrite_redoes(annotated, videos_dir, tiny_ckpt)
     assert code == 0 and stdout == ""
     assert stderr.count("exists") == 5
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.avemo.csv")} == before
-    statuses = [json.loads(line)["status"]  # the run's manifest says why nothing was written
+    statuses = [json.loads(line)["status"]  # the manifest says why nothing was written
                 for line in (out / "avemo-manifest.jsonl").read_text().splitlines()]
-    assert statuses == ["skipped"] * 5
+    assert statuses[-5:] == ["skipped"] * 5  # (after the first run's records)
     code, stdout, stderr = run("annotate", videos_dir / "WDA_KatieHill_000.mp4", "-o", out,
                                "--weights", tiny_ckpt, "--overwrite")
     assert code == 0 and stdout.strip().endswith("WDA_KatieHill_000.avemo.csv")
