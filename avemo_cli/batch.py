@@ -487,15 +487,16 @@ class _Feeder:
 _WORKER: dict[str, Annotator] = {}
 
 
-def _start_worker(weights: str, options: dict, threads: int) -> None:
+def _start_worker(parent: int, weights: str, options: dict, threads: int) -> None:
     """A --jobs worker process: its own model and face backend, ``threads`` for torch."""
-    import signal
+    from .extractors import child_start
+
+    child_start(parent)  # the parent handles Ctrl-C for all; the worker ends with it
 
     import torch
 
     from .pipeline import Annotator
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for all
     torch.set_num_threads(threads)
     _WORKER["annotator"] = Annotator(weights, **options)
 
@@ -512,6 +513,8 @@ def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) ->
 
     import torch
 
+    from .extractors import end_pool, sigint_ignored
+
     path = annotator.checkpoint.path
     if path is None:
         raise ValueError("jobs > 1 needs a checkpoint loaded from a file")
@@ -519,7 +522,7 @@ def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) ->
     own_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     pool = ProcessPoolExecutor(jobs - 1, mp.get_context("spawn"), initializer=_start_worker,
-                               initargs=(str(path), annotator.options, threads))
+                               initargs=(os.getpid(), str(path), annotator.options, threads))
     queue = list(enumerate(todo))
     pending: dict = {}
 
@@ -540,7 +543,8 @@ def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) ->
             while queue and len(pending) < jobs - 1:  # one queued per worker, no more
                 i, job = queue.pop(0)
                 run.progress.start(job, i, len(todo))
-                pending[pool.submit(_work, job)] = job
+                with sigint_ignored():  # (a worker started here inherits it)
+                    pending[pool.submit(_work, job)] = job
             if queue:  # this process annotates one file meanwhile
                 i, job = queue.pop(0)
                 run.progress.start(job, i, len(todo))
@@ -549,9 +553,7 @@ def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) ->
             elif pending:
                 collect(block=True)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()
+        end_pool(pool)
         raise
     finally:
         torch.set_num_threads(own_threads)

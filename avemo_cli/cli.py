@@ -76,9 +76,22 @@ def run() -> None:
         from . import extractors
 
         extractors.stop_all()  # a process begun for an input, if the command ended early
+    _finalize_pools()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _finalize_pools() -> None:
+    """What the interpreter's exit would do for process pools' queues (close them, unlink their
+    semaphores), which ``os._exit`` skips: else multiprocessing's resource tracker warns of
+    "leaked semaphore objects" after the command has ended."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        try:
+            util._run_finalizers(0)
+        except Exception:
+            pass
 
 
 QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress and no notices.")

@@ -16,9 +16,16 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
+import sys
+import threading
+import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from . import demux
 from .features import STAGES, Features, FeatureSettings, extract
@@ -46,7 +53,7 @@ class Extractors:
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(processes, mp.get_context("spawn"),
-                                        initializer=_quiet)
+                                        initializer=child_start, initargs=(os.getpid(),))
         # features begun, by file: (what they were begun for, the file's probe, the future)
         self.started: dict[Path, tuple[tuple, demux.MediaInfo, Future]] = {}
         _LIVE.append(self)
@@ -58,8 +65,9 @@ class Extractors:
         ``annotate`` would extract); the face backend runs on ``faces_device``."""
         want_audio = info.has_audio and audio_branch
         want_visual = info.has_video and visual_branch
-        job = self.pool.submit(_extract, info, settings, want_audio, want_visual, max_faces,
-                               faces_device)
+        with sigint_ignored():  # (a process started here inherits that: see child_start)
+            job = self.pool.submit(_extract, info, settings, want_audio, want_visual,
+                                   max_faces, faces_device)
         self.started[Path(info.path).resolve()] = ((info.n_frames, settings, want_audio,
                                                     want_visual, max_faces), info, job)
         return job
@@ -91,19 +99,50 @@ class Extractors:
 
     def stop(self) -> None:
         """End the processes now (work in them, and features never claimed, are dropped)."""
-        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
-            proc.terminate()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        end_pool(self.pool)
         self.started.clear()
         if self in _LIVE:
             _LIVE.remove(self)
 
 
-def _quiet() -> None:
-    """An extraction process leaves Ctrl-C to the process that started it."""
-    import signal
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored in this process while the block runs (it starts processes): a process
+    started then inherits the ignored signal through exec, so a Ctrl-C at the terminal, which
+    reaches every process of the group, finds none of ours half-started. Only the main thread
+    can change it; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
+
+def child_start(parent: int) -> None:
+    """The first thing a process of ours does (extraction processes, ``--jobs`` workers): it
+    leaves Ctrl-C to the process that started it, and it ends when that process is gone (a
+    parent killed with SIGKILL leaves no orphan working on or holding memory)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:  # the kernel sends SIGKILL when the parent dies
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before that was set
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="avemo-parent-watch",
+                     daemon=True).start()  # (where the kernel has no parent-death signal)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def begin_file(path: str | Path, weights: Path, faces_backend: str = "dlib",
@@ -129,6 +168,17 @@ def begin_file(path: str | Path, weights: Path, faces_backend: str = "dlib",
                            modality in ("av", "video"), max_faces)
     job.add_done_callback(lambda _: extractors.pool.shutdown(wait=False))
     return extractors
+
+
+def end_pool(pool) -> None:
+    """End a process pool at once: its processes terminated (work in them dropped), waited
+    for, and its queues closed, so that nothing is left running or leaked."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in processes:
+        proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.join(5)
 
 
 def live() -> list[Extractors]:

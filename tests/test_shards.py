@@ -260,3 +260,84 @@ def test_outputs_that_are_not_this_inputs_are_not_taken_for_done(folder, tmp_pat
                            *extra)
         assert code == 1 and "a folder (or other non-file) is there" in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    import os
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Eight 3 s test-pattern videos with a tone: a --jobs 2 run of a few seconds."""
+    from conftest import make_synthetic_video
+
+    root = tmp_path_factory.mktemp("clips")
+    for i in range(8):
+        make_synthetic_video(root / f"clip{i}.mp4", seconds=3.0)
+    return root
+
+
+def _start_jobs(clips, out, ckpt, *extra):
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "avemo_cli", "annotate", str(clips), "-o",
+                             str(out), "--weights", str(ckpt), "--jobs", "2", "-q", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 60
+    while not list(out.glob("*.avemo.csv")) and time.time() < deadline:  # mid-run
+        time.sleep(0.05)
+    assert list(out.glob("*.avemo.csv")), proc.communicate()[1]
+    return proc
+
+
+@pytest.mark.parametrize("mode", ["--model-per-job", "--one-model"])
+def test_ctrl_c_of_jobs_is_one_line_and_status_130(clips, tmp_path, tiny_ckpt, mode):
+    import os
+    import signal
+
+    proc = _start_jobs(clips, tmp_path / "out", tiny_ckpt, mode)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+
+
+@pytest.mark.parametrize("mode", ["--model-per-job", "--one-model"])
+def test_kill_9_of_the_main_process_leaves_no_worker(clips, tmp_path, tiny_ckpt, mode):
+    import os
+    import signal
+    import time
+
+    proc = _start_jobs(clips, tmp_path / "out", tiny_ckpt, mode)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes were seen"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.time() + 5
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, workers)), [w for w in workers if _alive(w)]
