@@ -35,6 +35,7 @@ class AudioFeatures:
     valid: np.ndarray  # (K,) bool: the step lies inside the audio and openSMILE could describe
     # its window (not so for files of 1 s or less); the CSV's voice column
     loudness: np.ndarray | None = None  # (K,) dB RMS of each step's own span (annotate only)
+    decoded: float | None = None  # seconds of audio decoded (annotate only)
 
 
 PASS_SECONDS = 60.0  # analysis steps per openSMILE pass: bounds the audio held at once

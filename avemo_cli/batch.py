@@ -91,12 +91,13 @@ class Job:
 @dataclass
 class Outcome:
     """What became of one job: ``status`` written/skipped/failed, ``detail`` (the output paths,
-    one per line, or the reason), and its manifest record."""
+    one per line, or the reason), its manifest record, and the warnings the user must see."""
 
     status: str
     detail: str
     record: Record
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Progress:
@@ -181,11 +182,15 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
             extractors: Extractors | None = None) -> Outcome:
     """Annotate one job's input and write its outputs (``job.outputs``, in order); a failure
     is an outcome, not raised (KeyboardInterrupt is)."""
+    import warnings
+
     t0 = time.perf_counter()
     stage = progress.stage if progress is not None else None
     model = annotator.checkpoint.path
     try:
-        result = annotator.annotate(job.source, stage, extractors)
+        with warnings.catch_warnings(record=True) as caught:  # (told with the outcome: a
+            warnings.simplefilter("always")  # worker's warnings reach the user that way too)
+            result = annotator.annotate(job.source, stage, extractors)
         outputs.write(result, job.outputs, stage)
     except AvemoError as err:
         return Outcome("failed", str(err), _record(model, job, "failed", str(err), t0))
@@ -196,12 +201,14 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
         reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}".rstrip(": ")
         return Outcome("failed", reason, _record(model, job, "failed", reason, t0))
     written = [str(p) for p in job.outputs.values()]
-    record = _record(model, job, "ok", "", t0, written)
-    record.media_seconds = result.info.duration
+    record = _record(model, job, "partial" if result.partial else "ok", "", t0, written)
+    record.media_seconds = round(result.seconds, 3)
     frames = result.columns["frame"]
     record.frames = int(frames.max()) + 1 if len(frames) else 0
     record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
-    return Outcome("written", "\n".join(written), record, result.timings)
+    told = [str(w.message) for w in caught]
+    record.warning = "; ".join(told)
+    return Outcome("written", "\n".join(written), record, result.timings, told)
 
 
 def _record(model: Path | None, job: Job, status: str, error: str = "",

@@ -248,6 +248,8 @@ class _Progress:
         if self.progress is not None:
             rate = self.media / max(1e-9, time.perf_counter() - self.began)
             self.progress.update(self.task, description=f"files ({rate:.1f}x real time)")
+        for warning in outcome.warnings:
+            self.print(f"avemo: warning: {warning}")
         if outcome.status == "written":
             print(outcome.detail, flush=True)  # stdout: results only (rich keeps it apart)
         elif outcome.status == "skipped":

@@ -76,6 +76,7 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
                                         offset=offset)
     with np.errstate(divide="ignore", invalid="ignore"):
         values.loudness = (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
+    values.decoded = seen / demux.AUDIO_RATE - offset
     timings["audio"] += time.perf_counter() - t1 - timings["demux"]
     return values
 
@@ -152,6 +153,18 @@ class Features:
         if self.track is None:
             return np.zeros(self.n_steps, bool)
         return fit_length(self.track.found, self.n_steps, False)
+
+    def decoded_until(self) -> float | None:
+        """Where decoding ended (seconds): the later of the last frame's end and the audio's
+        end; None when it is not known (features from the cache)."""
+        ends = []
+        if self.frame_times is not None and len(self.frame_times):
+            ends.append(float(self.frame_times[-1]) + 1.0 / (self.info.fps or 25.0))
+        if self.audio is not None:
+            if self.audio.decoded is None:
+                return None
+            ends.append(self.info.audio_start + self.audio.decoded)
+        return max(ends) if ends else None
 
     @property
     def voice(self) -> np.ndarray:

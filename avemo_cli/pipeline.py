@@ -37,6 +37,14 @@ class OrientationWarning(UserWarning):
     """No face was found as the video is displayed, but one appears when it is turned."""
 
 
+class ShortfallWarning(UserWarning):
+    """Less of the media could be decoded than its container says it holds (a truncated or
+    damaged file): the annotation covers only what was decoded."""
+
+
+SHORTFALL = (1.0, 0.05)  # seconds, share of the duration: a shorter gap is a codec's rounding
+
+
 @dataclass
 class Person:
     """One tracked face's results (``Annotation.people``; face 0 first)."""
@@ -72,6 +80,8 @@ class Annotation:
     notices: list[str] = field(default_factory=list)  # what the user should know (also warned)
     people: list[Person] = field(default_factory=list)  # every face kept (--max-faces)
     model: str = ""  # the checkpoint's name
+    partial: bool = False  # the media ended early: less was annotated than it says it holds
+    seconds: float = 0.0  # of media annotated: its duration, or where decoding ended (partial)
 
     @cached_property
     def table(self) -> pd.DataFrame:
@@ -172,6 +182,9 @@ class Annotator:
                             lambda: self.backend, timings, say,
                             max_faces=self.max_faces, describer=self.describer)
         notices = []
+        if _shortfall(feats):
+            notices.append(_shortfall(feats))
+            warnings.warn(notices[-1], ShortfallWarning, stacklevel=3)
         if use_visual and not feats.face.any():
             turned = self.turned_face(info)
             if not use_audio:
@@ -220,9 +233,13 @@ class Annotator:
         columns = merge_faces(tables)
         timings["postprocess"] += time.perf_counter() - t1
         first, (_, steps, _, source, _) = persons[0], results[0]
+        notices = notices or []
         return Annotation(info.path, info, columns, source, steps, first.step_values,
                           first.face, feats.voice, feats.track, feats.audio, timings, cfg.rate,
-                          list(cfg.targets), notices or [], persons, _model_name(ckpt))
+                          list(cfg.targets), notices, persons, _model_name(ckpt),
+                          partial=bool(_shortfall(feats)),
+                          seconds=(feats.decoded_until() or 0.0) if _shortfall(feats)
+                          else info.duration)
 
     def turned_face(self, info: demux.MediaInfo, n: int = 6) -> str:
         """When no face was found: a few frames tried in the other three orientations. Says
@@ -234,6 +251,16 @@ class Annotator:
         return (f"a face appears when the picture is rotated {faces.TURNS[k]} (the file's "
                 f"rotation tag says {info.rotation} degrees; it may be wrong or the camera was "
                 f"held sideways): rotate the video and annotate it again")
+
+
+def _shortfall(feats: Features) -> str:
+    """What the user must know when less of the file was decoded than its container says it
+    holds ("" when all of it was, or when that is not known)."""
+    end, duration = feats.decoded_until(), feats.info.duration
+    if end is None or duration - end <= max(SHORTFALL[0], SHORTFALL[1] * duration):
+        return ""
+    return (f"{feats.info.path}: only {end:.2f} s of its {duration:.2f} s could be decoded (a "
+            f"truncated or damaged file?): the rest is not annotated")
 
 
 def _model_name(ckpt: Checkpoint) -> str:

@@ -178,3 +178,37 @@ def test_sample_aspect_ratio_is_honoured(tmp_path):
     rates = [extract(info, FeatureSettings(), False, True, lambda: backend).face.mean()
              for info in (a, b)]
     assert rates[0] > 0.9 and abs(rates[0] - rates[1]) <= 0.05
+
+
+def test_a_truncated_file_is_annotated_in_part_and_says_so(tmp_path, tiny_ckpt):
+    """An mp4 cut at half its bytes: what could be decoded is annotated, with a warning on
+    stderr, the manifest's record 'partial' with what was annotated, and `avemo status` counts
+    it apart."""
+    import json
+
+    from click.testing import CliRunner
+
+    from avemo_cli.cli import main
+
+    from conftest import make_synthetic_video
+
+    whole = make_synthetic_video(tmp_path / "whole.mp4", seconds=10.0, extra=("-movflags",
+                                                                              "+faststart"))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    out = tmp_path / "out"
+    for src, partial in ((whole, False), (cut, True)):
+        r = CliRunner().invoke(main, ["annotate", str(src), "-o", str(out), "--weights",
+                                      str(tiny_ckpt)])
+        assert r.exit_code == 0, r.stderr
+        warned = [ln for ln in r.stderr.splitlines() if ln.startswith("avemo: warning:")]
+        assert bool(warned) == partial, r.stderr
+    assert "could be decoded" in warned[0] and "of its 10.00 s" in warned[0]
+    records = {json.loads(ln)["input"]: json.loads(ln)
+               for ln in (out / "avemo-manifest.jsonl").read_text().splitlines()}
+    assert records[str(whole)]["status"] == "ok" and records[str(whole)]["media_seconds"] == 10
+    assert records[str(cut)]["status"] == "partial" and "could be decoded" in \
+        records[str(cut)]["warning"]
+    assert 2 < records[str(cut)]["media_seconds"] < 8
+    r = CliRunner().invoke(main, ["status", str(out)])
+    assert "1 annotated, 1 annotated in part" in r.stdout and "partial: " in r.stdout
