@@ -33,3 +33,8 @@ class OutputError(AvemoError):
 
 class DeviceError(AvemoError):
     """An unknown or unavailable compute device (``--device``)."""
+
+
+class OrientationError(AvemoError):
+    """The face is upside down as the video is displayed (a wrong rotation tag, a camera held
+    upside down): annotating it would read the wrong expression."""

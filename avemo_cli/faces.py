@@ -29,6 +29,14 @@ class FaceBackend(Protocol):
 
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray: ...
 
+    def score(self, image: np.ndarray) -> float:
+        """How surely the detector sees a face in ``image``: its best detection's score (the
+        backend's own scale, compared only with itself); ``NO_FACE`` when it sees none."""
+        ...
+
+
+NO_FACE = -1.0
+
 
 def _predictor_path() -> str:
     """The 68-point model inside face-recognition-models, found without importing the package
@@ -60,6 +68,11 @@ class DlibBackend:
     def detect(self, image: np.ndarray) -> list[Box]:
         rects = self._detector(np.ascontiguousarray(image), self.upsample)
         return [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+
+    def score(self, image: np.ndarray) -> float:
+        # below the detector's threshold too (down to -0.5): a weak face still scores
+        _, scores, _ = self._detector.run(np.ascontiguousarray(image), self.upsample, -0.5)
+        return float(max(scores)) if len(scores) else NO_FACE
 
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
         rect = self._dlib.rectangle(*(int(round(v)) for v in box))
@@ -99,6 +112,10 @@ class FanBackend:
     def detect(self, image: np.ndarray) -> list[Box]:
         dets = self._fa.face_detector.detect_from_image(self._rgb(image).copy())
         return [(float(d[0]), float(d[1]), float(d[2]), float(d[3])) for d in dets]
+
+    def score(self, image: np.ndarray) -> float:
+        dets = self._fa.face_detector.detect_from_image(self._rgb(image).copy())
+        return max((float(d[4]) for d in dets if len(d) > 4), default=NO_FACE)
 
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
         out = self._fa.get_landmarks_from_image(self._rgb(image), detected_faces=[list(box)])
@@ -155,9 +172,12 @@ TURNS = {1: "90 degrees counter-clockwise", 2: "180 degrees", 3: "90 degrees clo
 
 
 def turn_with_faces(frames: list[np.ndarray], backend: FaceBackend) -> int | None:
-    """Quarter turns (counter-clockwise, as ``np.rot90``) under which ``backend`` finds a face
-    in any of ``frames``: 0 as they are, else the first of 1, 3, 2 that does; None if none."""
-    for k in (0, 1, 3, 2):
-        if any(backend.detect(np.ascontiguousarray(np.rot90(f, k))) for f in frames):
-            return k
-    return None
+    """The quarter turn (counter-clockwise, as ``np.rot90``) under which ``backend`` sees faces
+    in ``frames`` most surely (the best mean score; a detector may also fire, more weakly, on
+    a face upside down or on its side); None if no turn shows a face."""
+    best, best_score = None, -np.inf
+    for k in range(4):
+        scores = [backend.score(np.ascontiguousarray(np.rot90(f, k))) for f in frames]
+        if scores and max(scores) >= 0 and float(np.mean(scores)) > best_score:
+            best, best_score = k, float(np.mean(scores))
+    return best

@@ -22,7 +22,7 @@ import numpy as np
 from . import audio as audio_stage
 from . import demux, faces, people, predict, speakers, tracking
 from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
-from .errors import ModalityError, NoFaceError
+from .errors import ModalityError, NoFaceError, OrientationError
 from .features import STAGES, Features, FeatureSettings, extract
 from .inference import predict_features, resolve_device, to_table
 from .table import Columns, as_frame, merge_faces
@@ -185,6 +185,12 @@ class Annotator:
         if _shortfall(feats):
             notices.append(_shortfall(feats))
             warnings.warn(notices[-1], ShortfallWarning, stacklevel=3)
+        if use_visual and tracking.upside_down(feats.track):
+            tag = f" (its rotation tag says {info.rotation} degrees: the tag may be wrong)" \
+                if info.rotation else ""
+            raise OrientationError(f"{info.path}: the face is upside down as the video is "
+                                   f"displayed{tag}; turn the picture 180 degrees and annotate "
+                                   f"it again")
         if use_visual and not feats.face.any():
             turned = self.turned_face(info)
             if not use_audio:

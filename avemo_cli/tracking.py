@@ -29,6 +29,8 @@ class FaceTrack:
     frame_size: tuple[int, int] = (0, 0)  # analysis frame (width, height)
     detections: int = 0  # full-frame detector runs
     tracked: int = 0  # steps whose face came from tracking alone
+    upright: np.ndarray | None = None  # (checks, 2) detector scores of the first frames with
+    # a face, as they are and turned 180 degrees (``upside_down``)
 
     @classmethod
     def empty(cls, crop_size: int, frame_size: tuple[int, int] = (0, 0), detections: int = 0,
@@ -109,6 +111,7 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
     last_detect = -10 ** 9
     detections = tracked = 0
     frame_size = (0, 0)
+    upright: list[tuple[float, float]] = []
     for k, frame in enumerate(frames):
         frame_size = (frame.shape[1], frame.shape[0])
         if rows is None:
@@ -137,6 +140,9 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
                 box = max(candidates, key=box_area)
                 lm = backend.landmarks(frame, box)
                 rel = relation(box, lm)
+                if len(upright) < UPRIGHT_CHECKS:
+                    upright.append((backend.score(frame),
+                                    backend.score(np.ascontiguousarray(np.rot90(frame, 2)))))
             else:
                 box = None
         row: dict[str, object]
@@ -151,4 +157,19 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, crop_size: i
     if rows is None:
         return FaceTrack.empty(crop_size, frame_size, detections, tracked)
     return FaceTrack(**{name: r.array() for name, r in rows.items()}, frame_size=frame_size,
-                     detections=detections, tracked=tracked)
+                     detections=detections, tracked=tracked,
+                     upright=np.array(upright, np.float64).reshape(-1, 2))
+
+
+UPRIGHT_CHECKS = 2  # detections whose frame is also scored upside down (~16 ms each at 480 px)
+UPRIGHT_MARGIN = 0.5  # dlib: an upright face scores ~0.5-2; the same face upside down ~0.3-0.6
+
+
+def upside_down(track: FaceTrack | None) -> bool:
+    """Whether the tracked face looks upside down: the detector saw it more surely with the
+    picture turned 180 degrees than as it is (a detector fires on upside-down faces too, and
+    the model would read them as some other expression)."""
+    if track is None or track.upright is None or not len(track.upright):
+        return False
+    as_is, turned = track.upright.mean(axis=0)
+    return bool(turned > as_is + UPRIGHT_MARGIN)

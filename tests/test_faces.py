@@ -104,7 +104,9 @@ def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tin
         bad = ann.annotate(turned)
     assert good.source == "av" and not good.notices
     assert bad.source == "audio" and len(bad.notices) == 1
-    assert "a face appears when the picture is rotated 90 degrees" in bad.notices[0]
+    fix = "90 degrees clockwise" if how == "wrong rotation tag" else \
+        "90 degrees counter-clockwise"  # (the turn the detector sees best, not the first)
+    assert f"a face appears when the picture is rotated {fix} (" in bad.notices[0]
     assert [str(w.message) for w in caught if w.category is OrientationWarning] == bad.notices
     with pytest.raises(NoFaceError, match="no face found in the video .*rotated 90 degrees"):
         Annotator(tiny_video_ckpt, device="cpu").annotate(turned)
@@ -142,3 +144,27 @@ def test_decoding_without_deblocking_keeps_the_predictions():
     assert np.array_equal(tracks[0].found, tracks[1].found) and tracks[0].found.mean() > 0.5
     values = [predict_steps(model, crops=t.crops).values for t in tracks]
     assert np.abs(values[0] - values[1]).max() < 0.03
+
+
+@pytest.mark.parametrize("tag", [True, False])
+def test_an_upside_down_face_is_a_one_line_error(tmp_path, tiny_ckpt, tag):
+    """The detector fires on upside-down faces too (weakly): annotating one would read another
+    expression. A 180-degree rotation tag on an upright recording, or a picture turned over,
+    is refused with a one-line error, not annotated."""
+    from click.testing import CliRunner
+
+    from avemo_cli.cli import main
+
+    src = shared_file("videos", "WDA_KatieHill_000.mp4")
+    over = tmp_path / "over.mp4"
+    if tag:
+        ffmpeg("-display_rotation", "180", "-i", str(src), "-c", "copy", str(over))
+    else:
+        ffmpeg("-i", str(src), "-vf", "hflip,vflip", "-c:v", "libx264", "-c:a", "aac",
+               str(over))
+    r = CliRunner().invoke(main, ["annotate", str(over), "-o", str(tmp_path / "out"),
+                                  "--weights", str(tiny_ckpt), "-q"])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "the face is upside down as the video is displayed" in r.stderr
+    assert ("rotation tag says 180 degrees" in r.stderr) == tag
+    assert not (tmp_path / "out" / "over.avemo.csv").exists()
