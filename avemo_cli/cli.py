@@ -2,6 +2,7 @@
 train.py): options are parsed here and passed on whole; the work is done there."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -541,13 +542,32 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
         files = result.plot(plot_dir)
         if not quiet:
             click.echo(f"avemo: {plural(len(files), 'figure')} written to {plot_dir}", err=True)
-    if as_json:
-        click.echo(json.dumps(result.to_json(per_sequence), indent=2, allow_nan=True))
-        return
+    if as_json:  # (a score that cannot be computed is null: JSON has no NaN)
+        click.echo(json.dumps(_finite(result.to_json(per_sequence)), indent=2,
+                              allow_nan=False))
+    else:
+        _print_scores(result, metrics, per_sequence,
+                      f"{title} ({plural(len(result.sequences), 'sequence')}, {how})")
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite number replaced by None (JSON's null)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _print_scores(result, metrics, per_sequence: bool, title: str) -> None:
+    """The paper's table: a row per target (and per sequence), a column per metric; a score
+    that cannot be computed is "n/a" (eval's warnings say why)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{title} ({plural(len(result.sequences), 'sequence')}, {how})")
+    table = Table(title=title)
     table.add_column("sequence" if per_sequence else "")
     table.add_column("target")
     for m in metrics:
@@ -557,5 +577,6 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
         rows += sorted(result.per_sequence.items())
     for name, scores in rows:
         for target, vals in scores.items():
-            table.add_row(name, target, *(f"{vals[m]:.3f}" for m in metrics))
+            table.add_row(name, target, *(f"{vals[m]:.3f}" if math.isfinite(vals[m]) else "n/a"
+                                          for m in metrics))
     Console().print(table)

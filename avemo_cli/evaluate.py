@@ -82,6 +82,8 @@ def read_prediction(path: Path) -> pd.DataFrame:
             table[col] = pd.to_numeric(table[col])
         except (ValueError, TypeError):
             raise DatasetError(f"{path}: non-numeric values in the {col} column") from None
+        if np.isinf(table[col].to_numpy(np.float64)).any():
+            raise DatasetError(f"{path}: infinite values in the {col} column")
     if table["time"].isna().any():
         raise DatasetError(f"{path}: rows without a time")
     return _in_time_order(table, path)
@@ -173,6 +175,10 @@ def evaluate(preds: dict[str, pd.DataFrame], golds: dict[str, pd.DataFrame],
                            f"they are the same recording, or lower --min-coverage")
     targets = [t for t in TARGETS if any(t in golds[n] and t in preds[n] and
                                          preds[n][t].notna().any() for n in names)]
+    for t in TARGETS:
+        if t not in targets and any(t in golds[n] for n in names):
+            why = "no column" if not any(t in preds[n] for n in names) else "only empty values"
+            notes.append(f"{t}: not scored: the predictions have {why} for it")
     pairs = {t: {n: aligned(preds[n], golds[n], t) for n in names
                  if t in golds[n] and t in preds[n]} for t in targets}
     scores = {t: {m: M.aggregate(m, [p for p, _ in pairs[t].values()],

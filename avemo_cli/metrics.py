@@ -40,9 +40,9 @@ def cc(pred, gold) -> float:
     x, y = _pairs(pred, gold)
     if x.size == 0:
         return float("nan")
-    sx, sy = x.std(), y.std()
-    if sx == 0 or sy == 0:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:  # constant (its std is rounding noise, not 0)
         return float("nan")
+    sx, sy = x.std(), y.std()
     return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
 
 

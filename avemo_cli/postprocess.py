@@ -55,11 +55,21 @@ def fit_chain(preds: list[np.ndarray], golds: list[np.ndarray], rate: float = 4.
     kept only if it raises the development CCC (sequences concatenated). Gold and predictions
     may hold NaN (not scored).
 
+    Candidates are scored as the outputs hold them: clipped to [-1, 1] (``table.py``), so the
+    CCC reported is the one ``avemo eval`` gives on the written files; a step that would make
+    some sequence constant (a scaling that saturates it) is never kept.
+
     Returns the parameters plus ``dev_ccc_raw`` and ``dev_ccc`` (after the kept steps)."""
     from .metrics import ccc
 
+    moving = [bool(np.nanmax(p) > np.nanmin(p)) if np.isfinite(p).any() else False
+              for p in preds]
+
     def score(seqs):
-        return ccc(np.concatenate(seqs), np.concatenate(golds))
+        out = [np.clip(p, -1.0, 1.0) for p in seqs]
+        if any(m and not np.nanmax(o) > np.nanmin(o) for m, o in zip(moving, out)):
+            return -np.inf  # it flattens a sequence that moved: never chosen
+        return ccc(np.concatenate(out), np.concatenate(golds))
 
     preds = [np.asarray(p, np.float32) for p in preds]
     best = raw = score(preds)
@@ -76,7 +86,7 @@ def fit_chain(preds: list[np.ndarray], golds: list[np.ndarray], rate: float = 4.
     cat_p, cat_g = np.concatenate(preds), np.concatenate(golds)
     ok = ~np.isnan(cat_g) & ~np.isnan(cat_p)
     bias = float(np.mean(cat_g[ok]) - np.mean(cat_p[ok]))
-    s = score([p + bias for p in preds])
+    s = score([p + np.float32(bias) for p in preds])
     if s > best + 1e-9:
         params["bias"], best = bias, s
         preds = [p + np.float32(bias) for p in preds]
@@ -84,7 +94,7 @@ def fit_chain(preds: list[np.ndarray], golds: list[np.ndarray], rate: float = 4.
     sp = float(np.std(cat_p[ok]))
     if sp > 0:
         scale = float(np.std(cat_g[ok]) / sp)
-        s = score([p * scale for p in preds])
+        s = score([p * np.float32(scale) for p in preds])
         if s > best + 1e-9:
             params["scale"], best = scale, s
     params["dev_ccc_raw"], params["dev_ccc"] = float(raw), float(best)

@@ -130,7 +130,7 @@ def test_fit_chain_keeps_only_steps_that_raise_devel_ccc():
     prm = fit_chain(pred, gold, rate=4.0)
     assert {"median_window", "bias", "scale"} <= set(prm)
     assert prm["dev_ccc"] > prm["dev_ccc_raw"] + 0.2
-    out = [apply_chain(p, prm) for p in pred]
+    out = [np.clip(apply_chain(p, prm), -1, 1) for p in pred]  # as the CSV holds them
     assert np.isclose(ccc(np.concatenate(out), np.concatenate(gold)), prm["dev_ccc"], atol=1e-5)
     # already perfect predictions: nothing helps, nothing is kept
     prm = fit_chain([g.copy() for g in gold], gold, rate=4.0)
@@ -183,3 +183,30 @@ def test_stale_temporaries_of_killed_runs_are_removed(tmp_path):
     assert remove_stale_temporaries(out) == [stale[0]]
     assert remove_stale_temporaries(tmp_path / "v.avemo.png") == [stale[1]]
     assert live.exists() and other.exists() and not any(p.exists() for p in stale)
+
+
+def test_fit_chain_reports_what_the_written_values_score_and_flattens_nothing():
+    """The CSV holds values clipped to [-1, 1]: the CCC the fit reports is that of the clipped
+    output (what eval gives on the written files), and no kept step makes a sequence constant
+    (a scaling that saturates it at 1.0 scored well before it was clipped)."""
+    from avemo_cli.metrics import ccc
+    from avemo_cli.postprocess import apply_chain, fit_chain
+
+    rng = np.random.default_rng(0)
+    t = np.arange(200) / 4
+    for _ in range(40):
+        golds, preds = [], []
+        for _ in range(3):
+            g = np.clip(rng.uniform(-0.8, 0.8) + rng.uniform(0.01, 0.3) *
+                        np.sin(t * rng.uniform(0.1, 1)), -1, 1)
+            amp = rng.uniform(0.001, 0.1)
+            p = rng.uniform(-0.3, 0.3) * rng.choice([0.01, 1]) + amp * np.sin(
+                t * rng.uniform(0.1, 1) + rng.uniform(0, 3)) + 0.3 * amp * rng.standard_normal(200)
+            golds.append(g)
+            preds.append(p.astype(np.float32))
+        prm = fit_chain(preds, golds)
+        out = [np.clip(apply_chain(p, prm), -1, 1) for p in preds]
+        assert all(np.ptp(o) > 0 for o in out), prm
+        assert prm["dev_ccc"] == pytest.approx(ccc(np.concatenate(out), np.concatenate(golds)),
+                                               abs=1e-5), prm
+        assert prm["dev_ccc"] >= prm["dev_ccc_raw"] - 1e-9

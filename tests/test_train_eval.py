@@ -325,3 +325,33 @@ def test_eval_scores_predictions_in_time_order_and_refuses_conflicting_times(tmp
     code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
     assert code == 2 and "a.avemo.csv" in err and "at time 5 with different values" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_says_why_a_score_is_missing_and_writes_valid_json(tmp_path):
+    """An empty valence column is named as not scored; a score that cannot be computed (CC of
+    a constant prediction) is n/a in the table and null in --json (valid JSON, no NaN); an
+    infinite value is a one-line error; no numpy warnings leak."""
+    pred, gold = tmp_path / "pred", tmp_path / "gold"
+    pred.mkdir()
+    gold.mkdir()
+    t = np.round(np.arange(100) * 0.1, 1)
+    g = pd.DataFrame({"time": t, "valence": np.sin(t), "arousal": np.cos(t)})
+    g.to_csv(gold / "a.csv", index=False)
+    g.to_csv(gold / "b.csv", index=False)
+    g.assign(valence=np.nan).to_csv(pred / "a.avemo.csv", index=False)
+    g.assign(valence=np.nan, arousal=0.2).to_csv(pred / "b.avemo.csv", index=False)
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--json", "--metric", "all",
+                            "--per-sequence")
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert "NaN" not in stdout and "Infinity" not in stdout
+    assert "valence" not in out and out["sequences"]["b"]["arousal"]["cc"] is None
+    assert "valence: not scored: the predictions have only empty values for it" in err
+    assert "RuntimeWarning" not in err and "Traceback" not in err
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--metric", "all",
+                            "--per-sequence")
+    assert code == 0 and "n/a" in stdout and "nan" not in stdout.lower().replace("n/a", "")
+    g.assign(valence=np.inf).to_csv(pred / "a.avemo.csv", index=False)
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
+    assert code == 2 and "a.avemo.csv: infinite values in the valence column" in err
+    assert len(err.strip().splitlines()) == 1
