@@ -81,6 +81,8 @@ class Job:
     outputs: dict[str, Path]  # format -> the file it is written to (outputs.output_path)
     key: str = ""  # the input's path relative to the folder it was found in (its name, for a
     # file given directly): what shards are chosen by
+    dropped: tuple[str, ...] = ()  # formats asked for that this input does not get (mp4 for
+    # an audio file)
 
     @property
     def first(self) -> Path | None:
@@ -174,7 +176,8 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
                                      f"another -o folder"))
                 continue
             claimed[base] = src
-            jobs.append(Job(src, outputs.wanted(src, base, formats), key))
+            made = outputs.wanted(src, base, formats)
+            jobs.append(Job(src, made, key, tuple(f for f in formats if f not in made)))
     return jobs, bad
 
 
@@ -191,7 +194,10 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
         with warnings.catch_warnings(record=True) as caught:  # (told with the outcome: a
             warnings.simplefilter("always")  # worker's warnings reach the user that way too)
             result = annotator.annotate(job.source, stage, extractors)
-        outputs.write(result, job.outputs, stage)
+            outputs.write(result, job.outputs, stage)
+            for fmt in job.dropped:
+                warnings.warn(f"{job.source}: no {fmt} output for an audio file (it has no "
+                              f"picture)")
     except AvemoError as err:
         return Outcome("failed", str(err), _record(model, job, "failed", str(err), t0))
     except Exception as err:  # a bug or an unforeseen input: still one line, batch goes on

@@ -159,15 +159,12 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     """
     from .batch import AnnotateOptions, annotate_files
     from .outputs import WRITERS, parse_formats
-    from .shards import parse_shard, shard_from_env
 
     try:
         chosen = parse_formats(formats + ",png" * plot + ",mp4" * overlay)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--format'") from None
-    part = parse_shard(shard) if shard else shard_from_env()
-    if part is not None and not shard:
-        click.echo(f"avemo: shard {part.index}/{part.count} (from the {part.origin})", err=True)
+    part = _shard(shard)
     options = AnnotateOptions(
         output_dir, chosen, overwrite, weights, device, faces_backend, stride, batch_size,
         detect_every, max_faces=max_faces, jobs=_jobs(jobs), one_model=one_model, shard=part,
@@ -191,6 +188,40 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
             console.print(f"avemo: {len(report.failed)} of {plural(total, 'input')} failed",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def _one_line(path: str) -> str:
+    """A path as one line of output: quoted and escaped (as JSON writes strings) when its name
+    holds a line break or another control character, as it is otherwise."""
+    import json
+
+    return json.dumps(path, ensure_ascii=False) if any(ord(c) < 32 for c in path) else path
+
+
+def _shard(text: str | None):
+    """The shard this run annotates: ``--shard I/N``, else the job array's; said on stderr
+    (with the array's own, if the option overrides one)."""
+    from .shards import ShardError, parse_shard, shard_from_env
+
+    if text is not None and not text.strip():
+        raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="'--shard'")
+    if not text:
+        from_env = part = shard_from_env()
+    else:
+        part = parse_shard(text)
+        try:
+            from_env = shard_from_env()
+        except ShardError:  # (the option decides; a malformed array environment is moot)
+            from_env = None
+    if part is None:
+        return None
+    where = part.origin if part.origin.startswith("--") else f"the {part.origin}"
+    told = f"avemo: shard {part.index}/{part.count} (from {where})"
+    if text and from_env is not None and (from_env.index, from_env.count) != \
+            (part.index, part.count):
+        told += f"; the {from_env.origin} is overridden"
+    click.echo(told, err=True)
+    return part
 
 
 class _Progress:
@@ -251,8 +282,8 @@ class _Progress:
             self.progress.update(self.task, description=f"files ({rate:.1f}x real time)")
         for warning in outcome.warnings:
             self.print(f"avemo: warning: {warning}")
-        if outcome.status == "written":
-            print(outcome.detail, flush=True)  # stdout: results only (rich keeps it apart)
+        if outcome.status == "written":  # stdout: results only (rich keeps it apart), a line
+            print("\n".join(_one_line(p) for p in outcome.record.outputs), flush=True)  # each
         elif outcome.status == "skipped":
             if not self.quiet:
                 self.print(f"skip: {outcome.detail}")

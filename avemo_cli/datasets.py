@@ -92,10 +92,10 @@ def read_avec_labels(path: Path) -> pd.DataFrame:
     return _checked(table, path)
 
 
-def read_generic_labels(path: Path) -> pd.DataFrame:
-    """A generic label file: header ``time,valence[,arousal]``."""
+def read_generic_labels(path: Path, sep: str = ",") -> pd.DataFrame:
+    """A generic label file: header ``time,valence[,arousal]`` (or separated by ``sep``)."""
     try:
-        raw = pd.read_csv(path)
+        raw = pd.read_csv(path, sep=sep)
     except Exception as exc:
         raise DatasetError(f"{path}: unreadable label file ({exc})") from None
     cols = {c.strip().lower(): c for c in raw.columns}
@@ -119,11 +119,13 @@ def _checked(table: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def read_labels(path: Path) -> pd.DataFrame:
-    """Either format, recognised by its first line (a header naming ``time`` = generic)."""
+    """Either format, recognised by its first line: a header naming ``time`` is a generic file
+    (separated by commas, semicolons or tabs, whichever the header uses most), else AVEC's."""
     with open(path, encoding="utf-8", errors="replace") as f:
         first = f.readline()
-    if "time" in first.lower() and "," in first:
-        return read_generic_labels(path)
+    if "time" in first.lower():
+        sep = max((",", ";", "\t"), key=first.count)
+        return read_generic_labels(path, sep)
     return read_avec_labels(path)
 
 

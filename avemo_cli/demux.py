@@ -75,6 +75,7 @@ class MediaInfo:
     # (n_frames,) presentation time of every frame in seconds, from the container
     audio_start: float = 0.0  # seconds on the same timeline where the audio's first sample
     # plays (a stream that starts after the video's first frame, e.g. an offset track)
+    unused_video: str = ""  # why a video stream the file has is not analysed ("" if none)
 
     def frame_times(self) -> np.ndarray:
         """Presentation time of every video frame: the container's timestamps (on ffmpeg's
@@ -89,12 +90,13 @@ class MediaInfo:
                 "has_audio": self.has_audio, "width": self.width, "height": self.height,
                 "fps": self.fps, "rotation": self.rotation, "n_frames": self.n_frames,
                 "audio_codec": self.audio_codec, "sar": self.sar,
-                "audio_start": self.audio_start}
+                "audio_start": self.audio_start, "unused_video": self.unused_video}
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _STREAM = re.compile(r"Stream #\d+:\d+.*?: (Video|Audio): (.*)")
-_SIZE = re.compile(r", (\d{2,5})x(\d{2,5})")
+_SIZE = re.compile(r", (\d{1,5})x(\d{1,5})")
+MIN_SIDE = 16  # pixels: a smaller picture holds no face to find (its audio is still used)
 _FPS = re.compile(r"([\d.]+)(k?) fps")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
@@ -155,6 +157,8 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise MediaError(f"{path}: no such file")
     if path.is_dir():
         raise MediaError(f"{path}: is a folder, not a media file")
+    if not path.is_file():
+        raise MediaError(f"{path}: not a regular file (a pipe, socket or device)")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
     proc = _run(["-i", str(path)])
@@ -180,6 +184,10 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise MediaError(f"{path}: cannot read the video stream's size or frame rate")
     fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
     width, height = int(size.group(1)), int(size.group(2))
+    if min(width, height) < MIN_SIDE and has_audio:
+        return MediaInfo(path, duration, has_video=False, has_audio=True,
+                         audio_codec=audio_codec, unused_video=f"its picture is {width}x"
+                         f"{height} pixels, too small to hold a face")
     sar_m = _SAR.search(video)
     sar = int(sar_m.group(1)) / int(sar_m.group(2)) if sar_m and int(sar_m.group(2)) else 1.0
     sar = sar if sar > 0 else 1.0  # "SAR 0:1" means unknown: square

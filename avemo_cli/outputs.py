@@ -116,8 +116,9 @@ def _plain(v):
 
 def _write_eaf(annotation: Annotation, path: Path) -> None:
     """An ELAN document: per face and target a tier of the values at the analysis steps (each
-    annotation spans its step's 1/rate seconds; steps with no evidence for the face are left
-    out), linked to the media file so that the tiers open beside the video."""
+    annotation spans its step's 1/rate seconds; steps where the face was not found and its
+    voice not heard, and steps past the media's end, are left out), linked to the media file so
+    that the tiers open beside the video."""
     from pympi import Elan
 
     from . import __version__
@@ -130,7 +131,10 @@ def _write_eaf(annotation: Annotation, path: Path) -> None:
                         mimetype=mime)
     step_ms = 1000.0 / annotation.rate
     for person in annotation.people:
-        evidence = person.confidence > 0
+        # a value with evidence at its own step (this face found, or its voice heard), and
+        # a step that begins before the media ends
+        starts = np.arange(len(person.face)) / annotation.rate
+        evidence = (person.face | person.speaking) & (starts < annotation.info.duration)
         for j, target in enumerate(annotation.targets):
             tier = f"face {person.face_id} {target}"
             eaf.add_tier(tier)
@@ -197,7 +201,8 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 
 def wanted(source: Path, base: Path, formats: tuple[str, ...]) -> dict[str, Path]:
-    """The outputs input ``source`` planned as ``base`` gets, by format, in order."""
+    """The outputs input ``source`` planned as ``base`` gets, by format, in order (an
+    audio file gets no overlay video)."""
     return {fmt: output_path(base, fmt) for fmt in formats if WRITERS[fmt].wants(source)}
 
 

@@ -182,6 +182,9 @@ class Annotator:
                             lambda: self.backend, timings, say,
                             max_faces=self.max_faces, describer=self.describer)
         notices = []
+        if info.unused_video:
+            notices.append(f"{info.path}: {info.unused_video}: annotated from its audio alone")
+            warnings.warn(notices[-1], UserWarning, stacklevel=3)
         if _shortfall(feats):
             notices.append(_shortfall(feats))
             warnings.warn(notices[-1], ShortfallWarning, stacklevel=3)

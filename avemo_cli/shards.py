@@ -36,9 +36,12 @@ class Shard:
     origin: str = "--shard"  # where it came from (the option, or the job-array variables)
 
     def __post_init__(self):
-        if self.count < 1 or not 0 <= self.index < self.count:
+        if self.count < 1:
+            raise ShardError(f"shard {self.index}/{self.count} ({self.origin}): the count must "
+                             f"be 1 or more")
+        if not 0 <= self.index < self.count:
             raise ShardError(f"shard {self.index}/{self.count} ({self.origin}): the index must "
-                             f"be 0 to count - 1")
+                             f"be 0 to {self.count - 1}")
 
     def takes(self, key: str) -> bool:
         """Whether the input with this key (relative path, '/'-separated) is this shard's."""

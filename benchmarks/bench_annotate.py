@@ -63,8 +63,8 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
         weights = args.weights
         if weights is None:
             import torch

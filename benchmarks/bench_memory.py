@@ -63,8 +63,8 @@ def main(argv=None) -> None:
     print("| length (min) | peak memory (MiB), median | each run | wall (s), median | "
           "x real time |")
     print("| --- | --- | --- | --- | --- |")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
         for minutes in args.minutes:
             video = looped(args.source, minutes, tmp / f"looped_{minutes:g}min.mp4")
             runs = [peak_rss([sys.executable, "-m", "avemo_cli", "annotate", str(video), "-o",

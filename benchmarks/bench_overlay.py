@@ -43,8 +43,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     annotator = Annotator(args.weights)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
         videos = args.videos or default_inputs(tmp)
         print("| input | size | length | annotate (s) | overlay (s) | overlay / annotate |")
         print("| --- | --- | --- | --- | --- | --- |")

@@ -99,7 +99,7 @@ def per_frame_part(model: AVModel, batch: dict) -> float:
         if scores is not None:
             outs.append(scores.sum())
     if outs:
-        sum(outs).backward()
+        torch.stack(outs).sum().backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
 

@@ -56,22 +56,23 @@ def draw(fig, mouth: float, smile: float, brow: float, dx: float, dy: float) -> 
     # lips: corners lift with the smile; the gap between them opens with the voice
     w = 0.13 + 0.05 * smile
     u = np.linspace(-1, 1, 21)
-    x = 0.5 + u * w / 2
+    lips = 0.5 + u * w / 2
     lift = 0.04 * smile * u ** 2  # corners up (image y grows downwards)
     top = 0.685 - lift - 0.012 * (1 - u ** 2)
     gap = (0.004 + 0.06 * mouth) * (1 - u ** 2)
     bottom = 0.69 - lift + gap + 0.015 * (1 - u ** 2)
-    ax.add_patch(Polygon(np.c_[np.r_[x, x[::-1]], np.r_[top, bottom[::-1]]],
+    ax.add_patch(Polygon(np.c_[np.r_[lips, lips[::-1]], np.r_[top, bottom[::-1]]],
                          color=(0.62, 0.26, 0.26)))
-    ax.add_patch(Polygon(np.c_[np.r_[x, x[::-1]], np.r_[0.69 - lift, (0.69 - lift + gap)[::-1]]],
+    ax.add_patch(Polygon(np.c_[np.r_[lips, lips[::-1]],
+                               np.r_[0.69 - lift, (0.69 - lift + gap)[::-1]]],
                          color=(0.3, 0.06, 0.08)))
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def main(out: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
         parts = []
         for i, (text, pitch, speed) in enumerate(LINES):
             wav = tmp / f"line{i}.wav"
@@ -100,7 +101,9 @@ def main(out: Path) -> None:
             smile = float(np.clip((t - switch + 0.5) / 1.0, 0, 1))
             frame = draw(fig, mouth[i], smile, 0.015 * smile, 0.03 * np.sin(t * 0.9),
                          0.015 * np.sin(t * 1.3 + 1))
+            assert enc.stdin is not None
             enc.stdin.write(frame.tobytes())
+        assert enc.stdin is not None
         enc.stdin.close()
         if enc.wait() != 0:
             raise SystemExit("ffmpeg failed")

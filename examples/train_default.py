@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,14 +40,14 @@ SHARED = HERE.parent / "shared" / "data"
 # with batch normalisation after each 3D convolution and no dropout: with the paper's dropout
 # 0.5 (and without batch norm) the branch did not even fit 256 faces within 80 steps, and the
 # output stayed nearly constant for the first 16,000 clips, which this CPU budget cannot afford.
-VISUAL = dict(input_size=48, encoder_channels=[8, 16, 16], convlstm_hidden=16,
-              c3d_channels=[16, 32, 64, 128], fc_hidden=128, visual_z=64, batch_norm=True,
-              dropout=0.0)
+VISUAL: dict[str, Any] = dict(input_size=48, encoder_channels=[8, 16, 16], convlstm_hidden=16,
+                              c3d_channels=[16, 32, 64, 128], fc_hidden=128, visual_z=64,
+                              batch_norm=True, dropout=0.0)
 # The paper's audio branch; features normalised per recording (ModelConfig.audio_norm): a
 # recording's own level and range are removed, with the training statistics as a 30 s prior.
 # Trained for speech.UPDATES batches on the clean recordings and speech.COPIES augmented copies
 # (gain, speed/pitch, channel, noise) of each.
-AUDIO = {k: v for k, v in speech.AUDIO_CONFIG.items() if k != "modality"}
+AUDIO: dict[str, Any] = {k: v for k, v in speech.AUDIO_CONFIG.items() if k != "modality"}
 AUDIO_UPDATES = speech.UPDATES
 AUDIO_COPIES = speech.COPIES
 
@@ -107,8 +108,8 @@ def train_visual(work: Path, clips: int, jobs: int, seed: int = 0) -> None:
         for i in range(0, len(order), 32):
             model.train()
             idx = order[i:i + 32]
-            clips = stills.still_clips(x[idx], model.cfg.clip_steps, gen)
-            loss = torch.mean((model(video=clips)["pred"] - y[idx]) ** 2)
+            batch = stills.still_clips(x[idx], model.cfg.clip_steps, gen)
+            loss = torch.mean((model(video=batch)["pred"] - y[idx]) ** 2)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -127,6 +128,7 @@ def train_visual(work: Path, clips: int, jobs: int, seed: int = 0) -> None:
             if seen >= clips:
                 break
         epoch += 1
+    assert best_state is not None, "no evaluation ran (budget under 4,000 clips?)"
     model.load_state_dict(best_state)
     valid_full = scores(predict_stills(model, fer["crops"][va]), fer["targets"][va])
     pred = predict_stills(model, fer["crops"][te])
@@ -159,7 +161,7 @@ def speech_recordings(work: Path, jobs: int):
     return cfg, recs
 
 
-def annotate_mean(weights: Path | AVModel, path: Path) -> dict:
+def annotate_mean(weights: Path, path: Path) -> dict:
     """Mean valence/arousal of a file as `avemo annotate` writes it, with each head's part."""
     from avemo_cli.checkpoint import load_checkpoint
     from avemo_cli.pipeline import Annotator

@@ -55,12 +55,15 @@ def test_stills_align_like_video_frames_and_become_clips():
     from avemo_cli.faces import DlibBackend
 
     dl = DlibBackend()
-    i = int(np.flatnonzero(detected)[0])
-    big = np.kron(crops[i], np.ones((4, 4), np.uint8))
-    boxes = dl.detect(big)
-    if boxes:
-        pts = align.anchor_points(dl.landmarks(big, boxes[0]) / 4)
-        assert np.abs(pts[:2] - align.TEMPLATE[:2] * 48).max() < 6
+    refound = 0
+    for i in np.flatnonzero(detected)[:10]:
+        big = np.kron(crops[i], np.ones((4, 4), np.uint8))
+        boxes = dl.detect(big)
+        if boxes:
+            refound += 1
+            pts = align.anchor_points(dl.landmarks(big, boxes[0]) / 4)
+            assert np.abs(pts[:2] - align.TEMPLATE[:2] * 48).max() < 6, i
+    assert refound >= 7  # (9 of the first 10 here)
     still = torch.from_numpy(crops[:4])
     fixed = stills.still_clips(still, 16, jitter=False)
     assert fixed.shape == (4, 16, 1, 48, 48) and torch.equal(fixed[:, 0], fixed[:, 15])

@@ -369,8 +369,9 @@ def test_the_console_entry_exits_fast_with_every_status_and_output(tiny_ckpt, tm
                               text=True, timeout=60)
         assert proc.returncode == status, (args, proc.stderr)
         assert out in proc.stdout
-        if status:
+        if status:  # one line: no leaked-semaphore warnings of a process begun early
             assert proc.stderr.startswith("avemo: error:"), proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_face_models_load_once_whoever_asks_first(monkeypatch):
@@ -396,3 +397,46 @@ def test_face_models_load_once_whoever_asks_first(monkeypatch):
     for t in threads:
         t.join()
     assert made == ["stand-in"] and len(got) == 3 and got[0] is got[1] is got[2]
+
+
+def test_odd_inputs_get_a_clear_word(tmp_path, tiny_ckpt):
+    """A pipe is not a regular file; a 2x2 px video is annotated from its audio with a notice;
+    --overlay on an audio file says there is none; a line break in a name stays on one
+    stdout line."""
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    code, stdout, err = run("annotate", fifo, "-o", tmp_path / "o1", "--weights", tiny_ckpt)
+    assert code == 1 and "not a regular file" in err and "0 bytes" not in err, err
+    tiny = make_synthetic_video(tmp_path / "tiny.mp4", seconds=3.0, size="2x2")
+    code, stdout, err = run("annotate", tiny, "-o", tmp_path / "o2", "--weights", tiny_ckpt)
+    assert code == 0 and "its picture is 2x2 pixels, too small to hold a face: annotated " \
+        "from its audio alone" in err, err
+    t = pd.read_csv(tmp_path / "o2" / "tiny.avemo.csv")
+    assert t.voice.mean() > 0.9 and (t.face == 0).all()
+    wav = shared_file("emodb", "03a01Fa.wav")
+    code, stdout, err = run("annotate", wav, "-o", tmp_path / "o3", "--weights", tiny_ckpt,
+                            "--overlay")
+    assert code == 0 and "no mp4 output for an audio file" in err, err
+    odd = tmp_path / "two\nlines.mp4"
+    shutil.copy(tiny, odd)
+    code, stdout, err = run("annotate", odd, "-o", tmp_path / "o4", "--weights", tiny_ckpt, "-q")
+    assert code == 0 and stdout.count("\n") == 1, stdout
+    assert json.loads(stdout.strip()) == str(tmp_path / "o4" / "two\nlines.avemo.csv")
+
+
+def test_an_unwritable_output_folder_is_found_before_torch_is_imported(tmp_path, tiny_ckpt):
+    """The output location is checked first: the error comes before the model (and torch)
+    would load, and no extraction process is left to warn of leaked semaphores."""
+    video = make_synthetic_video(tmp_path / "v.mp4", seconds=2.0)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    script = ("import sys\nfrom avemo_cli.cli import main\n"
+              "try:\n    main(sys.argv[1:], prog_name='avemo')\n"
+              "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n")
+    proc = subprocess.run([sys.executable, "-c", script, "annotate", str(video), "-o",
+                           str(afile), "--weights", str(tiny_ckpt)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.split() == ["False", "2"], (proc.stdout, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and "is a file" in proc.stderr

@@ -74,6 +74,9 @@ def test_read_labels_recognises_both_formats(tmp_path):
     a = tmp_path / "a.csv"
     a.write_text("'x';0.0;0.2;0.1;0\n'x';0.1;0.3;0.2;0\n")
     assert read_labels(g).equals(read_labels(a)[["time", "valence", "arousal"]])
+    semi = tmp_path / "semi.csv"  # a generic file with a header, separated by semicolons
+    semi.write_text("time;valence;arousal\n0;0.1;0.2\n0.1;0.2;0.3\n")
+    assert read_labels(semi).equals(read_labels(g))
     with pytest.raises(DatasetError, match="no such data folder"):
         load_dataset(tmp_path / "nope")
 

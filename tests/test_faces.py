@@ -59,9 +59,17 @@ def test_no_face_in_a_test_pattern(tmp_path, dlib_backend):
     assert np.isnan(track.boxes).all() and (track.crops == 0).all()
 
 
-def test_unknown_backend_and_missing_fan():
-    with pytest.raises(Exception, match="unknown face backend"):
+def test_unknown_backend_and_missing_fan(monkeypatch):
+    import sys
+
+    from avemo_cli.errors import AvemoError
+
+    with pytest.raises(AvemoError, match="unknown face backend"):
         faces.make_backend("opencv")
+    monkeypatch.setitem(sys.modules, "face_alignment", None)  # as if not installed
+    with pytest.raises(AvemoError, match=r"--faces fan needs the face-alignment package: "
+                                         r"pip install 'avemo\[fan\]'"):
+        faces.make_backend("fan")
 
 
 def test_small_videos_are_scaled_up_so_their_faces_are_found(tmp_path, dlib_backend):

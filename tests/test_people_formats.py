@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from avemo_cli.cli import main
-from avemo_cli.tracking import FaceTrack
+from avemo_cli.demux import probe
 from avemo_cli.speakers import speaking
 from avemo_cli.table import COLUMNS
+from avemo_cli.tracking import FaceTrack
 
 from conftest import ffmpeg, shared_file
 
@@ -74,7 +75,7 @@ def test_each_person_keeps_a_face_id_across_the_swap(annotated):
     assert table["confidence"].between(0, 1).all()
 
 
-def test_the_four_formats_hold_the_same_values(annotated):
+def test_the_four_formats_hold_the_same_values(annotated, swap_video):
     out, table = annotated
     parquet = pd.read_parquet(out / "swap.avemo.parquet")
     assert list(parquet.columns) == COLUMNS and len(parquet) == len(table)
@@ -105,6 +106,14 @@ def test_the_four_formats_hold_the_same_values(annotated):
                 assert value == pytest.approx(rows.loc[start / 1000, "valence"], abs=2e-3)
                 checked += 1
         assert checked >= 6
+    duration = probe(swap_video).duration  # nothing past the media's end, nothing unseen
+    for face_id in (0, 1):
+        steps = table[table["face_id"] == face_id]
+        for ann in tiers[f"face {face_id} valence"].iter("ALIGNABLE_ANNOTATION"):
+            start = slots[ann.get("TIME_SLOT_REF1")] / 1000
+            assert start < duration
+            near = steps.iloc[(steps["time"] - start).abs().argmin()]
+            assert near["face"] == 1 or near["speaking"] == 1, (face_id, start)
     from pympi import Elan  # the library ELAN users script with reads it too
 
     assert len(Elan.Eaf(str(out / "swap.avemo.eaf")).get_annotation_data_for_tier(

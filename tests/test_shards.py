@@ -341,3 +341,19 @@ def test_kill_9_of_the_main_process_leaves_no_worker(clips, tmp_path, tiny_ckpt,
     while any(map(_alive, workers)) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(map(_alive, workers)), [w for w in workers if _alive(w)]
+
+
+def test_shard_option_mistakes_and_overrides_are_said(folder, tmp_path, tiny_audio_ckpt):
+    wav = next(folder.rglob("*.wav"))
+    for bad, why in (("0/0", "the count must be 1 or more"), ("3/3", "the index must be 0 to 2"),
+                     ("", "expected I/N")):
+        code, stdout, err = run("annotate", wav, "-o", tmp_path / "x", "--shard", bad)
+        assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
+    slurm = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+    code, _, err = run("annotate", wav, "-o", tmp_path / "y", "--weights", tiny_audio_ckpt,
+                       "-q", "--shard", "0/1", env=slurm)
+    assert code == 0 and "avemo: shard 0/1 (from --shard 0/1); the SLURM array task 0 of 2 " \
+        "is overridden" in err, err
+    code, _, err = run("annotate", wav, "-o", tmp_path / "z", "--weights", tiny_audio_ckpt,
+                       "-q", "--shard", "0/1")
+    assert code == 0 and "avemo: shard 0/1 (from --shard 0/1)" in err, err

@@ -169,7 +169,18 @@ def test_augment_changes_level_speed_and_channel():
     assert all(1 / 1.13 < r < 1 / 0.87 for r in lengths) and np.ptp(lengths) > 0.02
     levels = [20 * np.log10(np.sqrt(np.mean(y ** 2)) / np.sqrt(np.mean(x ** 2))) for y in outs]
     assert np.ptp(levels) > 6 and all(np.isfinite(y).all() for y in outs)
-    assert rng is not None
+    # the channel: on white noise, a high-pass takes the lowest band away every time, and
+    # the low-pass (most of the time) a varying share of the highest
+    noise = (0.05 * rng.standard_normal(32000)).astype(np.float32)
+
+    def share(y, lo, hi):
+        power, freq = np.abs(np.fft.rfft(y)) ** 2, np.fft.rfftfreq(len(y), 1 / 16000)
+        return power[(freq >= lo) & (freq < hi)].sum() / power.sum()
+
+    heard = [speech.augment(noise, np.random.default_rng(s)) for s in range(8)]
+    assert all(share(y, 0, 50) < share(noise, 0, 50) / 10 for y in heard)
+    highs = [share(y, 4000, 8000) for y in heard]
+    assert max(highs) < share(noise, 4000, 8000) and np.ptp(highs) > 0.2
 
 
 def _clips(n_per=3):

@@ -148,10 +148,11 @@ def test_av_training_runs_end_to_end(corpus, tmp_path):
     out = tmp_path / "ann"
     code, _, err = run("annotate", corpus / "video" / "Devel_01.mp4", "-o", out, "--weights",
                        stdout.strip())
-    assert code == 0, err and (out / "Devel_01.avemo.csv").exists()
+    assert code == 0, err
+    assert (out / "Devel_01.avemo.csv").exists()
 
 
-def test_user_errors_are_one_line(corpus, tmp_path):
+def test_user_errors_are_one_line(corpus, tmp_path, tiny_audio_ckpt):
     code, _, err = run("train", "--data", tmp_path, "--out", tmp_path / "r")
     assert code == 2 and "not an avec2017 layout" in err and "Traceback" not in err
     code, _, err = run("eval", "--pred", tmp_path, "--gold", corpus / "labels")
@@ -160,8 +161,9 @@ def test_user_errors_are_one_line(corpus, tmp_path):
     assert code == 2 and "no such checkpoint file" in err
     code, _, err = run("eval", "--pred", tmp_path)
     assert code == 2 and "either --pred DIR --gold DIR" in err
-    code, _, err = run("eval", "--data", corpus, "--weights", "x", "--partition", "test")
-    assert code == 2
+    code, _, err = run("eval", "--data", corpus, "--weights", tiny_audio_ckpt, "--partition",
+                       "test")
+    assert code == 2 and "no labelled test sequences to evaluate" in err, err
 
 
 def test_damaged_cache_entry_is_recomputed(corpus, tmp_path):
