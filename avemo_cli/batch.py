@@ -214,6 +214,9 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
     record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
     told = [str(w.message) for w in caught]
     record.warning = "; ".join(told)
+    from .pages import summary
+
+    record.summary = summary(result)
     return Outcome("written", "\n".join(written), record, result.timings, told)
 
 

@@ -333,7 +333,10 @@ def _print_profile(console, report, startup: float, wall: float) -> None:
 @main.command()
 @click.argument("folder", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="The totals as JSON on stdout.")
-def status(folder, as_json):
+@click.option("--html", "as_html", is_flag=True,
+              help="Also write FOLDER/avemo-report.html: a sortable page of every input with "
+                   "its status, values, sparkline and a link to its --format html page.")
+def status(folder, as_json, as_html):
     """Totals of the annotate runs whose manifests are in FOLDER (every shard of a job array):
     done, skipped, failed with reasons, hours of media, rate, shards missing."""
     import json
@@ -341,6 +344,13 @@ def status(folder, as_json):
     from .shards import summarise
 
     summary = summarise(folder)
+    if as_html:
+        from .files import write_text
+        from .pages import folder_report
+
+        report = write_text(Path(folder) / "avemo-report.html",
+                            folder_report(summary, Path(folder)))
+        click.echo(f"avemo: report written to {report}", err=True)
     for note in summary.warnings:
         click.echo(f"avemo: warning: {note}", err=True)
     failed = sorted((r.input, r.error) for r in summary.records.values()

@@ -7,6 +7,8 @@ A writer takes an annotation (``pipeline.Annotation``) and a path and writes ato
     png                       valence/arousal over time (``plots.plot_track``; ``--plot``)
     mp4                       the input with face box, attention and gauges (``overlay.py``;
                               ``--overlay``; not for audio-only inputs)
+    vtt                       a WebVTT subtitle track of the values, for any video player
+    html                      a page that plays the media beside its curves (``pages.py``)
 
 ``output_path`` is the one place an output's file name is made: ``<stem>.avemo.<format>``.
 Adding a format is one writer function and its line in ``WRITERS``.
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .demux import AUDIO_EXTS
-from .files import atomic_path
+from .files import atomic_path, write_text
 from .table import TARGET_COLUMNS, Columns
 
 if TYPE_CHECKING:
@@ -159,6 +161,62 @@ def _write_mp4(annotation: Annotation, path: Path) -> None:
     render_overlay(annotation, path)
 
 
+def _vtt_time(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def _gauge(v: float, half: int = 5) -> str:
+    """-1..1 as a small bar of characters: ``[·····|··●··]``."""
+    cells = ["·"] * half + ["|"] + ["·"] * half
+    cells[int(round((max(-1.0, min(1.0, v)) + 1) * half))] = "●"
+    return "[" + "".join(cells) + "]"
+
+
+def vtt_text(annotation: Annotation) -> str:
+    """A WebVTT track: a cue per second of the media (the mean of its analysis steps where the
+    face has evidence: found, or its voice heard), a line per face, e.g.
+    ``face 0  valence +0.42 [·····|··●··]  arousal -0.10 [····●|·····]``. Seconds without
+    evidence for any face have no cue."""
+    from .pages import evidence
+
+    rate, duration = annotation.rate, annotation.info.duration
+    lines = ["WEBVTT", "", "NOTE avemo: valence and arousal per face, a cue per second", ""]
+    steps = np.arange(len(annotation.people[0].face))
+    second = (steps / rate).astype(np.int64)
+    n_seconds = int(np.ceil(duration)) if duration > 0 else int(second.max(initial=-1)) + 1
+    for i in range(n_seconds):
+        start, end = float(i), min(float(i + 1), duration or float(i + 1))
+        if end <= start:
+            break
+        text = []
+        for person in annotation.people:
+            here = (second == i) & evidence(person, duration, rate)
+            if not here.any():
+                continue
+            parts = []
+            for j, target in enumerate(annotation.targets):
+                v = float(np.clip(np.nanmean(person.step_values[here, j]), -1, 1))
+                parts.append(f"{target} {v:+.2f} {_gauge(v)}")
+            text.append(f"face {person.face_id}  " + "  ".join(parts))
+        if text:
+            lines += [f"{_vtt_time(start)} --> {_vtt_time(end)}", *text, ""]
+    return "\n".join(lines)
+
+
+def _write_vtt(annotation: Annotation, path: Path) -> None:
+    write_text(path, vtt_text(annotation))
+
+
+def _write_html(annotation: Annotation, path: Path) -> None:
+    """The page (``pages.file_page``), showing the overlay video instead of the source and
+    the subtitle track when this run wrote them too."""
+    from .pages import file_page
+
+    written = annotation.outputs
+    write_text(path, file_page(annotation, path, written.get("mp4"), written.get("vtt")))
+
+
 def _has_picture(source: Path) -> bool:
     return source.suffix.lower() not in AUDIO_EXTS
 
@@ -170,6 +228,7 @@ class Writer:
     stage: str = "write"  # the timing (and progress) stage it counts under
     in_all: bool = True  # part of ``--format all`` (the costly renderings are asked for by name)
     wants: Callable[[Path], bool] = lambda source: True  # whether an input gets this output
+    last: bool = False  # written after the others (it links to them)
 
 
 WRITERS: dict[str, Writer] = {
@@ -179,6 +238,8 @@ WRITERS: dict[str, Writer] = {
     "eaf": Writer(_write_eaf, "eaf"),
     "png": Writer(_write_png, "png", stage="plot", in_all=False),
     "mp4": Writer(_write_mp4, "mp4", stage="overlay", in_all=False, wants=_has_picture),
+    "vtt": Writer(_write_vtt, "vtt"),
+    "html": Writer(_write_html, "html", last=True),
 }
 FORMATS_HELP = "|".join([",".join(WRITERS), "all"])
 
@@ -212,7 +273,8 @@ def write(annotation: Annotation, paths: dict[str, Path],
     in ``annotation.timings``; ``on_stage`` is told of each stage but the tables' own."""
     import time
 
-    for fmt, path in paths.items():
+    annotation.outputs = paths
+    for fmt, path in sorted(paths.items(), key=lambda item: WRITERS[item[0]].last):
         writer = WRITERS[fmt]
         if on_stage and writer.stage != "write":
             on_stage(writer.stage)

@@ -30,7 +30,7 @@ from .demux import _short_reason, ffmpeg_exe
 from .errors import MediaError
 from .tracking import box_area
 from .features import nearest_index
-from .plots import FACE_COLOURS
+from .table import FACE_COLOURS
 from .files import atomic_path
 
 PANEL_ALPHA = 0.6

@@ -82,6 +82,7 @@ class Annotation:
     model: str = ""  # the checkpoint's name
     partial: bool = False  # the media ended early: less was annotated than it says it holds
     seconds: float = 0.0  # of media annotated: its duration, or where decoding ended (partial)
+    outputs: dict[str, Path] = field(default_factory=dict)  # written for it: format -> file
 
     @cached_property
     def table(self) -> pd.DataFrame:

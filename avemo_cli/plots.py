@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .table import FACE_COLOURS  # (a colour per face_id, in every output)
+
 COLOURS = {"valence": "#1f77b4", "arousal": "#d62728"}
-# a colour per face_id (RGBA; plots and the overlay): face 0 green, then orange, magenta, cyan
-FACE_COLOURS = [(60, 220, 90, 255), (255, 150, 40, 255), (230, 70, 200, 255),
-                (60, 200, 255, 255), (255, 240, 80, 255), (170, 120, 255, 255)]
 
 
 def _pyplot():

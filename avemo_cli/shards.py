@@ -116,6 +116,8 @@ class Record:
     model: str = ""
     model_sha256: str = ""
     warning: str = ""  # what the user was warned of (e.g. a file that ends early)
+    summary: dict = field(default_factory=dict)  # mean values, coverage and a sparkline
+    # (``pages.summary``: what the folder report shows)
 
     def line(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False)
@@ -140,6 +142,10 @@ class Record:
                     values[name] = float(v)
                 elif kind == "int":
                     values[name] = int(float(v))
+                elif kind == "dict":
+                    if not isinstance(v, dict):
+                        raise ValueError
+                    values[name] = v
                 elif not isinstance(v, list):
                     raise ValueError
                 else:

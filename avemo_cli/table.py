@@ -22,6 +22,10 @@ COLUMNS = ["frame", "time", "face_id", "valence", "arousal", "face", "voice", "s
 TARGET_COLUMNS = ("valence", "arousal")
 BOX_COLUMNS = ("box_x", "box_y", "box_w", "box_h")
 Columns = dict[str, np.ndarray]  # a table as one array per name of COLUMNS, all of one length
+# the colour of each face_id (RGBA) in every figure, video and page: face 0 green, then orange,
+# magenta, cyan, yellow, violet
+FACE_COLOURS = [(60, 220, 90, 255), (255, 150, 40, 255), (230, 70, 200, 255),
+                (60, 200, 255, 255), (255, 240, 80, 255), (170, 120, 255, 255)]
 
 
 def clip_share(mask: np.ndarray, t: int = 16) -> np.ndarray:

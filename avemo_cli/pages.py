@@ -1,0 +1,144 @@
+"""Pages a person looks at: one self-contained HTML file per annotated input (``--format html``)
+and one per folder of runs (``avemo status DIR --html``).
+
+Both are single files with their script, styles and data inline (the templates in
+``templates/``): no network, no CDN; they open from disk (``file://``) in current Chromium and
+Firefox.
+
+- The file page plays the media (a relative link to the source, as the EAF has; the overlay
+  video instead when it was written) beside valence and arousal per analysis step, a line per
+  face in the faces' colours, grey where no face and no voice was there; a cursor follows
+  playback, a click or drag on the curves seeks. It embeds the step values (4 a second per
+  face), not every frame's row.
+- The folder report lists every input of the folder's manifests: status, duration, mean
+  valence and arousal, a sparkline, face and voice coverage, failures and warnings with their
+  reasons, links to each file's page; sortable by any column. Its data per input is the
+  manifest record's ``summary`` (a few dozen points), so 10,000 inputs open at once.
+
+A page exposes what it drew as ``window.avemoPage`` (points per curve, the cursor's time and
+position, rows shown), which the browser tests read.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .table import FACE_COLOURS
+
+if TYPE_CHECKING:
+    from .pipeline import Annotation, Person
+    from .shards import Summary
+
+SPARK_POINTS = 40  # points per target in a file's summary (the folder report's sparkline)
+
+
+def _template(name: str) -> str:
+    """A page template shipped in ``avemo_cli/templates`` (HTML with its script, or CSS)."""
+    return (Path(__file__).parent / "templates" / name).read_text(encoding="utf-8")
+
+
+def _fill(name: str, title: str, data: object) -> str:
+    """A template with its title, the shared styles and the page's data inlined: one file that
+    needs nothing else. The data is JSON safe inside a <script> element (no "</" in it)."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return (_template(name).replace("{{style}}", _template("style.css"))
+            .replace("{{title}}", title).replace("{{data}}", text))
+
+
+def _colour(face_id: int) -> str:
+    r, g, b, _ = FACE_COLOURS[face_id % len(FACE_COLOURS)]
+    return f"rgb({r},{g},{b})"
+
+
+def _finite(values: np.ndarray, digits: int = 3) -> list[float | None]:
+    return [None if not np.isfinite(v) else round(float(v), digits) for v in values]
+
+
+def _link(target: Path, page: Path) -> str:
+    """``target`` relative to the folder of ``page`` (works wherever both are moved together)."""
+    return Path(os.path.relpath(Path(target).resolve(), page.resolve().parent)).as_posix()
+
+
+def evidence(person: Person, duration: float, rate: float) -> np.ndarray:
+    """(K,) the steps where this face has evidence of its own (found, or its voice heard) and
+    that begin before the media ends: the steps a viewer can trust."""
+    starts = np.arange(len(person.face)) / rate
+    return (person.face | person.speaking) & (starts < duration)
+
+
+def summary(annotation: Annotation) -> dict:
+    """What the folder report shows of one input: face 0's mean valence and arousal over its
+    steps with evidence (all steps when it has none), the shares of steps with a face and with
+    voice, and a sparkline of each target (block means, ``SPARK_POINTS`` at most)."""
+    person = annotation.people[0]
+    values = np.clip(person.step_values, -1.0, 1.0)
+    seen = evidence(person, annotation.info.duration, annotation.rate)
+    use = seen if seen.any() else np.ones(len(seen), bool)
+    k = len(values)
+    out: dict = {"face": round(float(annotation.face.mean()), 4) if k else 0.0,
+                 "voice": round(float(annotation.voice.mean()), 4) if k else 0.0, "spark": {}}
+    blocks = np.array_split(np.arange(k), min(SPARK_POINTS, max(1, k)))
+    for j, target in enumerate(annotation.targets):
+        column = values[:, j]
+        finite = use & np.isfinite(column)
+        out[target] = round(float(column[finite].mean()), 4) if finite.any() else None
+        out["spark"][target] = _finite(np.array([
+            column[b][np.isfinite(column[b])].mean() if np.isfinite(column[b]).any()
+            else np.nan for b in blocks]))
+    return out
+
+
+def file_page(annotation: Annotation, path: Path, video: Path | None = None,
+              subtitles: Path | None = None) -> str:
+    """The page of one annotated input, to be written at ``path``. ``video``: the overlay
+    video to show instead of the source; ``subtitles``: a WebVTT track for the player."""
+    from . import __version__
+
+    info = annotation.info
+    steps = len(annotation.people[0].face)
+    faces = []
+    for person in annotation.people:
+        values = np.clip(person.step_values, -1.0, 1.0)
+        faces.append({"id": person.face_id, "colour": _colour(person.face_id),
+                      "values": {t: _finite(values[:, j])
+                                 for j, t in enumerate(annotation.targets)},
+                      "evidence": evidence(person, info.duration, annotation.rate)
+                      .astype(int).tolist()})
+    data = {"name": Path(annotation.path).name, "rate": annotation.rate,
+            "duration": info.duration or steps / annotation.rate,
+            "targets": list(annotation.targets), "faces": faces,
+            "media": _link(video if video is not None else Path(annotation.path), path),
+            "kind": "video" if info.has_video else "audio", "overlay": video is not None,
+            "subtitles": None if subtitles is None else _link(subtitles, path),
+            "meta": {"avemo": __version__, "model": annotation.model,
+                     "source": annotation.source,
+                     "face": round(float(annotation.face.mean()), 4) if steps else 0.0,
+                     "voice": round(float(annotation.voice.mean()), 4) if steps else 0.0}}
+    return _fill("file.html", html.escape(f"{data['name']} — avemo"), data)
+
+
+def folder_report(summary: Summary, folder: Path) -> str:
+    """The report of a folder's runs (``avemo status DIR --html``), written in ``folder``."""
+    from . import __version__
+
+    here = folder / "avemo-report.html"
+    rows = []
+    for rec in sorted(summary.records.values(), key=lambda r: r.input):
+        page = next((o for o in rec.outputs if o.endswith(".avemo.html")), None)
+        info = rec.summary or {}
+        spark = info.get("spark") or {}
+        rows.append({"input": rec.input, "status": rec.status, "seconds": rec.media_seconds,
+                     "valence": info.get("valence"), "arousal": info.get("arousal"),
+                     "face": info.get("face"), "voice": info.get("voice"),
+                     "sv": spark.get("valence"), "sa": spark.get("arousal"),
+                     "note": rec.error or rec.warning,
+                     "page": _link(Path(page), here) if page else None})
+    data = {"folder": str(folder), "avemo": __version__, "rows": rows,
+            "counts": {s: summary.count(s) for s in ("ok", "partial", "skipped", "failed")},
+            "missing": summary.missing_shards(), "unreadable": len(summary.warnings)}
+    return _fill("report.html", html.escape(f"{folder.name or folder} — avemo report"), data)
