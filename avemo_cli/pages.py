@@ -122,23 +122,37 @@ def file_page(annotation: Annotation, path: Path, video: Path | None = None,
     return _fill("file.html", html.escape(f"{data['name']} — avemo"), data)
 
 
+def _common_folder(paths: list[str]) -> str:
+    """The folder all ``paths`` lie in ("" if none is shared), shown once above the rows."""
+    if len(paths) < 2:
+        return str(Path(paths[0]).parent) if paths and Path(paths[0]).parent.name else ""
+    try:
+        common = os.path.commonpath(paths)
+    except ValueError:  # absolute and relative mixed
+        return ""
+    return "" if common in ("", "/") or common in paths else common
+
+
 def folder_report(summary: Summary, folder: Path) -> str:
     """The report of a folder's runs (``avemo status DIR --html``), written in ``folder``."""
     from . import __version__
 
     here = folder / "avemo-report.html"
+    records = sorted(summary.records.values(), key=lambda r: r.input)
+    root = _common_folder([r.input for r in records])
     rows = []
-    for rec in sorted(summary.records.values(), key=lambda r: r.input):
+    for rec in records:
         page = next((o for o in rec.outputs if o.endswith(".avemo.html")), None)
         info = rec.summary or {}
         spark = info.get("spark") or {}
-        rows.append({"input": rec.input, "status": rec.status, "seconds": rec.media_seconds,
+        rows.append({"input": rec.input[len(root):].lstrip("/\\") if root else rec.input,
+                     "path": rec.input, "status": rec.status, "seconds": rec.media_seconds,
                      "valence": info.get("valence"), "arousal": info.get("arousal"),
                      "face": info.get("face"), "voice": info.get("voice"),
                      "sv": spark.get("valence"), "sa": spark.get("arousal"),
                      "note": rec.error or rec.warning,
                      "page": _link(Path(page), here) if page else None})
-    data = {"folder": str(folder), "avemo": __version__, "rows": rows,
+    data = {"folder": str(folder), "root": root, "avemo": __version__, "rows": rows,
             "counts": {s: summary.count(s) for s in ("ok", "partial", "skipped", "failed")},
             "missing": summary.missing_shards(), "unreadable": len(summary.warnings)}
     return _fill("report.html", html.escape(f"{folder.name or folder} — avemo report"), data)
