@@ -109,7 +109,8 @@ def main():
     _one_line_warnings()
 
 
-@main.command()
+@main.command(short_help="Annotate videos, audio files and folders: a table (and more) per "
+                         "input.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-o", "--output-dir", default=".", show_default=True, type=click.Path(),
               help="Folder for <stem>.avemo.csv outputs (mirrors input folders).")
@@ -330,7 +331,8 @@ def _print_profile(console, report, startup: float, wall: float) -> None:
                       highlight=False, soft_wrap=True)
 
 
-@main.command()
+@main.command(short_help="Totals of a folder's annotate runs (every shard); --html: a report "
+                         "page.")
 @click.argument("folder", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="The totals as JSON on stdout.")
 @click.option("--html", "as_html", is_flag=True,
@@ -415,8 +417,9 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
-@main.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@main.command(short_help="Extract a corpus's features ahead of train and eval (cached).")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The corpus folder (see --layout).")
 @_data_options
 @click.option("--modality", default="av", show_default=True,
               type=click.Choice(["av", "audio", "video"]))
@@ -451,8 +454,9 @@ def extract(data, split, layout, cache, jobs, modality, faces_backend, device, q
     sys.exit(1 if counts["error"] else 0)
 
 
-@main.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@main.command(short_help="Train on a corpus (the paper's recipe), Devel CCC each epoch.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The corpus folder (see --layout).")
 @_data_options
 @click.option("-o", "--output-dir", "out", default="runs/avemo", show_default=True,
               type=click.Path(), help="Run folder: best.safetensors, last.pt, metrics.jsonl, "
@@ -522,10 +526,13 @@ def train(data, split, layout, cache, jobs, out, out_alias, modality, targets, e
         click.echo(str(best))
 
 
-@main.command(name="eval")
-@click.option("--data", default=None, type=click.Path(exists=True, file_okay=False))
+@main.command(name="eval", short_help="Score predictions against labels: CCC, CC, RMSE.")
+@click.option("--data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A corpus folder (see --layout): its --partition is annotated with "
+                   "--weights and scored.")
 @_data_options
-@click.option("--weights", default=None, metavar="NAME|PATH")
+@click.option("--weights", default=None, metavar="NAME|PATH",
+              help="The checkpoint to score on --data (a file, or a shipped model's name).")
 @click.option("--partition", default="devel", show_default=True,
               type=click.Choice(["devel", "test", "train"]))
 @click.option("--pred", default=None, type=click.Path(exists=True, file_okay=False),

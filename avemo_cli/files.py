@@ -49,6 +49,23 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(..., "w")`` gives a new file here (0o666 less the umask), read without
+    changing the umask (``/proc``), so that every output is readable alike, whichever library
+    wrote it (safetensors writes 0600)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
+NEW_FILE_MODE = _new_file_mode()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends
@@ -59,6 +76,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}{suffix}")
     try:
         yield tmp
+        os.chmod(tmp, NEW_FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -327,31 +327,6 @@ def test_every_subcommand_answers_bad_input_with_one_line(tmp_path, tiny_ckpt, m
                                         if not p.name.startswith("avemo-manifest")], shown
 
 
-def test_readme_synopses_list_every_option_of_help():
-    """Each subcommand's synopsis in the README names exactly the options its --help shows."""
-    import re
-
-    import click
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```\n(avemo .*?)```", readme, flags=re.S)
-    documented: dict[str, set] = {}
-    command = None
-    for block in blocks:
-        for line in block.splitlines():
-            m = re.match(r"avemo (\w+)", line)
-            command = m.group(1) if m else command
-            documented.setdefault(command, set()).update(re.findall(r"(?<![\w-])(--?[\w-]+)",
-                                                                    line))
-    ctx = click.Context(main)
-    for name, cmd in main.commands.items():
-        shown = {opt for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden
-                 for opt in [*p.opts, *p.secondary_opts] if opt.startswith("--")} - {"--help"}
-        listed = {o for o in documented.get(name, set()) if o.startswith("--")}
-        assert shown == listed, (name, "missing from README:", shown - listed,
-                                 "not an option:", listed - shown)
-
-
 def test_the_console_entry_exits_fast_with_every_status_and_output(tiny_ckpt, tmp_path):
     """``python -m avemo_cli`` (as the ``avemo`` script) ends with os._exit after flushing:
     stdout and stderr arrive whole and the status is the command's."""

@@ -6,7 +6,11 @@ over the 6 s before each 0.1 s label time, standardised over the whole corpus an
 [-1, 1] (valence), and the same over 2 s (arousal). A model that hears loudness can learn them;
 nothing about emotion is claimed.
 
-    python -m avemo_cli.testing.corpus OUT_DIR --layout avec2017|generic [--shared DIR]
+    python -m avemo_cli.testing.corpus OUT_DIR [--layout avec2017|generic] [--shared DIR]
+    python -m avemo_cli.testing.corpus OUT_DIR --videos talk1.mp4 talk2.mp4 ...
+
+The clips come from ``../shared/data/videos`` beside a checkout (``--shared`` names another
+data folder), or from any talking-face videos of your own (``--videos``, used in turn).
 """
 from __future__ import annotations
 
@@ -49,11 +53,32 @@ def _loudness(path: Path, times: np.ndarray, window: float) -> np.ndarray:
     return np.array(out)
 
 
-def build_corpus(out: str | Path, layout: str = "avec2017", shared: str | Path | None = None,
-                 seconds: float = 24.0, size: int = 256, seed: int = 0) -> Path:
-    out = Path(out)
-    shared = Path(shared) if shared else Path(__file__).resolve().parents[2].parent / \
+class CorpusError(Exception):
+    """No clips to build from (a one-line reason)."""
+
+
+def sources(shared: str | Path | None = None, videos: list | None = None) -> list[Path]:
+    """The clips a corpus is cut from: ``videos``, else the shared data's talking heads."""
+    if videos:
+        missing = [str(v) for v in videos if not Path(v).is_file()]
+        if missing:
+            raise CorpusError(f"no such video: {', '.join(missing)}")
+        return [Path(v) for v in videos]
+    root = Path(shared) if shared else Path(__file__).resolve().parents[2].parent / \
         "shared" / "data"
+    found = [root / "videos" / c for c in CLIPS]
+    if not all(p.is_file() for p in found):
+        raise CorpusError(f"{root / 'videos'}: the shared talking-face clips are not there "
+                          f"(they sit beside a checkout of avemo, in ../shared/data); pass "
+                          f"--shared DATA_DIR, or --videos with talking-face videos of your own")
+    return found
+
+
+def build_corpus(out: str | Path, layout: str = "avec2017", shared: str | Path | None = None,
+                 seconds: float = 24.0, size: int = 256, seed: int = 0,
+                 videos: list | None = None) -> Path:
+    out = Path(out)
+    clips = sources(shared, videos)
     rng = np.random.default_rng(seed)
     made = []
     counters = {"train": 0, "devel": 0}
@@ -66,7 +91,7 @@ def build_corpus(out: str | Path, layout: str = "avec2017", shared: str | Path |
             media = out / part / f"{name}.mp4"
         media.parent.mkdir(parents=True, exist_ok=True)
         gains = list(rng.choice([0.03, 0.1, 0.3, 1.0], size=int(np.ceil(seconds / 4))))
-        _make_clip(shared / "videos" / CLIPS[clip], media, seconds, gains, size)
+        _make_clip(clips[clip % len(clips)], media, seconds, gains, size)
         made.append((name, part, media))
     times = np.round(np.arange(0, seconds - 0.05, 0.1), 1)
     curves = {n: (_loudness(m, times, 6.0), _loudness(m, times, 2.0)) for n, _, m in made}
@@ -89,10 +114,17 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     ap.add_argument("--layout", default="avec2017", choices=["avec2017", "generic"])
-    ap.add_argument("--shared", default=None)
+    ap.add_argument("--shared", default=None, help="the data folder holding videos/ "
+                    "(default: ../shared/data beside the checkout)")
+    ap.add_argument("--videos", nargs="+", default=None,
+                    help="talking-face videos of your own to cut the corpus from instead")
     ap.add_argument("--seconds", type=float, default=24.0)
     args = ap.parse_args(argv)
-    print(build_corpus(args.out, args.layout, args.shared, args.seconds))
+    try:
+        print(build_corpus(args.out, args.layout, args.shared, args.seconds,
+                           videos=args.videos))
+    except CorpusError as err:
+        raise SystemExit(f"avemo_cli.testing.corpus: error: {err}") from None
 
 
 if __name__ == "__main__":

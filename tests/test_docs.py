@@ -1,0 +1,72 @@
+"""The README and docs/ cannot go stale: the sample's CSV is what annotate writes, every Python
+block runs, every synopsis names exactly the options of --help, every link points somewhere."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from avemo_cli.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _blocks(lang: str) -> list[tuple[Path, str]]:
+    return [(page, block) for page in PAGES
+            for block in re.findall(rf"```{lang}\n(.*?)```", page.read_text(), flags=re.S)]
+
+
+def test_the_readme_is_short_and_reaches_every_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 220
+    for page in PAGES[1:]:
+        assert f"docs/{page.name}" in readme, page.name
+    for page in PAGES:  # every relative link resolves
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), (page.name, target)
+
+
+def test_the_sample_csv_in_docs_is_what_annotate_writes(tmp_path):
+    code = CliRunner().invoke(main, ["annotate", str(ROOT / "examples" / "sample.mp4"), "-o",
+                                     str(tmp_path), "-q"]).exit_code
+    assert code == 0
+    assert (tmp_path / "sample.avemo.csv").read_bytes() == \
+        (ROOT / "docs" / "sample.avemo.csv").read_bytes(), \
+        "docs/sample.avemo.csv is stale: run examples/make_readme_figures.sh"
+
+
+@pytest.mark.parametrize("page, block", _blocks("python"),
+                         ids=lambda v: v.name if isinstance(v, Path) else "")
+def test_every_python_block_runs(page, block, tmp_path):
+    """Run as a user would, from a folder holding the bundled examples (default model)."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, f"{page.name}:\n{block}\n{proc.stderr[-2000:]}"
+
+
+def test_synopses_list_every_option_of_help():
+    """Each subcommand's synopses in the README and docs name exactly the options its --help
+    shows (the README's short examples and the docs' full synopses together)."""
+    documented: dict[str, set] = {}
+    for _, block in [*_blocks(""), *_blocks("bash")]:
+        command = None
+        for line in block.splitlines():
+            m = re.match(r"avemo (\w+)", line.strip())
+            command = m.group(1) if m else (command if line.startswith(" ") else None)
+            if command:
+                documented.setdefault(command, set()).update(
+                    re.findall(r"(?<![\w-])(--?[\w-]+)", line.split("#")[0]))
+    ctx = click.Context(main)
+    for name, cmd in main.commands.items():
+        shown = {opt for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden
+                 for opt in [*p.opts, *p.secondary_opts] if opt.startswith("--")} - {"--help"}
+        listed = {o for o in documented.get(name, set()) if o.startswith("--")}
+        assert shown == listed, (name, "missing from the docs:", shown - listed,
+                                 "not an option:", listed - shown)
