@@ -70,3 +70,22 @@ def test_synopses_list_every_option_of_help():
         listed = {o for o in documented.get(name, set()) if o.startswith("--")}
         assert shown == listed, (name, "missing from the docs:", shown - listed,
                                  "not an option:", listed - shown)
+
+
+def test_the_licences_agree_everywhere():
+    """The code is MIT; the shipped weights carry their training data's most restrictive terms
+    (CC BY-NC-SA 4.0, research only): LICENSE, weights/LICENSE.md, the package metadata, the
+    README and the model card say the same."""
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "MIT" in (ROOT / "LICENSE").read_text() and "weights/LICENSE.md" in \
+        (ROOT / "LICENSE").read_text()
+    terms = (ROOT / "weights" / "LICENSE.md").read_text()
+    assert "CC BY-NC-SA 4.0" in terms and "research use only" in terms
+    assert set(meta["tool"]["setuptools"]["license-files"]) == {"LICENSE", "weights/LICENSE.md"}
+    assert "MIT" in meta["project"]["license"]["text"] and \
+        "CC BY-NC-SA 4.0" in meta["project"]["license"]["text"]
+    for page in ("README.md", "weights/MODEL_CARD.md"):
+        text = (ROOT / page).read_text()
+        assert "CC BY-NC-SA 4.0" in text and "non-commercial research only" in text, page
