@@ -62,9 +62,16 @@ def scores(pred: np.ndarray, gold: np.ndarray) -> dict:
 
 # ---------------------------------------------------------------- visual branch (FER+)
 
-def aligned_ferplus(work: Path, jobs: int) -> dict:
-    path = work / "ferplus_aligned_48.npz"
+def aligned_ferplus(work: Path, jobs: int, limit: int | None = None) -> dict:
+    """FER+ aligned as annotation aligns frames (cached in ``work``); ``limit``: only the first
+    that many faces of each split (a smoke run)."""
+    path = work / f"ferplus_aligned_48{'' if limit is None else f'_first{limit}'}.npz"
     data = C.ferplus(SHARED / "ferplus" / "ferplus.npz")
+    if limit is not None:
+        keep = np.concatenate([np.flatnonzero(data.split == s)[:limit]
+                               for s in ("train", "valid", "test")])
+        data = C.FerPlus(data.images[keep], data.targets[keep], data.majority[keep],
+                         data.split[keep])
     if not path.exists():
         log(f"aligning {len(data.images)} FER+ faces (dlib, x4 upsampling) ...")
         crops, detected = stills.align_stills(data.images, 48, jobs=jobs)
@@ -85,8 +92,9 @@ def predict_stills(model: AVModel, crops: np.ndarray, batch: int = 128) -> np.nd
     return np.concatenate(out)
 
 
-def train_visual(work: Path, clips: int, jobs: int, seed: int = 0) -> None:
-    fer = aligned_ferplus(work, jobs)
+def train_visual(work: Path, clips: int, jobs: int, seed: int = 0,
+                 limit: int | None = None) -> None:
+    fer = aligned_ferplus(work, jobs, limit)
     tr = fer["split"] == "train"
     va = fer["split"] == "valid"
     te = fer["split"] == "test"
@@ -99,7 +107,7 @@ def train_visual(work: Path, clips: int, jobs: int, seed: int = 0) -> None:
     best, best_state, history = -np.inf, None, []
     t0 = time.time()
     seen, epoch = 0, 0
-    next_eval = 4000
+    next_eval = min(4000, clips)
     # model selection on a fixed sample of 1,000 valid faces (the full valid set costs minutes)
     va_pick = np.flatnonzero(va)[np.random.default_rng(seed).permutation(va.sum())[:1000]]
     log(f"visual: {tr.sum()} train, {va.sum()} valid, {te.sum()} test faces; budget {clips} clips")
@@ -149,10 +157,19 @@ def train_visual(work: Path, clips: int, jobs: int, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------- audio branch (3 corpora)
 
-def speech_recordings(work: Path, jobs: int):
-    """EmoDB + RAVDESS 01-18 + EMOVO: clips alone and joined per speaker, clean and augmented."""
+def speech_recordings(work: Path, jobs: int, limit: int | None = None):
+    """EmoDB + RAVDESS 01-18 + EMOVO: clips alone and joined per speaker, clean and augmented;
+    ``limit``: only the first that many clips of each speaker (a smoke run)."""
     cfg = ModelConfig(modality="audio", **AUDIO)
     clips = speech.load_clips(SHARED)
+    if limit is not None:
+        taken: dict[str, int] = {}
+        kept = []
+        for c in clips:
+            taken[c.speaker] = taken.get(c.speaker, 0) + 1
+            if taken[c.speaker] <= limit:
+                kept.append(c)
+        clips = kept
     audio = speech.decode_all(clips, work, jobs)
     recs = speech.build_recordings(clips, audio, cfg, work, copies=AUDIO_COPIES, jobs=jobs,
                                    log=log)
@@ -202,8 +219,8 @@ def cremad_joined(model: AVModel) -> list[dict]:
     return sorted(rows, key=lambda r: -r["valence"])
 
 
-def train_audio(work: Path, updates: int, jobs: int) -> None:
-    cfg, recs = speech_recordings(work, jobs)
+def train_audio(work: Path, updates: int, jobs: int, limit: int | None = None) -> None:
+    cfg, recs = speech_recordings(work, jobs, limit)
     t0 = time.time()
     held = speech.cross_validate(recs, cfg, updates, log=log)
     cv_minutes = round((time.time() - t0) / 60, 1)
@@ -232,12 +249,13 @@ def train_audio(work: Path, updates: int, jobs: int) -> None:
 
 def reliability_weights(audio_ccc: dict, visual_ccc: dict) -> dict[str, list[float]]:
     """Per target [audio, visual] fusion weights proportional to each head's held-out CCC
-    (negative CCCs count as 0), normalised to sum to 1."""
+    (negative CCCs count as 0), normalised to sum to 1 (equal when both are 0)."""
     out = {}
     for t in ("valence", "arousal"):
         w = [max(float(audio_ccc[t]), 0.0), max(float(visual_ccc[t]), 0.0)]
-        total = sum(w) or 1.0
-        out[t] = [round(w[0] / total, 4), round(w[1] / total, 4)]
+        if not sum(w):  # neither head was measured to help (a smoke run): equal weights
+            w = [1.0, 1.0]
+        out[t] = [round(w[0] / sum(w), 4), round(w[1] / sum(w), 4)]
     return out
 
 
@@ -249,13 +267,14 @@ def loco_ccc(audio_metrics: dict) -> dict[str, float]:
     annotated (each clip alone, the mean of its steps; and clips inside a joined recording of
     their speaker)."""
     held = audio_metrics["held_out"]
-    runs = [held[k]["network"][kind][k[5:]] for k in held if k.startswith("loco_")
-            for kind in ("clip", "recording")]
-    return {t: round(float(np.mean([r[f"{t}_ccc"] for r in runs])), 4)
+    runs = [held[k]["network"][kind]["all"] for k in held if k.startswith("loco_")
+            for kind in ("clip", "recording")]  # (a held-out corpus's "all" is that corpus)
+    runs = [r for r in runs if r]  # (a smoke run's recordings can be too short to score)
+    return {t: round(float(np.mean([r[f"{t}_ccc"] for r in runs])), 4) if runs else 0.0
             for t in ("valence", "arousal")}
 
 
-def assemble(work: Path) -> Path:
+def assemble(work: Path, out: Path = HERE / "weights" / "default.safetensors") -> Path:
     from avemo_cli.checkpoint import load_checkpoint
 
     vis = load_checkpoint(work / "visual.safetensors")
@@ -281,7 +300,6 @@ def assemble(work: Path) -> Path:
         for k, v in src.items():
             state[k] = v
     model.load_state_dict(state)
-    out = HERE / "weights" / "default.safetensors"
     speech_cv = metrics["audio_speech"]["held_out"]["speaker_cv"]["network"]
     save_checkpoint(out, model, provenance={
         "trained_by": "examples/train_default.py",
@@ -297,12 +315,12 @@ def assemble(work: Path) -> Path:
                          (HERE / "examples" / "sample.mp4",
                           SHARED / "videos" / "WDA_AlexandriaOcasioCortez_000.mp4",
                           SHARED / "videos" / "WDA_KatieHill_000.mp4")]
-    (HERE / "weights" / "default_metrics.json").write_text(json.dumps(metrics, indent=1))
+    out.with_name(out.stem + "_metrics.json").write_text(json.dumps(metrics, indent=1))
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); videos: {metrics['videos']}")
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path | None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", choices=["visual", "audio", "assemble", "all"], default="all")
     ap.add_argument("--work", type=Path, default=default_cache_dir() / "default_model")
@@ -312,15 +330,21 @@ def main() -> None:
     ap.add_argument("--audio-updates", type=int, default=AUDIO_UPDATES,
                     help="batches of 64 steps per audio model")
     ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--limit", type=int, default=None,
+                    help="a smoke run: only the first N FER+ faces of each split and N clips "
+                         "of each speaker (the test of the recipe uses this)")
+    ap.add_argument("--out", type=Path, default=HERE / "weights" / "default.safetensors",
+                    help="the assembled checkpoint (its metrics: <stem>_metrics.json beside)")
+    args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.phase in ("visual", "all"):
-        train_visual(args.work, args.visual_clips, args.jobs)
+        train_visual(args.work, args.visual_clips, args.jobs, limit=args.limit)
     if args.phase in ("audio", "all"):
-        train_audio(args.work, args.audio_updates, args.jobs)
+        train_audio(args.work, args.audio_updates, args.jobs, args.limit)
     if args.phase in ("assemble", "all"):
-        assemble(args.work)
+        return assemble(args.work, args.out)
+    return None
 
 
 if __name__ == "__main__":
