@@ -36,6 +36,36 @@ class AudioFeatures:
     # its window (not so for files of 1 s or less); the CSV's voice column
     loudness: np.ndarray | None = None  # (K,) dB RMS of each step's own span (annotate only)
     decoded: float | None = None  # seconds of audio decoded (annotate only)
+    speech: np.ndarray | None = None  # (K,) bool: the step holds speech, not silence
+    # (``speech_steps``; annotate only: features from the cache have None, taken as all)
+
+
+SPEECH_FLOOR = -50.0  # dBFS: a step quieter than this is not speech (silence, room tone)
+SPEECH_RANGE = 35.0  # dB: nor one this far below the file's loud steps (its 95th percentile)
+SPEECH_HANG = (1, 2)  # steps a loud step lends before it (0.25 s) and after it (0.5 s): an
+# onset and the pauses between words stay speech
+
+
+def speech_steps(loudness: np.ndarray) -> np.ndarray:
+    """(K,) bool: the steps that hold speech rather than silence, from each step's own loudness
+    (RMS dB of its 0.25 s): above ``SPEECH_FLOOR`` and within ``SPEECH_RANGE`` of the file's
+    loud steps, widened by ``SPEECH_HANG`` steps before and after. A file with no quiet part at all
+    (its loudness varies by less than 6 dB) is all speech: nothing here tells noise from a
+    quiet voice. (Where there is no audio at all, openSMILE's ``valid`` already says so.)"""
+    finite = np.isfinite(loudness)  # (a step with no samples of its own has none: the last
+    if not finite.any():  # step of a file ending on it, steps before a late audio track)
+        return np.ones(len(loudness), bool)
+    levels = loudness[finite]
+    if np.percentile(levels, 95) - np.percentile(levels, 5) < 6.0:
+        return np.ones(len(loudness), bool)
+    loud = finite & (loudness > max(SPEECH_FLOOR, np.percentile(levels, 95) - SPEECH_RANGE))
+    widened = loud.copy()
+    before, after = SPEECH_HANG
+    for k in range(1, after + 1):
+        widened[k:] |= loud[:-k]
+    for k in range(1, before + 1):
+        widened[:-k] |= loud[k:]
+    return widened
 
 
 PASS_SECONDS = 60.0  # analysis steps per openSMILE pass: bounds the audio held at once

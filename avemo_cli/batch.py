@@ -524,12 +524,11 @@ def _work(job: Job) -> Outcome:
 def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) -> None:
     """``todo`` over ``jobs`` annotators: this process's own (already loaded) and ``jobs - 1``
     spawned worker processes (each loads the model once), all taking from one queue."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     import torch
 
-    from .extractors import end_pool, sigint_ignored
+    from .extractors import end_pool, start_pool
 
     path = annotator.checkpoint.path
     if path is None:
@@ -537,8 +536,8 @@ def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) ->
     threads = worker_threads(jobs)
     own_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    pool = ProcessPoolExecutor(jobs - 1, mp.get_context("spawn"), initializer=_start_worker,
-                               initargs=(os.getpid(), str(path), annotator.options, threads))
+    pool = start_pool(jobs - 1, _start_worker,
+                      (os.getpid(), str(path), annotator.options, threads))
     queue = list(enumerate(todo))
     pending: dict = {}
 
@@ -559,8 +558,7 @@ def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) ->
             while queue and len(pending) < jobs - 1:  # one queued per worker, no more
                 i, job = queue.pop(0)
                 run.progress.start(job, i, len(todo))
-                with sigint_ignored():  # (a worker started here inherits it)
-                    pending[pool.submit(_work, job)] = job
+                pending[pool.submit(_work, job)] = job
             if queue:  # this process annotates one file meanwhile
                 i, job = queue.pop(0)
                 run.progress.start(job, i, len(todo))

@@ -28,10 +28,11 @@ from .tracking import FaceTrack
 from .features import Features, FeatureSettings, extract
 from .files import atomic_path
 
-CACHE_VERSION = 6  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
+CACHE_VERSION = 7  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
 # could not describe (files of 1 s or less) are not valid; 4: frame times from the container,
 # display size after the sample aspect ratio; 5: audio past full scale is clipped for openSMILE
-# (it wrapped around before); 6: audio placed at its stream's start time
+# (it wrapped around before); 6: audio placed at its stream's start time; 7: each step's
+# loudness and speech flag kept (the voice is speech, not sound)
 
 
 def save_npz(path: Path, arrays: dict) -> None:
@@ -115,7 +116,9 @@ class FeatureCache:
         n = int(next(iter(parts.values()))["n_steps"])
         feats = Features(info, n, info.frame_times() if info.has_video else None)
         if "audio" in parts and parts["audio"]["values"].size:
-            feats.audio = AudioFeatures(parts["audio"]["values"], parts["audio"]["valid"])
+            a = parts["audio"]
+            feats.audio = AudioFeatures(a["values"], a["valid"], a["loudness"],
+                                        speech=a["speech"])
         if "faces" in parts and parts["faces"]["found"].size:
             f = parts["faces"]
             size = (int(f["frame_size"][0]), int(f["frame_size"][1]))
@@ -135,7 +138,10 @@ class FeatureCache:
             self._write(self._path(digest, "audio", settings), {
                 **common,
                 "values": a.values if a else np.zeros((0, 88), np.float32),
-                "valid": a.valid if a else np.zeros(0, bool)})
+                "valid": a.valid if a else np.zeros(0, bool),
+                "loudness": a.loudness if a and a.loudness is not None else np.zeros(0),
+                "speech": a.speech if a and a.speech is not None else
+                np.ones(len(a.valid) if a else 0, bool)})
         if want_visual:
             t = feats.track or FaceTrack.empty(settings.crop_size)  # stored as "no track"
             self._write(self._path(digest, "faces", settings), {

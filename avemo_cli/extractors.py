@@ -49,11 +49,7 @@ class Extractors:
     """Spawned processes that extract files' features for the process holding the model."""
 
     def __init__(self, processes: int = 1):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.pool = ProcessPoolExecutor(processes, mp.get_context("spawn"),
-                                        initializer=child_start, initargs=(os.getpid(),))
+        self.pool = start_pool(processes, child_start, (os.getpid(),))
         # features begun, by file: (what they were begun for, the file's probe, the future)
         self.started: dict[Path, tuple[tuple, demux.MediaInfo, Future]] = {}
         _LIVE.append(self)
@@ -65,9 +61,8 @@ class Extractors:
         ``annotate`` would extract); the face backend runs on ``faces_device``."""
         want_audio = info.has_audio and audio_branch
         want_visual = info.has_video and visual_branch
-        with sigint_ignored():  # (a process started here inherits that: see child_start)
-            job = self.pool.submit(_extract, info, settings, want_audio, want_visual,
-                                   max_faces, faces_device)
+        job = self.pool.submit(_extract, info, settings, want_audio, want_visual, max_faces,
+                               faces_device)
         self.started[Path(info.path).resolve()] = ((info.n_frames, settings, want_audio,
                                                     want_visual, max_faces), info, job)
         return job
@@ -103,6 +98,24 @@ class Extractors:
         self.started.clear()
         if self in _LIVE:
             _LIVE.remove(self)
+
+
+def start_pool(processes: int, initializer, initargs: tuple):
+    """A pool of ``processes`` spawned processes, all started now, with Ctrl-C ignored while
+    they start (they inherit that through exec, so a terminal's Ctrl-C, which reaches every
+    process of the group, finds none of them half-started; ``child_start`` keeps ignoring it).
+    Starting them all at once keeps that window to these few milliseconds: later submissions
+    start nothing, so a Ctrl-C while the work runs always reaches this process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(processes, mp.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
+    with sigint_ignored():
+        launch = getattr(pool, "_launch_processes", None)  # (CPython's; else on first use)
+        if launch is not None:
+            launch()
+    return pool
 
 
 @contextmanager
@@ -179,6 +192,9 @@ def end_pool(pool) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         proc.join(5)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:  # its last use of the queues done before they are finalized
+        manager.join(5)
 
 
 def live() -> list[Extractors]:

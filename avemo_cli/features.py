@@ -77,6 +77,7 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
     with np.errstate(divide="ignore", invalid="ignore"):
         values.loudness = (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
     values.decoded = seen / demux.AUDIO_RATE - offset
+    values.speech = audio_stage.speech_steps(values.loudness)
     timings["audio"] += time.perf_counter() - t1 - timings["demux"]
     return values
 
@@ -168,7 +169,12 @@ class Features:
 
     @property
     def voice(self) -> np.ndarray:
-        return self.audio.valid if self.audio is not None else np.zeros(self.n_steps, bool)
+        """(K,) the steps with a voice: audio openSMILE could describe that holds speech, not
+        silence (``audio.speech_steps``); the CSV's ``voice``, and where the voice is fused."""
+        if self.audio is None:
+            return np.zeros(self.n_steps, bool)
+        speech = self.audio.speech
+        return self.audio.valid & (speech if speech is not None else True)
 
     def model_crops(self) -> np.ndarray:
         """(K, S, S[, 3]) crops, steps without a face holding the nearest face (model input);

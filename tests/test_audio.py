@@ -179,3 +179,31 @@ def test_audio_that_starts_after_the_video_is_placed_on_the_video_clock(tmp_path
     t = pd.read_csv(tmp_path / "out" / "late.avemo.csv")
     assert (t.voice[t.time < info.audio_start - 0.2] == 0).all()
     assert (t.voice[(t.time > info.audio_start + 0.2) & (t.time < 7.5)] == 1).all()
+
+
+def test_silence_is_not_voice(tmp_path, tiny_audio_ckpt):
+    """Two seconds of digital silence before a spoken sentence: `voice` is 0 there and 1 in
+    the speech (it was 1 on every step: openSMILE describes silence as well as speech)."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from avemo_cli.cli import main
+
+    from conftest import ffmpeg, shared_file
+
+    speech = shared_file("emodb", "03a01Fa.wav")  # 2.0 s of speech
+    clip = tmp_path / "quiet_then_speech.wav"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-i", str(speech),
+           "-filter_complex", "[0:a]atrim=0:2[s];[s][1:a]concat=n=2:v=0:a=1", "-ar", "16000",
+           str(clip))
+    r = CliRunner().invoke(main, ["annotate", str(clip), "-o", str(tmp_path / "out"),
+                                  "--weights", str(tiny_audio_ckpt), "-q"])
+    assert r.exit_code == 0, r.stderr
+    t = pd.read_csv(tmp_path / "out" / "quiet_then_speech.avemo.csv")
+    assert (t.voice[t.time < 1.4] == 0).all(), t.voice.tolist()
+    assert t.voice[(t.time > 2.3) & (t.time < 3.7)].mean() > 0.9
+    info = demux.probe(clip)
+    feats_speech = audio.speech_steps(np.array([-100.0] * 8 + [-20.0] * 8))
+    assert feats_speech.tolist() == [False] * 7 + [True] * 9 and info.duration > 3.9
+    ends = audio.speech_steps(np.array([-20.0] * 8 + [-100.0] * 8))  # 0.5 s after the end
+    assert ends.tolist() == [True] * 10 + [False] * 6

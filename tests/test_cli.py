@@ -102,7 +102,8 @@ def test_audio_only_inputs(tmp_path, tiny_ckpt):
         t = pd.read_csv(tmp_path / f"{path.stem}.avemo.csv")
         assert len(t) == int(np.ceil(probe(path).duration * 4))  # one row per analysis step
         assert np.allclose(t.time, t.frame / 4)
-        assert (t.face == 0).all() and (t.voice == 1).all()
+        # voice on the speech (the mp3 begins and ends with a breath of silence: not voice)
+        assert (t.face == 0).all() and t.voice.mean() > 0.7 and t.voice[2:6].all()
         assert np.isfinite(t.valence).all() and np.isfinite(t.arousal).all()
 
 
