@@ -52,6 +52,8 @@ def fmt(x) -> str:
 
 def print_tables(results: dict) -> None:
     for kind, title in (("clip", "each clip alone (mean of its steps)"),
+                        ("clip_speech", "each clip alone (mean of its speech steps: silence "
+                                        "left out)"),
                         ("clip_last", "each clip alone (its last step: the whole utterance)"),
                         ("recording", "clips joined into one recording per speaker, "
                                       "scored per emotion block")):

@@ -247,3 +247,21 @@ def test_cross_corpus_pipeline_on_real_speech(tmp_path):
     assert rep["clip"]["all"]["n"] == sum(c.speaker == "emodb:03" for c in clips)
     assert rep["recording"]["all"]["n"] == 2  # one block per emotion
     assert len(res["svr"]) == len(res["test"]) and res["svr"][0].shape[1] == 2
+
+
+def test_a_clips_speech_summary_leaves_its_silence_out():
+    """A clip's value over its speech steps only: the silent steps before the sentence (the
+    model's output there says nothing about the voice) do not dilute it."""
+    k = 12
+    rec = speech.Recording("c", "x:a", "x", np.zeros((k, 88), np.float32), np.ones(k, bool),
+                           np.zeros(k, np.int64), ["happiness"], np.arange(k) / 4,
+                           speech=np.arange(k) >= 4)
+    pred = np.zeros((k, 2), np.float32)
+    pred[4:] = [0.8, 0.4]  # the speech; the four silent steps say 0
+    clips, spoken, lasts, blocks = speech.units([rec], [pred])
+    assert clips[0].pred.tolist() == pytest.approx([0.8 * 8 / 12, 0.4 * 8 / 12])
+    assert spoken[0].pred.tolist() == pytest.approx([0.8, 0.4])
+    assert lasts[0].pred.tolist() == pytest.approx([0.8, 0.4]) and not blocks
+    loud = speech.step_loudness(np.r_[np.zeros(8000), 0.1 * np.ones(8000)].astype(np.float32),
+                                4, 4.0)
+    assert loud[0] < -90 and abs(loud[2] + 20) < 0.1

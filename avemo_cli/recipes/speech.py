@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..audio import egemaps
+from ..audio import egemaps, speech_steps
 from ..cache import save_npz, spawn_map
 from ..demux import AUDIO_RATE, probe, read_audio
 from ..metrics import ccc
@@ -119,6 +119,7 @@ class Recording:
     emotions: list[str]  # per block
     block_start: np.ndarray  # (K,) float: seconds since the step's block started
     clips: list[int] = field(default_factory=list)  # clip indices it was made of
+    speech: np.ndarray | None = None  # (K,) bool: speech, not silence (``audio.speech_steps``)
 
     @property
     def targets(self) -> np.ndarray:
@@ -149,32 +150,45 @@ def plan_joined(clips: list[C.Clip], durations: list[float], speaker: str, seed:
     return [blocks[j] for j in rng.permutation(len(blocks))]
 
 
-def _features(job) -> tuple[np.ndarray, np.ndarray]:
-    """Worker: (pieces of audio, augmentation seed or None, rate, window) -> features."""
+def step_loudness(x: np.ndarray, n: int, rate: float) -> np.ndarray:
+    """(n,) RMS dB of each step's own 1/rate seconds of ``x`` (as annotate computes it)."""
+    per_step = AUDIO_RATE / rate
+    step = np.minimum((np.arange(len(x)) / per_step).astype(np.int64), n - 1)
+    energy = np.bincount(step, np.square(x, dtype=np.float64), n)
+    count = np.bincount(step, minlength=n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
+
+
+def _features(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Worker: (pieces of audio, augmentation seed or None, rate, window) -> features, and
+    which steps hold speech."""
     pieces, seed, rate, window = job
     x = np.concatenate(pieces)
     if seed is not None:
         x = augment(x, np.random.default_rng(seed))
     n = max(1, int(np.ceil(len(x) / AUDIO_RATE * rate - 1e-6)))
     f = egemaps(x, AUDIO_RATE, n, rate, window)
-    return f.values, f.valid
+    return f.values, f.valid, speech_steps(step_loudness(x, n, rate))
 
 
 def _features_cached(specs, audio, clips, rate, window, cache: Path, jobs: int, log
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Features of one copy's recordings, cached in one file keyed by everything they depend
     on (recordings, their conditions, the clips' paths, rate and window)."""
     key = hashlib.sha1(json.dumps([[s[0], s[3], s[4]] for s in specs] + [rate, window,
-                                   [str(c.path) for c in clips]]).encode()).hexdigest()[:16]
+                                   [str(c.path) for c in clips], "speech"]).encode()
+                       ).hexdigest()[:16]
     path = cache / f"speech_features_{key}.npz"
     if path.exists():
         with np.load(path) as z:
-            return [(z[f"v{i}"], z[f"m{i}"]) for i in range(len(specs))]
+            return [(z[f"v{i}"], z[f"m{i}"], z[f"s{i}"]) for i in range(len(specs))]
     jobs_in = [([audio[i] for b in s[3] for i in b], s[4], rate, window) for s in specs]
     log(f"eGeMAPS for {len(specs)} recordings ...")
     feats = list(spawn_map(_features, jobs_in, jobs, chunksize=8))
-    save_npz(path, {**{f"v{i}": v for i, (v, _) in enumerate(feats)},
-                    **{f"m{i}": m for i, (_, m) in enumerate(feats)}})
+    save_npz(path, {**{f"v{i}": v for i, (v, _, _) in enumerate(feats)},
+                    **{f"m{i}": m for i, (_, m, _) in enumerate(feats)},
+                    **{f"s{i}": sp for i, (_, _, sp) in enumerate(feats)}})
     return feats
 
 
@@ -201,7 +215,7 @@ def build_recordings(clips: list[C.Clip], audio: list[np.ndarray], cfg: ModelCon
         specs += part
         feats += _features_cached(part, audio, clips, rate, window, cache, jobs, log)
     out = []
-    for (name, spk, corpus, blocks, aug), (values, valid) in zip(specs, feats):
+    for (name, spk, corpus, blocks, aug), (values, valid, speech) in zip(specs, feats):
         k = len(values)
         t = np.arange(k) / rate
         # block boundaries in seconds, scaled to the recording's length (an augmented copy's
@@ -212,7 +226,7 @@ def build_recordings(clips: list[C.Clip], audio: list[np.ndarray], cfg: ModelCon
         block = np.minimum(np.searchsorted(ends, t, side="right"), len(blocks) - 1)
         out.append(Recording(name, spk, corpus, values, valid, block,
                              [clips[b[0]].emotion for b in blocks], t - starts[block],
-                             [i for b in blocks for i in b]))
+                             [i for b in blocks for i in b], speech))
     return out
 
 
@@ -323,16 +337,19 @@ class Unit:
 
 
 def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
-          ) -> tuple[list[Unit], list[Unit], list[Unit]]:
-    """Clip units (mean over the clip's steps; and the clip's last step, which has heard the
-    whole utterance) and block units (mean over a block's steps after its first ``skip``
-    seconds) of predicted recordings."""
-    clips, lasts, blocks = [], [], []
+          ) -> tuple[list[Unit], list[Unit], list[Unit], list[Unit]]:
+    """Clip units (mean over the clip's steps; the mean over its speech steps only, silence
+    left out; and the clip's last step, which has heard the whole utterance) and block units
+    (mean over a block's steps after its first ``skip`` seconds) of predicted recordings."""
+    clips, spoken, lasts, blocks = [], [], [], []
     for r, p in zip(recs, preds):
         if len(r.emotions) == 1:
             m = r.valid if r.valid.any() else np.ones(len(p), bool)
+            talk = m & r.speech if r.speech is not None else m
+            talk = talk if talk.any() else m
             target = np.array(C.EMOTION_VA[r.emotions[0]])
             clips.append(Unit(r.speaker, r.corpus, r.emotions[0], p[m].mean(0), target))
+            spoken.append(Unit(r.speaker, r.corpus, r.emotions[0], p[talk].mean(0), target))
             lasts.append(Unit(r.speaker, r.corpus, r.emotions[0], p[np.flatnonzero(m)[-1]],
                               target))
             continue
@@ -343,7 +360,7 @@ def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
             if m.any():
                 blocks.append(Unit(r.speaker, r.corpus, emo, p[m].mean(0),
                                    np.array(C.EMOTION_VA[emo])))
-    return clips, lasts, blocks
+    return clips, spoken, lasts, blocks
 
 
 def happy_above_negatives(us: list[Unit]) -> dict[str, bool]:
@@ -380,11 +397,13 @@ def summary(us: list[Unit]) -> dict:
 
 
 def report(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0) -> dict:
-    """``summary`` of clips alone (their mean, ``clip``, and their last step, ``clip_last``) and
-    of blocks in joined recordings (``recording``), pooled and per corpus."""
-    clips, lasts, blocks = units(recs, preds, skip)
+    """``summary`` of clips alone (their mean, ``clip``; the mean of their speech steps,
+    ``clip_speech``; their last step, ``clip_last``) and of blocks in joined recordings
+    (``recording``), pooled and per corpus."""
+    clips, spoken, lasts, blocks = units(recs, preds, skip)
     out = {}
-    for kind, us in (("clip", clips), ("clip_last", lasts), ("recording", blocks)):
+    for kind, us in (("clip", clips), ("clip_speech", spoken), ("clip_last", lasts),
+                     ("recording", blocks)):
         out[kind] = {"all": summary(us), **{c: summary([u for u in us if u.corpus == c])
                                             for c in sorted({u.corpus for u in us})}}
     return out
