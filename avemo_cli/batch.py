@@ -3,7 +3,7 @@ bad files (each reported with its one-line reason), and choose how the files are
 
 ``annotate_files(inputs, AnnotateOptions(...))`` is the whole of ``avemo annotate``. The
 options object travels whole from the CLI to the workers. How the work is spread is decided
-here, once (``_plan_run``):
+here, once (in ``annotate_files``, with ``_begin`` and ``AnnotateOptions.feeds``):
 
 - one file to do: its features begin in an extraction process before torch is imported
   (``extractors.begin_file``; only where ``options.early`` allows it, as the console entry does);
@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from . import __version__, outputs
+from . import __version__, outputs, pages
 from .demux import find_media
 from .errors import AvemoError, OutputError
 from .features import STAGES
@@ -214,9 +214,7 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
     record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
     told = [str(w.message) for w in caught]
     record.warning = "; ".join(told)
-    from .pages import summary
-
-    record.summary = summary(result)
+    record.summary = pages.summary(result)
     return Outcome("written", "\n".join(written), record, result.timings, told)
 
 
@@ -332,8 +330,9 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
         planned = [j for j in planned if shard.takes(j.key)]
     model = annotator.checkpoint.path if annotator is not None \
         else resolve_weights(options.weights)
-    blocked = [job for job in planned if _blocked(job)]
-    planned = [job for job in planned if job not in blocked]
+    why_blocked = [_blocked(job) for job in planned]
+    blocked = [(job, why) for job, why in zip(planned, why_blocked) if why]
+    planned = [job for job, why in zip(planned, why_blocked) if not why]
     finished = [_finished(job, options.overwrite) for job in planned]
     done = [job for job, f in zip(planned, finished) if f]
     todo = [job for job, f in zip(planned, finished) if not f]
@@ -352,8 +351,8 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
                     run.fail(job, reason)
                 else:
                     run.skip(job)
-            for job in blocked:
-                run.fail(job, _blocked(job))
+            for job, why in blocked:
+                run.fail(job, why)
             if len(todo) > 1 and options.feeds(str(annotator.device)):
                 _run_feeding(todo, annotator, min(options.jobs, len(todo)), run)
             elif len(todo) > 1 and options.jobs > 1:

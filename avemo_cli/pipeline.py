@@ -186,8 +186,9 @@ class Annotator:
         if info.unused_video:
             notices.append(f"{info.path}: {info.unused_video}: annotated from its audio alone")
             warnings.warn(notices[-1], UserWarning, stacklevel=3)
-        if _shortfall(feats):
-            notices.append(_shortfall(feats))
+        shortfall = _shortfall(feats)
+        if shortfall:
+            notices.append(shortfall)
             warnings.warn(notices[-1], ShortfallWarning, stacklevel=3)
         if use_visual and tracking.upside_down(feats.track):
             tag = f" (its rotation tag says {info.rotation} degrees: the tag may be wrong)" \
@@ -243,12 +244,11 @@ class Annotator:
         columns = merge_faces(tables)
         timings["postprocess"] += time.perf_counter() - t1
         first, (_, steps, _, source, _) = persons[0], results[0]
-        notices = notices or []
+        partial = bool(_shortfall(feats))
         return Annotation(info.path, info, columns, source, steps, first.step_values,
                           first.face, feats.voice, feats.track, feats.audio, timings, cfg.rate,
-                          list(cfg.targets), notices, persons, _model_name(ckpt),
-                          partial=bool(_shortfall(feats)),
-                          seconds=(feats.decoded_until() or 0.0) if _shortfall(feats)
+                          list(cfg.targets), notices or [], persons, _model_name(ckpt),
+                          partial=partial, seconds=(feats.decoded_until() or 0.0) if partial
                           else info.duration)
 
     def turned_face(self, info: demux.MediaInfo, n: int = 6) -> str:
