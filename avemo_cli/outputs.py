@@ -133,10 +133,7 @@ def _write_eaf(annotation: Annotation, path: Path) -> None:
                         mimetype=mime)
     step_ms = 1000.0 / annotation.rate
     for person in annotation.people:
-        # a value with evidence at its own step (this face found, or its voice heard), and
-        # a step that begins before the media ends
-        starts = np.arange(len(person.face)) / annotation.rate
-        evidence = (person.face | person.speaking) & (starts < annotation.info.duration)
+        evidence = annotation.evidence(person)
         for j, target in enumerate(annotation.targets):
             tier = f"face {person.face_id} {target}"
             eaf.add_tier(tier)
@@ -178,21 +175,21 @@ def vtt_text(annotation: Annotation) -> str:
     face has evidence: found, or its voice heard), a line per face, e.g.
     ``face 0  valence +0.42 [·····|··●··]  arousal -0.10 [····●|·····]``. Seconds without
     evidence for any face have no cue."""
-    from .pages import evidence
-
     rate, duration = annotation.rate, annotation.info.duration
     lines = ["WEBVTT", "", "NOTE avemo: valence and arousal per face, a cue per second", ""]
     steps = np.arange(len(annotation.people[0].face))
     second = (steps / rate).astype(np.int64)
     n_seconds = int(np.ceil(duration)) if duration > 0 else int(second.max(initial=-1)) + 1
+    bounds = np.searchsorted(second, np.arange(n_seconds + 1))  # each second's steps
+    seen = [annotation.evidence(person) for person in annotation.people]
     for i in range(n_seconds):
         start, end = float(i), min(float(i + 1), duration or float(i + 1))
         if end <= start:
             break
         text = []
-        for person in annotation.people:
-            here = (second == i) & evidence(person, duration, rate)
-            if not here.any():
+        for person, evidence in zip(annotation.people, seen):
+            here = np.flatnonzero(evidence[bounds[i]:bounds[i + 1]]) + bounds[i]
+            if not len(here):
                 continue
             parts = []
             for j, target in enumerate(annotation.targets):

@@ -31,7 +31,7 @@ import numpy as np
 from .table import FACE_COLOURS
 
 if TYPE_CHECKING:
-    from .pipeline import Annotation, Person
+    from .pipeline import Annotation
     from .shards import Summary
 
 SPARK_POINTS = 40  # points per target in a file's summary (the folder report's sparkline)
@@ -64,11 +64,11 @@ def _link(target: Path, page: Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), page.resolve().parent)).as_posix()
 
 
-def evidence(person: Person, duration: float, rate: float) -> np.ndarray:
-    """(K,) the steps where this face has evidence of its own (found, or its voice heard) and
-    that begin before the media ends: the steps a viewer can trust."""
-    starts = np.arange(len(person.face)) / rate
-    return (person.face | person.speaking) & (starts < duration)
+def _shares(annotation: Annotation) -> dict[str, float]:
+    """The shares of face 0's steps with a face and with voice."""
+    k = len(annotation.face)
+    return {"face": round(float(annotation.face.mean()), 4) if k else 0.0,
+            "voice": round(float(annotation.voice.mean()), 4) if k else 0.0}
 
 
 def summary(annotation: Annotation) -> dict:
@@ -77,11 +77,10 @@ def summary(annotation: Annotation) -> dict:
     voice, and a sparkline of each target (block means, ``SPARK_POINTS`` at most)."""
     person = annotation.people[0]
     values = np.clip(person.step_values, -1.0, 1.0)
-    seen = evidence(person, annotation.info.duration, annotation.rate)
+    seen = annotation.evidence(person)
     use = seen if seen.any() else np.ones(len(seen), bool)
     k = len(values)
-    out: dict = {"face": round(float(annotation.face.mean()), 4) if k else 0.0,
-                 "voice": round(float(annotation.voice.mean()), 4) if k else 0.0, "spark": {}}
+    out: dict = {**_shares(annotation), "spark": {}}
     blocks = np.array_split(np.arange(k), min(SPARK_POINTS, max(1, k)))
     for j, target in enumerate(annotation.targets):
         column = values[:, j]
@@ -107,8 +106,7 @@ def file_page(annotation: Annotation, path: Path, video: Path | None = None,
         faces.append({"id": person.face_id, "colour": _colour(person.face_id),
                       "values": {t: _finite(values[:, j])
                                  for j, t in enumerate(annotation.targets)},
-                      "evidence": evidence(person, info.duration, annotation.rate)
-                      .astype(int).tolist()})
+                      "evidence": annotation.evidence(person).astype(int).tolist()})
     data = {"name": Path(annotation.path).name, "rate": annotation.rate,
             "duration": info.duration or steps / annotation.rate,
             "targets": list(annotation.targets), "faces": faces,
@@ -116,9 +114,7 @@ def file_page(annotation: Annotation, path: Path, video: Path | None = None,
             "kind": "video" if info.has_video else "audio", "overlay": video is not None,
             "subtitles": None if subtitles is None else _link(subtitles, path),
             "meta": {"avemo": __version__, "model": annotation.model,
-                     "source": annotation.source,
-                     "face": round(float(annotation.face.mean()), 4) if steps else 0.0,
-                     "voice": round(float(annotation.voice.mean()), 4) if steps else 0.0}}
+                     "source": annotation.source, **_shares(annotation)}}
     return _fill("file.html", html.escape(f"{data['name']} — avemo"), data)
 
 

@@ -89,6 +89,13 @@ class Annotation:
         """The rows as a pandas DataFrame (made, and pandas imported, on first use)."""
         return as_frame(self.columns)
 
+    def evidence(self, person: Person) -> np.ndarray:
+        """(K,) the steps where ``person`` has evidence of its own (its face found, or its
+        voice heard) and that begin before the media ends: the values a viewer can trust (the
+        EAF's annotations, the subtitles' and the pages' summaries)."""
+        starts = np.arange(len(person.face)) / self.rate
+        return (person.face | person.speaking) & (starts < self.info.duration)
+
 
 class Annotator:
     """Annotates media files with a loaded checkpoint.
