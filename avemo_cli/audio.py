@@ -46,6 +46,14 @@ SPEECH_HANG = (1, 2)  # steps a loud step lends before it (0.25 s) and after it 
 # onset and the pauses between words stay speech
 
 
+def decibels(energy: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """(K,) each step's loudness, RMS dB of its own samples (their summed squares ``energy``
+    over their ``count``; NaN for a step with none): what ``speech_steps`` and ``speakers``
+    read, for annotate and the speech recipe alike."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
+
+
 def speech_steps(loudness: np.ndarray) -> np.ndarray:
     """(K,) bool: the steps that hold speech rather than silence, from each step's own loudness
     (RMS dB of its 0.25 s): above ``SPEECH_FLOOR`` and within ``SPEECH_RANGE`` of the file's

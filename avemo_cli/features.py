@@ -74,8 +74,7 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
     stream = Timed(blocks(), timings, "demux")
     values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, rate, window,
                                         offset=offset)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values.loudness = (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
+    values.loudness = audio_stage.decibels(energy, count)
     values.decoded = seen / demux.AUDIO_RATE - offset
     values.speech = audio_stage.speech_steps(values.loudness)
     timings["audio"] += time.perf_counter() - t1 - timings["demux"]

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..audio import egemaps, speech_steps
+from ..audio import decibels, egemaps, speech_steps
 from ..cache import save_npz, spawn_map
 from ..demux import AUDIO_RATE, probe, read_audio
 from ..metrics import ccc
@@ -154,10 +154,8 @@ def step_loudness(x: np.ndarray, n: int, rate: float) -> np.ndarray:
     """(n,) RMS dB of each step's own 1/rate seconds of ``x`` (as annotate computes it)."""
     per_step = AUDIO_RATE / rate
     step = np.minimum((np.arange(len(x)) / per_step).astype(np.int64), n - 1)
-    energy = np.bincount(step, np.square(x, dtype=np.float64), n)
-    count = np.bincount(step, minlength=n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
+    return decibels(np.bincount(step, np.square(x, dtype=np.float64), n),
+                    np.bincount(step, minlength=n))
 
 
 def _features(job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
