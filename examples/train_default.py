@@ -261,6 +261,23 @@ def reliability_weights(audio_ccc: dict, visual_ccc: dict) -> dict[str, list[flo
 
 # ---------------------------------------------------------------- assemble
 
+def environment() -> dict:
+    """What a reproduction must match to get the same numbers: the code's commit, torch and
+    numpy versions and torch's thread count (CPU sums are ordered by thread; the recipe is
+    bit-for-bit repeatable with the same ones)."""
+    import platform
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], text=True,
+                                capture_output=True, timeout=10).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {"commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine()}
+
+
 def loco_ccc(audio_metrics: dict) -> dict[str, float]:
     """The audio head's cross-corpus CCC per target: each corpus scored by the model trained on
     the other two, averaged over the three held-out corpora and over the two ways a voice is
@@ -311,6 +328,7 @@ def assemble(work: Path, out: Path = HERE / "weights" / "default.safetensors") -
             "ferplus_test": metrics["visual_ferplus"]["test"],
             "speech_speaker_cv_clips": speech_cv["clip"]["all"],
             "speech_loco_ccc": audio_ccc}})
+    metrics["trained_with"] = environment()
     metrics["videos"] = [annotate_mean(out, p) for p in
                          (HERE / "examples" / "sample.mp4",
                           SHARED / "videos" / "WDA_AlexandriaOcasioCortez_000.mp4",
