@@ -39,6 +39,13 @@ class AudioFeatures:
     speech: np.ndarray | None = None  # (K,) bool: the step holds speech, not silence
     # (``speech_steps``; annotate only: features from the cache have None, taken as all)
 
+    @property
+    def heard(self) -> np.ndarray:
+        """(K,) the steps with a voice: inside the audio, described by openSMILE, and speech
+        rather than silence. The CSV's ``voice``, where the voice is fused, and the steps a
+        recording's normalisation is estimated from (``AudioBranch.adapt``)."""
+        return self.valid if self.speech is None else self.valid & self.speech
+
 
 SPEECH_FLOOR = -50.0  # dBFS: a step quieter than this is not speech (silence, room tone)
 SPEECH_RANGE = 35.0  # dB: nor one this far below the file's loud steps (its 95th percentile)

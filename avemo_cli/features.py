@@ -172,8 +172,7 @@ class Features:
         silence (``audio.speech_steps``); the CSV's ``voice``, and where the voice is fused."""
         if self.audio is None:
             return np.zeros(self.n_steps, bool)
-        speech = self.audio.speech
-        return self.audio.valid & (speech if speech is not None else True)
+        return self.audio.heard
 
     def model_crops(self) -> np.ndarray:
         """(K, S, S[, 3]) crops, steps without a face holding the nearest face (model input);

@@ -72,7 +72,7 @@ def predict_features(model, feats: Features, stride: int = 1, batch_size: int = 
     seen = feats.track if use_visual else None
     steps = predict.predict_steps(model, heard_audio.values if heard_audio else None,
                                   seen.crops if seen else None, stride, batch_size, device,
-                                  heard_audio.valid if heard_audio else None,
+                                  heard_audio.heard if heard_audio else None,
                                   nearest_index(feats.face) if seen else None)
     if not np.isfinite(steps.values).all():
         raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "

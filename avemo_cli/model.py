@@ -163,7 +163,8 @@ class AudioBranch(nn.Module):
         """One recording's raw per-step features (K, F), as ``normalise`` must see them.
 
         ``global``: unchanged. ``recording``: the recording's own level and range are removed:
-        its per-feature mean and standard deviation over the steps inside the audio are
+        its per-feature mean and standard deviation over its steps with a voice (``valid``:
+        ``AudioFeatures.heard``, speech and not silence) are
         estimated with the training statistics as a prior worth ``audio_norm_prior`` seconds,
 
             m = (n * mean_rec + n0 * mean_train) / (n + n0)

@@ -124,7 +124,8 @@ def predict_steps(model: AVModel, audio: np.ndarray | None = None,
     """Predict every step of one recording from its raw per-step eGeMAPS ``audio`` (K, 88)
     and/or aligned face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both are
     given. The audio is first adapted to the recording (``AudioBranch.adapt``, by the
-    checkpoint's ``audio_norm``) from its steps inside the audio (``audio_valid``; all if None).
+    checkpoint's ``audio_norm``) from its steps with a voice (``audio_valid``: annotation passes
+    ``AudioFeatures.heard``, speech inside the audio; all steps if None).
     ``crop_index`` (K,), when given, says which of ``crops`` each step sees (steps without a
     face see the nearest face's crop: no second copy of the crops is made for that)."""
     if crops is not None and crop_index is None:

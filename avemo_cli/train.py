@@ -91,7 +91,7 @@ def adapt_audio(model: AVModel, items: list[Prepared]) -> None:
     for p in items:
         a = p.feats.audio
         p.audio = None if a is None or model.audio is None else model.audio.adapt(a.values,
-                                                                                   a.valid)
+                                                                                   a.heard)
 
 
 def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: ModelConfig,
@@ -382,7 +382,7 @@ def _train(opts: TrainOptions, log: Callable[[str], None], group: Group) -> Path
     torch.manual_seed(opts.seed)
     model = AVModel(cfg).to(device)
     if model.audio is not None:
-        mean, std = audio_statistics([p.feats.audio.values[p.feats.audio.valid]
+        mean, std = audio_statistics([p.feats.audio.values[p.feats.audio.heard]
                                       for p in train_items if p.feats.audio is not None])
         model.audio.mean.copy_(torch.from_numpy(mean))
         model.audio.std.copy_(torch.from_numpy(std))

@@ -137,7 +137,7 @@ def test_annotate_applies_the_checkpoints_recording_norm(tmp_path):
     a = feats.audio
     idx = torch.from_numpy(clip_steps(np.arange(feats.n_steps), 16))
     with torch.no_grad():
-        adapted = model(audio=torch.from_numpy(model.audio.adapt(a.values, a.valid))[idx])
+        adapted = model(audio=torch.from_numpy(model.audio.adapt(a.values, a.heard))[idx])
         raw = model(audio=torch.from_numpy(a.values)[idx])
     assert np.allclose(result.steps.values, adapted["pred"].numpy(), atol=1e-5)
     assert not np.allclose(result.steps.values, raw["pred"].numpy(), atol=1e-3)
@@ -265,3 +265,43 @@ def test_a_clips_speech_summary_leaves_its_silence_out():
     loud = speech.step_loudness(np.r_[np.zeros(8000), 0.1 * np.ones(8000)].astype(np.float32),
                                 4, 4.0)
     assert loud[0] < -90 and abs(loud[2] + 20) < 0.1
+
+
+def test_silence_is_neither_trained_on_nor_part_of_a_recordings_normalisation():
+    """The recipe trains only on steps with a voice, and estimates a recording's level from
+    them: silence before a clip changes neither (it did both)."""
+    k = 12
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 1, (k, 88)).astype(np.float32)
+    values[:4] -= 40  # silent steps: openSMILE's functionals of near-silence, far off
+    rec = speech.Recording("c", "x:a", "x", values, np.ones(k, bool), np.zeros(k, np.int64),
+                           ["happiness"], np.arange(k) / 4, speech=np.arange(k) >= 4)
+    rows, weights = speech.training_rows([rec], skip=2.0)
+    assert rows[:, 1].tolist() == list(range(4, k)) and weights.sum() == pytest.approx(1)
+    model = speech.fit([rec], speech.ModelConfig(**speech.AUDIO_CONFIG), updates=1)
+    assert torch.allclose(model.audio.mean, torch.from_numpy(values[4:].mean(0).astype(
+        np.float32)), atol=1e-4)  # the training statistics are the speech's
+    adapted = model.audio.adapt(values, rec.heard)
+    alone = model.audio.adapt(values[4:], None)
+    assert np.allclose(adapted[4:], alone, atol=1e-4)  # as if the silence were not there
+    assert not np.allclose(model.audio.adapt(values, rec.valid)[4:], alone, atol=1e-2)
+
+
+def test_annotation_normalises_the_voice_from_its_speech_only(tmp_path):
+    """Through annotation's own path: a sentence after two seconds of digital silence is
+    normalised from its speech steps (``AudioFeatures.heard``), not from the silence."""
+    sentence = shared_file("emodb", "03a01Fa.wav")
+    clip = tmp_path / "quiet_then_speech.wav"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-i", str(sentence),
+           "-filter_complex", "[0:a]atrim=0:2[s];[s][1:a]concat=n=2:v=0:a=1", "-ar", "16000",
+           str(clip))
+    model = _adapting_model("audio", prior=2.0)
+    annotator = Annotator(save_checkpoint(tmp_path / "m.safetensors", model), device="cpu")
+    ann = annotator.annotate(clip)
+    a = extract(ann.info, FeatureSettings.for_model(model.cfg), True, False, lambda: None).audio
+    assert a is not None and a.speech is not None
+    assert not a.heard[:4].any() and a.heard[10:14].all()
+    heard = predict_steps(model, a.values, audio_valid=a.heard).values
+    everything = predict_steps(model, a.values, audio_valid=a.valid).values
+    assert np.allclose(ann.steps.audio_values, heard, atol=1e-5)
+    assert not np.allclose(ann.steps.audio_values, everything, atol=1e-3)

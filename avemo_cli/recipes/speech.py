@@ -122,6 +122,12 @@ class Recording:
     speech: np.ndarray | None = None  # (K,) bool: speech, not silence (``audio.speech_steps``)
 
     @property
+    def heard(self) -> np.ndarray:
+        """(K,) the steps with a voice (as ``AudioFeatures.heard``): what the normalisation is
+        estimated from and what is trained on; silence is neither."""
+        return self.valid if self.speech is None else self.valid & self.speech
+
+    @property
     def targets(self) -> np.ndarray:
         va = np.array([C.EMOTION_VA[e] for e in self.emotions], np.float32)
         return va[self.block]
@@ -232,13 +238,13 @@ def build_recordings(clips: list[C.Clip], audio: list[np.ndarray], cfg: ModelCon
 
 def training_rows(recs: list[Recording], skip: float, balance: str = "corpus"
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2) [recording, step] rows to train on and their sampling weights: steps inside the
-    audio (in a joined recording, at least ``skip`` s into their block); every (corpus, clip or
-    joined) group gets the same total weight (``balance="corpus"``: no corpus or kind outweighs
-    the others), or every (speaker, clip or joined) group (``"speaker"``)."""
+    """(N, 2) [recording, step] rows to train on and their sampling weights: steps with a voice
+    (``Recording.heard``; in a joined recording, at least ``skip`` s into their block); every
+    (corpus, clip or joined) group gets the same total weight (``balance="corpus"``: no corpus
+    or kind outweighs the others), or every (speaker, clip or joined) group (``"speaker"``)."""
     rows, groups = [], []
     for i, r in enumerate(recs):
-        ok = r.valid & ((r.block_start >= skip) | (len(r.emotions) == 1))
+        ok = r.heard & ((r.block_start >= skip) | (len(r.emotions) == 1))
         steps = np.flatnonzero(ok)
         rows.append(np.stack([np.full(len(steps), i), steps], 1))
         who = r.corpus if balance == "corpus" else r.speaker
@@ -263,10 +269,10 @@ def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int
     model = AVModel(cfg)
     branch = model.audio
     assert branch is not None, "the speech recipe trains an audio model"
-    mean, std = audio_statistics([r.values[r.valid] for r in recs])
+    mean, std = audio_statistics([r.values[r.heard] for r in recs])
     branch.mean.copy_(torch.from_numpy(mean))
     branch.std.copy_(torch.from_numpy(std))
-    feats = [branch.adapt(r.values, r.valid) for r in recs]
+    feats = [branch.adapt(r.values, r.heard) for r in recs]
     targets = [r.targets for r in recs]
     rows, weights = training_rows(recs, skip, balance)
     rng = np.random.default_rng(seed)
@@ -294,7 +300,7 @@ def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int
 
 def predict(model: AVModel, recs: list[Recording]) -> list[np.ndarray]:
     """Per-step predictions of each recording through annotation's own inference path."""
-    return [predict_steps(model, audio=r.values, audio_valid=r.valid).values for r in recs]
+    return [predict_steps(model, audio=r.values, audio_valid=r.heard).values for r in recs]
 
 
 def svr_probe(model: AVModel, train: list[Recording], test: list[Recording], n: int = 6000,
@@ -305,7 +311,7 @@ def svr_probe(model: AVModel, train: list[Recording], test: list[Recording], n: 
     from sklearn.svm import SVR
 
     def z(r):
-        return model.audio.normalise(torch.from_numpy(model.audio.adapt(r.values, r.valid))
+        return model.audio.normalise(torch.from_numpy(model.audio.adapt(r.values, r.heard))
                                      ).numpy()
 
     rows, weights = training_rows(train, skip)
@@ -343,7 +349,7 @@ def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
     for r, p in zip(recs, preds):
         if len(r.emotions) == 1:
             m = r.valid if r.valid.any() else np.ones(len(p), bool)
-            talk = m & r.speech if r.speech is not None else m
+            talk = m & r.heard
             talk = talk if talk.any() else m
             target = np.array(C.EMOTION_VA[r.emotions[0]])
             clips.append(Unit(r.speaker, r.corpus, r.emotions[0], p[m].mean(0), target))

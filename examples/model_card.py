@@ -1,0 +1,260 @@
+"""The model card's measured numbers, rendered from the metrics file the recipe writes.
+
+    python examples/model_card.py            # rewrite the marked parts of weights/MODEL_CARD.md
+    python examples/model_card.py --check    # exit 1 (saying which parts) if the card is stale
+
+Every table of the default model's own scores in ``weights/MODEL_CARD.md`` sits between
+``<!-- metrics: NAME -->`` and ``<!-- /metrics -->`` and is rendered here from
+``weights/default_metrics.json`` (written by ``examples/train_default.py``), so that the card
+cannot say something the shipped model's own run did not measure. Text outside the markers
+carries no number of the shipped model (the design runs it cites name their benchmark).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parents[1]
+CARD = HERE / "weights" / "MODEL_CARD.md"
+METRICS = HERE / "weights" / "default_metrics.json"
+CORPORA = {"emodb": "EmoDB", "ravdess": "RAVDESS", "emovo": "EMOVO"}
+LANGUAGES = {"emodb": "German", "ravdess": "English", "emovo": "Italian"}
+REGION = re.compile(r"(<!-- metrics: (\w+) -->\n)(.*?)(<!-- /metrics -->)", re.S)
+
+
+def f3(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.3f}" if x < 0 else f"{x:.3f}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{round(100 * x)}%"
+
+
+def va(s: dict) -> str:
+    return f"{f3(s['valence_ccc'])} / {f3(s['arousal_ccc'])}" if s else "-"
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def _held(m: dict) -> dict:
+    return m["audio_speech"]["held_out"]
+
+
+UNITS = {"clip": "clip alone (mean of its steps)",
+         "clip_speech": "clip alone (mean of its speech steps)",
+         "clip_last": "clip alone (its last step)",
+         "recording": "block in a joined recording"}
+
+
+def header(m: dict) -> str:
+    from avemo_cli.checkpoint import load_checkpoint
+
+    weights = METRICS.with_name("default.safetensors")
+    params = sum(p.numel() for p in load_checkpoint(weights).model.parameters())
+    env = m.get("trained_with", {})
+    a = m["audio_speech"]
+    return (f"`weights/default.safetensors` ({weights.stat().st_size / 1e6:.1f} MB, "
+            f"{params / 1e6:.2f} M parameters), trained by `python examples/train_default.py` "
+            f"at commit `{(env.get('commit') or '?')[:10]}` (torch {env.get('torch', '?')}, "
+            f"{env.get('torch_threads', '?')} threads): the visual branch "
+            f"{m['visual_ferplus']['minutes']} min, the audio branch's held-out runs "
+            f"{a['cross_validation_minutes']} min and its shipped fit {a['final_minutes']} "
+            f"min on this project's 2-core CPU, plus feature extraction the first time.\n")
+
+
+def design_shipped(m: dict) -> str:
+    cv = _held(m)["speaker_cv"]["network"]
+    cells = [f"{va(cv[k]['all'])}, {pct(cv[k]['all']['happy_above_negatives'])}"
+             for k in ("clip", "clip_last", "recording")]
+    return table(["design", "clip: valence / arousal CCC, happy",
+                  "last: valence / arousal, happy", "recording: valence / arousal, happy"],
+                 [["**shipped** (this model's run): recording norm, 30 s prior, "
+                   f"{m['audio_speech']['augmented_copies']} augmented copies, speech steps only",
+                   *cells]])
+
+
+def ferplus(m: dict) -> str:
+    v = m["visual_ferplus"]
+    t = v["test"]
+    return (table(["measure", "value"], [
+        ["valence CCC (against vote-expected targets)", f"**{f3(t['valence_ccc'])}**"],
+        ["arousal CCC", f3(t["arousal_ccc"])],
+        [f"7-class accuracy of the nearest class in the table (FER2013's 7 classes; "
+         f"{t['n_test_for_accuracy']} faces whose majority vote is one of them)",
+         f"{100 * t['nearest_class_accuracy_7']:.1f}%"]])
+        + f"\nFER+ test: {t['n_test']} faces. FER+ valid (all of it, with the selected "
+          f"weights): valence CCC {f3(v['valid']['valence_ccc'])}, arousal CCC "
+          f"{f3(v['valid']['arousal_ccc'])}. Trained on {v['train_faces']} faces for "
+          f"{v['epochs']} epochs; dlib found {pct(v['dlib_detected_share'])} of the faces "
+          f"(the rest were landmarked in the centred box).\n")
+
+
+def speaker_cv(m: dict) -> str:
+    cv = _held(m)["speaker_cv"]
+    rows = []
+    for corpus in ("all", *CORPORA):
+        for unit in UNITS:
+            s, p = cv["network"].get(unit, {}).get(corpus), cv.get("svr", {}).get(
+                unit, {}).get(corpus)
+            if not s:
+                continue
+            who = f"all {s['speakers']} speakers" if corpus == "all" else \
+                f"{CORPORA[corpus]} ({s['speakers']})"
+            strong = unit == "recording" and corpus == "all"
+            rows.append([who, UNITS[unit], f"**{va(s)}**" if strong else va(s),
+                         pct(s["happy_above_negatives"]), f"{s['valence_std']:.2f}",
+                         va(p) if p else "-", pct(p["happy_above_negatives"]) if p else "-"])
+    return table(["scored on", "unit", "network valence / arousal CCC", "happy above negatives",
+                  "sd", "SVR valence / arousal CCC", "SVR happy"], rows)
+
+
+def loco(m: dict) -> str:
+    rows = []
+    for corpus, name in CORPORA.items():
+        res = _held(m).get(f"loco_{corpus}")
+        if not res:
+            continue
+        for unit in UNITS:
+            s = res["network"].get(unit, {}).get(corpus)
+            p = res.get("svr", {}).get(unit, {}).get(corpus)
+            if s:
+                rows.append([f"{name} ({LANGUAGES[corpus]})", UNITS[unit], va(s),
+                             pct(s["happy_above_negatives"]), va(p) if p else "-",
+                             pct(p["happy_above_negatives"]) if p else "-"])
+    return table(["held out (never heard: language, speakers, studio)", "unit",
+                  "network valence / arousal CCC", "happy", "SVR valence / arousal CCC",
+                  "SVR happy"], rows)
+
+
+def _met(value: float, target: float, form: Callable[[float], str] = f3) -> str:
+    return f"{form(value)} ({'met' if value >= target else f'**not met**: target {form(target)}'})"
+
+
+def targets(m: dict) -> str:
+    cv = _held(m)["speaker_cv"]["network"]
+    rec, sp, last = (cv[k]["all"] for k in ("recording", "clip_speech", "clip_last"))
+    n = rec["speakers"]
+    happy_n = sum(rec["happy_by_speaker"].values())
+    return (f"- **Inside a recording of the speaker** (blocks): valence "
+            f"{_met(rec['valence_ccc'], 0.58)}, arousal {_met(rec['arousal_ccc'], 0.84)}, happy "
+            f"above the negatives {_met(rec['happy_above_negatives'], 0.9, pct)}: {happy_n} of "
+            f"{n} speakers.\n"
+            f"- **Each clip alone** (mean of its speech steps): valence "
+            f"{_met(sp['valence_ccc'], 0.33)}, arousal {_met(sp['arousal_ccc'], 0.66)}, happy "
+            f"{_met(sp['happy_above_negatives'], 0.9, pct)}. Its last step, which has heard the "
+            f"whole utterance: {va(last)}, happy {pct(last['happy_above_negatives'])}.\n"
+            f"- The SVR probe on the same clips (speech-step mean): "
+            f"{va(_held(m)['speaker_cv'].get('svr', {}).get('clip_speech', {}).get('all', {}))}"
+            f".\n")
+
+
+def cremad(m: dict) -> str:
+    a = m["audio_speech"]
+    rows = [[str(i + 1), f"`{r['file']}`", r["emotion"], r["crowd_voice_vote"],
+             signed(r["valence"]), signed(r["arousal"])]
+            for i, r in enumerate(a["cremad_1002"])]
+    joined = ", ".join(f"{r['emotion']} ({r['valence']:+.2f})" for r in a["cremad_1002_joined"])
+    alone_rank = [r["emotion"] for r in a["cremad_1002"]].index("happiness") + 1
+    joined_rank = [r["emotion"] for r in a["cremad_1002_joined"]].index("happiness") + 1
+    return (table(["rank", "file", "acted emotion", "crowd voice-only vote",
+                   "predicted valence", "predicted arousal"], rows)
+            + f"\nThe six clips joined into one recording of the speaker rank {joined}. "
+              f"Happiness is **{_ordinal(alone_rank)} of six** alone and "
+              f"**{_ordinal(joined_rank)}** joined (the target: first).\n")
+
+
+def _ordinal(n: int) -> str:
+    return {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth"}[n]
+
+
+def videos(m: dict) -> str:
+    rows = []
+    for v in m["videos"]:
+        rows.append([f"`{v['file']}`", f"**{signed(v['valence'])}**",
+                     signed(v["audio_head"]["valence"]) if "audio_head" in v else "-",
+                     signed(v["visual_head"]["valence"]) if "visual_head" in v else "-",
+                     signed(v["arousal"])])
+    w = m["fusion"]["weights"]
+    return (f"The fused value is {w['valence'][0]:.2f} x audio + {w['valence'][1]:.2f} x visual "
+            f"for valence and {w['arousal'][0]:.2f} x audio + {w['arousal'][1]:.2f} x visual "
+            f"for arousal where both are there (the voice only at speech steps).\n\n"
+            + table(["video", "fused valence", "audio head", "visual head", "fused arousal"],
+                    rows))
+
+
+def fusion(m: dict) -> str:
+    f = m["fusion"]
+    rows = [[t, f"**{f['weights'][t][0]:.3f}**", f"**{f['weights'][t][1]:.3f}**",
+             f3(f["audio_ccc_leave_one_corpus_out"][t]), f3(f["visual_ccc_ferplus_test"][t])]
+            for t in ("valence", "arousal")]
+    return table(["target", "audio head", "visual head", "audio head's held-out CCC",
+                  "visual head's held-out CCC"], rows)
+
+
+def clip_summary(m: dict) -> str:
+    cv = _held(m)["speaker_cv"]
+    rows = []
+    for unit, name in (("clip", "the mean of all its steps"),
+                       ("clip_speech", "the mean of its speech steps"),
+                       ("clip_last", "its last step (heard the whole utterance)"),
+                       ("recording", "(inside a recording of the speaker, per block)")):
+        s, p = cv["network"][unit]["all"], cv.get("svr", {}).get(unit, {}).get("all", {})
+        rows.append([name, f"{f3(s['valence_ccc'])} (SVR {f3(p.get('valence_ccc'))})",
+                     f"{f3(s['arousal_ccc'])} (SVR {f3(p.get('arousal_ccc'))})",
+                     f"{pct(s['happy_above_negatives'])} of speakers "
+                     f"(SVR {pct(p.get('happy_above_negatives'))})"])
+    return table(["each clip alone, summarised by", "valence CCC", "arousal CCC",
+                  "happy above the four negatives"], rows)
+
+
+RENDER: dict[str, Callable[[dict], str]] = {
+    "header": header, "design_shipped": design_shipped, "ferplus": ferplus,
+    "speaker_cv": speaker_cv, "loco": loco, "targets": targets, "cremad": cremad,
+    "videos": videos, "fusion": fusion, "clip_summary": clip_summary}
+
+
+def render(card: str, metrics: dict[str, Any]) -> str:
+    """The card with every marked part re-rendered from ``metrics``."""
+    def one(match: re.Match) -> str:
+        name = match.group(2)
+        if name not in RENDER:
+            raise KeyError(f"the card marks an unknown part: {name}")
+        return match.group(1) + RENDER[name](metrics) + match.group(4)
+
+    return REGION.sub(one, card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true",
+                    help="change nothing; exit 1 if the card is not what the metrics say")
+    args = ap.parse_args(argv)
+    card = CARD.read_text()
+    fresh = render(card, json.loads(METRICS.read_text()))
+    stale = [name for (_, name, old, _), (_, _, new, _) in
+             zip(REGION.findall(card), REGION.findall(fresh)) if old != new]
+    if args.check:
+        if stale:
+            print(f"{CARD}: parts not as {METRICS.name} says: {', '.join(stale)} "
+                  f"(run python examples/model_card.py)", file=sys.stderr)
+            return 1
+        return 0
+    if stale:
+        CARD.write_text(fresh)
+    print(f"{CARD}: {len(REGION.findall(card))} parts, rewrote {stale or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
