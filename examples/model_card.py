@@ -239,20 +239,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true",
                     help="change nothing; exit 1 if the card is not what the metrics say")
+    ap.add_argument("--card", type=Path, default=CARD)
+    ap.add_argument("--metrics", type=Path, default=METRICS)
     args = ap.parse_args(argv)
-    card = CARD.read_text()
-    fresh = render(card, json.loads(METRICS.read_text()))
+    card_path, metrics_path = args.card, args.metrics
+    card = card_path.read_text()
+    fresh = render(card, json.loads(metrics_path.read_text()))
     stale = [name for (_, name, old, _), (_, _, new, _) in
              zip(REGION.findall(card), REGION.findall(fresh)) if old != new]
     if args.check:
         if stale:
-            print(f"{CARD}: parts not as {METRICS.name} says: {', '.join(stale)} "
+            print(f"{card_path}: parts not as {metrics_path.name} says: {', '.join(stale)} "
                   f"(run python examples/model_card.py)", file=sys.stderr)
             return 1
         return 0
     if stale:
-        CARD.write_text(fresh)
-    print(f"{CARD}: {len(REGION.findall(card))} parts, rewrote {stale or 'none'}")
+        card_path.write_text(fresh)
+    print(f"{card_path}: {len(REGION.findall(card))} parts, rewrote {stale or 'none'}")
     return 0
 
 
