@@ -1,13 +1,14 @@
-"""The model card's measured numbers, rendered from the metrics file the recipe writes.
+"""The default model's measured numbers in its card and docs, rendered from the metrics file.
 
-    python examples/model_card.py            # rewrite the marked parts of weights/MODEL_CARD.md
-    python examples/model_card.py --check    # exit 1 (saying which parts) if the card is stale
+    python examples/model_card.py            # rewrite the marked parts of the pages
+    python examples/model_card.py --check    # exit 1 (saying which parts) if a page is stale
 
-Every table of the default model's own scores in ``weights/MODEL_CARD.md`` sits between
-``<!-- metrics: NAME -->`` and ``<!-- /metrics -->`` and is rendered here from
-``weights/default_metrics.json`` (written by ``examples/train_default.py``), so that the card
-cannot say something the shipped model's own run did not measure. Text outside the markers
-carries no number of the shipped model (the design runs it cites name their benchmark).
+Every table and figure of the default model's own scores in ``weights/MODEL_CARD.md`` (and the
+short summaries in ``docs/models.md`` and the README) sits between ``<!-- metrics: NAME -->``
+and ``<!-- /metrics -->`` and is rendered here from ``weights/default_metrics.json`` (written
+by ``examples/train_default.py``), so that no page can say something the shipped model's own
+run did not measure. Text outside the markers carries no number of the shipped model (the
+design runs the card cites name their benchmark).
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parents[1]
 CARD = HERE / "weights" / "MODEL_CARD.md"
+PAGES = [CARD, HERE / "docs" / "models.md", HERE / "README.md"]
 METRICS = HERE / "weights" / "default_metrics.json"
 CORPORA = {"emodb": "EmoDB", "ravdess": "RAVDESS", "emovo": "EMOVO"}
 LANGUAGES = {"emodb": "German", "ravdess": "English", "emovo": "Italian"}
-REGION = re.compile(r"(<!-- metrics: (\w+) -->\n)(.*?)(<!-- /metrics -->)", re.S)
+REGION = re.compile(r"(<!-- metrics: (\w+) -->\n?)(.*?)(<!-- /metrics -->)", re.S)
 
 
 def f3(x: float | None) -> str:
@@ -218,10 +220,42 @@ def clip_summary(m: dict) -> str:
                   "happy above the four negatives"], rows)
 
 
+def models_summary(m: dict) -> str:
+    """docs/models.md's short table."""
+    cv = _held(m)["speaker_cv"]["network"]
+    rec, sp = cv["recording"]["all"], cv["clip_speech"]["all"]
+    loco_ccc = m["fusion"]["audio_ccc_leave_one_corpus_out"]
+    w = m["fusion"]["weights"]
+    return (table(["the voice, held-out speakers of EmoDB + RAVDESS + EMOVO", "valence CCC",
+                   "arousal CCC", "happy above anger, fear, disgust, sadness"], [
+        ["inside a recording of the speaker (blocks of 10-60 s)", f"{rec['valence_ccc']:.2f}",
+         f"{rec['arousal_ccc']:.2f}", f"{pct(rec['happy_above_negatives'])} of speakers"],
+        ["each clip alone (1-14 s; mean of its speech rows)", f"{sp['valence_ccc']:.2f}",
+         f"{sp['arousal_ccc']:.2f}", f"{pct(sp['happy_above_negatives'])} of speakers"],
+        ["a whole corpus never heard (mean over the three, both ways)",
+         f"{loco_ccc['valence']:.2f}", f"{loco_ccc['arousal']:.2f}", ""]])
+        + f"\nFusion weights (audio / visual): valence {w['valence'][0]:.2f} / "
+          f"{w['valence'][1]:.2f}, arousal {w['arousal'][0]:.2f} / {w['arousal'][1]:.2f}. "
+          "Mean fused valence of whole files: "
+          + ", ".join(f"`{v['file']}` {v['valence']:+.2f} (audio head "
+                      f"{v['audio_head']['valence']:+.2f}, visual "
+                      f"{v['visual_head']['valence']:+.2f})" for v in m["videos"]) + ".\n")
+
+
+def readme_scores(m: dict) -> str:
+    """The README's one sentence (inline)."""
+    cv = _held(m)["speaker_cv"]["network"]
+    rec, sp = cv["recording"]["all"], cv["clip_speech"]["all"]
+    return (f"Held-out speakers: valence CCC {rec['valence_ccc']:.2f} and arousal "
+            f"{rec['arousal_ccc']:.2f} inside a recording, {sp['valence_ccc']:.2f} and "
+            f"{sp['arousal_ccc']:.2f} on a short clip alone.")
+
+
 RENDER: dict[str, Callable[[dict], str]] = {
     "header": header, "design_shipped": design_shipped, "ferplus": ferplus,
     "speaker_cv": speaker_cv, "loco": loco, "targets": targets, "cremad": cremad,
-    "videos": videos, "fusion": fusion, "clip_summary": clip_summary}
+    "videos": videos, "fusion": fusion, "clip_summary": clip_summary,
+    "models_summary": models_summary, "readme_scores": readme_scores}
 
 
 def render(card: str, metrics: dict[str, Any]) -> str:
@@ -238,25 +272,27 @@ def render(card: str, metrics: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true",
-                    help="change nothing; exit 1 if the card is not what the metrics say")
-    ap.add_argument("--card", type=Path, default=CARD)
+                    help="change nothing; exit 1 if a page is not what the metrics say")
+    ap.add_argument("--pages", type=Path, nargs="+", default=PAGES)
     ap.add_argument("--metrics", type=Path, default=METRICS)
     args = ap.parse_args(argv)
-    card_path, metrics_path = args.card, args.metrics
-    card = card_path.read_text()
-    fresh = render(card, json.loads(metrics_path.read_text()))
-    stale = [name for (_, name, old, _), (_, _, new, _) in
-             zip(REGION.findall(card), REGION.findall(fresh)) if old != new]
-    if args.check:
+    metrics = json.loads(args.metrics.read_text())
+    failed = False
+    for page in args.pages:
+        text = page.read_text()
+        fresh = render(text, metrics)
+        stale = [name for (_, name, old, _), (_, _, new, _) in
+                 zip(REGION.findall(text), REGION.findall(fresh)) if old != new]
+        if args.check:
+            if stale:
+                print(f"{page}: parts not as {args.metrics.name} says: {', '.join(stale)} "
+                      f"(run python examples/model_card.py)", file=sys.stderr)
+                failed = True
+            continue
         if stale:
-            print(f"{card_path}: parts not as {metrics_path.name} says: {', '.join(stale)} "
-                  f"(run python examples/model_card.py)", file=sys.stderr)
-            return 1
-        return 0
-    if stale:
-        card_path.write_text(fresh)
-    print(f"{card_path}: {len(REGION.findall(card))} parts, rewrote {stale or 'none'}")
-    return 0
+            page.write_text(fresh)
+        print(f"{page}: {len(REGION.findall(text))} parts, rewrote {stale or 'none'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
