@@ -41,10 +41,16 @@ class AudioFeatures:
 
     @property
     def heard(self) -> np.ndarray:
-        """(K,) the steps with a voice: inside the audio, described by openSMILE, and speech
-        rather than silence. The CSV's ``voice``, where the voice is fused, and the steps a
-        recording's normalisation is estimated from (``AudioBranch.adapt``)."""
-        return self.valid if self.speech is None else self.valid & self.speech
+        """(K,) the steps with a voice (``voiced``): the CSV's ``voice``, where the voice is
+        fused, and the steps a recording's normalisation is estimated from."""
+        return voiced(self.valid, self.speech)
+
+
+def voiced(valid: np.ndarray, speech: np.ndarray | None) -> np.ndarray:
+    """(K,) the steps with a voice: inside the audio, described by openSMILE (``valid``), and
+    speech rather than silence (``speech``; None: all). Annotation, training and the speech
+    recipe all take these, and only these, as the voice (``AudioBranch.adapt``)."""
+    return valid if speech is None else valid & speech
 
 
 SPEECH_FLOOR = -50.0  # dBFS: a step quieter than this is not speech (silence, room tone)

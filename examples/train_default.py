@@ -199,7 +199,7 @@ def annotate_mean(weights: Path, path: Path) -> dict:
 def cremad_joined(model: AVModel) -> list[dict]:
     """CREMA-D actor 1002's six clips joined into one recording of that speaker (as annotate
     reads audio: 16 kHz mono), each clip scored by its steps' mean, ranked by valence."""
-    from avemo_cli.audio import egemaps, speech_steps
+    from avemo_cli.audio import egemaps, speech_steps, voiced
     from avemo_cli.demux import AUDIO_RATE, probe, read_audio
     from avemo_cli.predict import predict_steps
 
@@ -209,7 +209,7 @@ def cremad_joined(model: AVModel) -> list[dict]:
     rate = model.cfg.rate
     n = int(np.ceil(len(x) / AUDIO_RATE * rate))
     f = egemaps(x, AUDIO_RATE, n, rate, model.cfg.audio_window)
-    heard = f.valid & speech_steps(speech.step_loudness(x, n, rate))  # as annotate hears it
+    heard = voiced(f.valid, speech_steps(speech.step_loudness(x, n, rate)))  # as annotate
     pred = predict_steps(model, f.values, audio_valid=heard).values
     ends = np.cumsum([len(a) / AUDIO_RATE for a in audio])
     which = np.searchsorted(ends, np.arange(n) / rate, side="right")

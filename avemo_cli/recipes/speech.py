@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..audio import decibels, egemaps, speech_steps
+from ..audio import decibels, egemaps, speech_steps, voiced
 from ..cache import save_npz, spawn_map
 from ..demux import AUDIO_RATE, probe, read_audio
 from ..metrics import ccc
@@ -123,9 +123,9 @@ class Recording:
 
     @property
     def heard(self) -> np.ndarray:
-        """(K,) the steps with a voice (as ``AudioFeatures.heard``): what the normalisation is
-        estimated from and what is trained on; silence is neither."""
-        return self.valid if self.speech is None else self.valid & self.speech
+        """(K,) the steps with a voice (``audio.voiced``): what the normalisation is estimated
+        from and what is trained on; silence is neither."""
+        return voiced(self.valid, self.speech)
 
     @property
     def targets(self) -> np.ndarray:
