@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parents[1]
 CARD = HERE / "weights" / "MODEL_CARD.md"
-PAGES = [CARD, HERE / "docs" / "models.md", HERE / "README.md"]
+PAGES = [CARD, HERE / "docs" / "models.md", HERE / "docs" / "usage.md", HERE / "README.md"]
 METRICS = HERE / "weights" / "default_metrics.json"
 CORPORA = {"emodb": "EmoDB", "ravdess": "RAVDESS", "emovo": "EMOVO"}
 LANGUAGES = {"emodb": "German", "ravdess": "English", "emovo": "Italian"}
@@ -168,12 +168,14 @@ def cremad(m: dict) -> str:
             for i, r in enumerate(a["cremad_1002"])]
     joined = ", ".join(f"{r['emotion']} ({r['valence']:+.2f})" for r in a["cremad_1002_joined"])
     alone_rank = [r["emotion"] for r in a["cremad_1002"]].index("happiness") + 1
+    alone = [r["valence"] for r in a["cremad_1002"]]
     joined_rank = [r["emotion"] for r in a["cremad_1002_joined"]].index("happiness") + 1
     return (table(["rank", "file", "acted emotion", "crowd voice-only vote",
                    "predicted valence", "predicted arousal"], rows)
             + f"\nThe six clips joined into one recording of the speaker rank {joined}. "
               f"Happiness is **{_ordinal(alone_rank)} of six** alone and "
-              f"**{_ordinal(joined_rank)}** joined (the target: first).\n")
+              f"**{_ordinal(joined_rank)}** joined (the target: first). Alone, the six span "
+              f"{min(alone):+.2f} to {max(alone):+.2f} in valence.\n")
 
 
 def _ordinal(n: int) -> str:
@@ -242,6 +244,15 @@ def models_summary(m: dict) -> str:
                       f"{v['visual_head']['valence']:+.2f})" for v in m["videos"]) + ".\n")
 
 
+def sample_line(m: dict) -> str:
+    """docs/usage.md's reading of the bundled sample's plot (inline)."""
+    v = next(v for v in m["videos"] if v["file"] == "sample.mp4")
+    return (f"Valence ends at {v['last_step']['valence']:+.2f} as the face smiles and the voice "
+            f"livens (mean {v['valence']:+.2f}: audio head {v['audio_head']['valence']:+.2f}, "
+            f"visual head {v['visual_head']['valence']:+.2f}); arousal averages "
+            f"{v['arousal']:+.2f}.")
+
+
 def readme_scores(m: dict) -> str:
     """The README's one sentence (inline)."""
     cv = _held(m)["speaker_cv"]["network"]
@@ -255,7 +266,8 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "header": header, "design_shipped": design_shipped, "ferplus": ferplus,
     "speaker_cv": speaker_cv, "loco": loco, "targets": targets, "cremad": cremad,
     "videos": videos, "fusion": fusion, "clip_summary": clip_summary,
-    "models_summary": models_summary, "readme_scores": readme_scores}
+    "models_summary": models_summary, "sample_line": sample_line,
+    "readme_scores": readme_scores}
 
 
 def render(card: str, metrics: dict[str, Any]) -> str:
