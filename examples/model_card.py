@@ -158,7 +158,23 @@ def targets(m: dict) -> str:
             f"whole utterance: {va(last)}, happy {pct(last['happy_above_negatives'])}.\n"
             f"- The SVR probe on the same clips (speech-step mean): "
             f"{va(_held(m)['speaker_cv'].get('svr', {}).get('clip_speech', {}).get('all', {}))}"
-            f".\n")
+            f". Over every row of the two tables above, the network's valence CCC is above the "
+            f"probe's in {_above_probe(m)}.\n")
+
+
+def _above_probe(m: dict) -> str:
+    """'X of N rows' where the network's valence CCC beats the SVR probe's (both tables)."""
+    wins = total = 0
+    for scheme, res in _held(m).items():
+        for unit in UNITS:
+            for corpus, s in res["network"].get(unit, {}).items():
+                p = res.get("svr", {}).get(unit, {}).get(corpus)
+                if scheme.startswith("loco_") and corpus != scheme[5:]:
+                    continue  # (a held-out corpus's table shows only that corpus)
+                if s and p:
+                    total += 1
+                    wins += s["valence_ccc"] > p["valence_ccc"]
+    return f"{wins} of {total} rows"
 
 
 def cremad(m: dict) -> str:
