@@ -339,6 +339,27 @@ def assemble(work: Path, out: Path = HERE / "weights" / "default.safetensors") -
     return out
 
 
+def differences(new: Any, old: Any, tolerance: float = 0.01, where: str = ""
+                ) -> list[str]:
+    """Where two metrics documents disagree: numbers by more than ``tolerance``, anything
+    else at all; timings (``*minutes*``) and ``trained_with`` (commit, versions) are skipped."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        keys = {k for k in set(new) | set(old) if "minutes" not in k and k != "trained_with"}
+        return [d for k in sorted(keys) for d in (
+            differences(new[k], old[k], tolerance, f"{where}/{k}") if k in new and k in old
+            else [f"{where}/{k}: only in one"])]
+    if isinstance(new, list) and isinstance(old, list):
+        if len(new) != len(old):
+            return [f"{where}: {len(new)} items against {len(old)}"]
+        return [d for i, (a, b) in enumerate(zip(new, old))
+                for d in differences(a, b, tolerance, f"{where}[{i}]")]
+    numbers = (int, float)
+    if isinstance(new, numbers) and isinstance(old, numbers) and not isinstance(new, bool):
+        same = abs(new - old) <= tolerance or (np.isnan(new) and np.isnan(old))
+        return [] if same else [f"{where}: {new} against {old}"]
+    return [] if new == old else [f"{where}: {new!r} against {old!r}"]
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", choices=["visual", "audio", "assemble", "all"], default="all")
@@ -354,6 +375,10 @@ def main(argv: list[str] | None = None) -> Path | None:
                          "of each speaker (the test of the recipe uses this)")
     ap.add_argument("--out", type=Path, default=HERE / "weights" / "default.safetensors",
                     help="the assembled checkpoint (its metrics: <stem>_metrics.json beside)")
+    ap.add_argument("--compare", type=Path, default=None, metavar="METRICS",
+                    help="after assembling, list every figure that differs by more than 0.01 "
+                         "from METRICS (e.g. the shipped weights/default_metrics.json; a "
+                         "reproduction check) and exit 1 if any does")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -362,7 +387,16 @@ def main(argv: list[str] | None = None) -> Path | None:
     if args.phase in ("audio", "all"):
         train_audio(args.work, args.audio_updates, args.jobs, args.limit)
     if args.phase in ("assemble", "all"):
-        return assemble(args.work, args.out)
+        out = assemble(args.work, args.out)
+        if args.compare:
+            new = json.loads(out.with_name(out.stem + "_metrics.json").read_text())
+            found = differences(new, json.loads(args.compare.read_text()))
+            for line in found:
+                print(line)
+            log(f"{len(found)} figures differ from {args.compare} by more than 0.01")
+            if found:
+                raise SystemExit(1)
+        return out
     return None
 
 
