@@ -278,7 +278,7 @@ def test_silence_is_neither_trained_on_nor_part_of_a_recordings_normalisation():
                            ["happiness"], np.arange(k) / 4, speech=np.arange(k) >= 4)
     rows, weights = speech.training_rows([rec], skip=2.0)
     assert rows[:, 1].tolist() == list(range(4, k)) and weights.sum() == pytest.approx(1)
-    model = speech.fit([rec], speech.ModelConfig(**speech.AUDIO_CONFIG), updates=1)
+    model = speech.fit([rec], ModelConfig(**speech.AUDIO_CONFIG), updates=1)
     assert torch.allclose(model.audio.mean, torch.from_numpy(values[4:].mean(0).astype(
         np.float32)), atol=1e-4)  # the training statistics are the speech's
     adapted = model.audio.adapt(values, rec.heard)
