@@ -29,7 +29,7 @@ REGION = re.compile(r"(<!-- metrics: (\w+) -->\n?)(.*?)(<!-- /metrics -->)", re.
 
 
 def f3(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.3f}" if x < 0 else f"{x:.3f}"
+    return "-" if x is None else f"{x:.3f}"
 
 
 def signed(x: float) -> str:
@@ -59,14 +59,20 @@ UNITS = {"clip": "clip alone (mean of its steps)",
          "recording": "block in a joined recording"}
 
 
-def header(m: dict) -> str:
+def checkpoint_of(metrics: Path) -> Path:
+    """The checkpoint a metrics file describes (the recipe writes ``<stem>_metrics.json``
+    beside ``<stem>.safetensors``)."""
+    return metrics.with_name(metrics.name.removesuffix("_metrics.json") + ".safetensors")
+
+
+def header(m: dict, weights: Path = checkpoint_of(METRICS)) -> str:
     from avemo_cli.checkpoint import load_checkpoint
 
-    weights = METRICS.with_name("default.safetensors")
     params = sum(p.numel() for p in load_checkpoint(weights).model.parameters())
     env = m.get("trained_with", {})
     a = m["audio_speech"]
-    return (f"`weights/default.safetensors` ({weights.stat().st_size / 1e6:.1f} MB, "
+    shown = weights.relative_to(HERE) if weights.is_relative_to(HERE) else weights
+    return (f"`{shown}` ({weights.stat().st_size / 1e6:.1f} MB, "
             f"{params / 1e6:.2f} M parameters), trained by `python examples/train_default.py` "
             f"at commit `{(env.get('commit') or '?')[:10]}` (torch {env.get('torch', '?')}, "
             f"{env.get('torch_threads', '?')} threads): the visual branch "
@@ -286,13 +292,16 @@ RENDER: dict[str, Callable[[dict], str]] = {
     "readme_scores": readme_scores}
 
 
-def render(card: str, metrics: dict[str, Any]) -> str:
-    """The card with every marked part re-rendered from ``metrics``."""
+def render(card: str, metrics: dict[str, Any], weights: Path = checkpoint_of(METRICS)) -> str:
+    """The card with every marked part re-rendered from ``metrics`` (of the checkpoint
+    ``weights``)."""
+    parts = {**RENDER, "header": lambda m: header(m, weights)}
+
     def one(match: re.Match) -> str:
         name = match.group(2)
-        if name not in RENDER:
+        if name not in parts:
             raise KeyError(f"the card marks an unknown part: {name}")
-        return match.group(1) + RENDER[name](metrics) + match.group(4)
+        return match.group(1) + parts[name](metrics) + match.group(4)
 
     return REGION.sub(one, card)
 
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for page in args.pages:
         text = page.read_text()
-        fresh = render(text, metrics)
+        fresh = render(text, metrics, checkpoint_of(args.metrics))
         stale = [name for (_, name, old, _), (_, _, new, _) in
                  zip(REGION.findall(text), REGION.findall(fresh)) if old != new]
         if args.check:
