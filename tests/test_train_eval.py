@@ -24,6 +24,14 @@ def run(*args):
     return r.exit_code, r.stdout, r.stderr
 
 
+def prediction_and_gold_folders(where):
+    """Empty ``pred`` and ``gold`` folders for `avemo eval --pred --gold`."""
+    pred, gold = where / "pred", where / "gold"
+    pred.mkdir()
+    gold.mkdir()
+    return pred, gold
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     shared_file("videos", "WDA_KatieHill_000.mp4")
@@ -266,9 +274,7 @@ def test_a_checkpoint_holding_nan_is_a_one_line_error(corpus, tmp_path, tiny_aud
 
 
 def test_eval_says_what_it_scored(tmp_path):
-    pred, gold = tmp_path / "pred", tmp_path / "gold"
-    pred.mkdir()
-    gold.mkdir()
+    pred, gold = prediction_and_gold_folders(tmp_path)
     t = np.round(np.arange(81) * 0.1, 1)
     g = pd.DataFrame({"time": t, "valence": np.sin(t), "arousal": np.cos(t)})
     g.to_csv(gold / "a.csv", index=False)
@@ -302,9 +308,7 @@ def test_eval_says_what_it_scored(tmp_path):
 def test_eval_scores_predictions_in_time_order_and_refuses_conflicting_times(tmp_path):
     """A prediction CSV whose rows are shuffled scores as the ordered file; two rows at one
     time with different values are an error naming the file and the time."""
-    pred, gold = tmp_path / "pred", tmp_path / "gold"
-    pred.mkdir()
-    gold.mkdir()
+    pred, gold = prediction_and_gold_folders(tmp_path)
     t = np.round(np.arange(200) * 0.1, 1)
     g = pd.DataFrame({"time": t, "valence": np.sin(t), "arousal": np.cos(t / 2)})
     g.to_csv(gold / "a.csv", index=False)
@@ -333,9 +337,7 @@ def test_eval_says_why_a_score_is_missing_and_writes_valid_json(tmp_path):
     """An empty valence column is named as not scored; a score that cannot be computed (CC of
     a constant prediction) is n/a in the table and null in --json (valid JSON, no NaN); an
     infinite value is a one-line error; no numpy warnings leak."""
-    pred, gold = tmp_path / "pred", tmp_path / "gold"
-    pred.mkdir()
-    gold.mkdir()
+    pred, gold = prediction_and_gold_folders(tmp_path)
     t = np.round(np.arange(100) * 0.1, 1)
     g = pd.DataFrame({"time": t, "valence": np.sin(t), "arousal": np.cos(t)})
     g.to_csv(gold / "a.csv", index=False)
