@@ -32,16 +32,9 @@ from avemo_cli.recipes import speech  # noqa: E402
 from bench_crosscorpus import machine  # noqa: E402
 
 
-def summaries(r: speech.Recording, p: np.ndarray) -> dict[str, np.ndarray]:
-    """One clip's (2,) summaries by name, from its per-step predictions ``p``."""
-    inside = r.valid if r.valid.any() else np.ones(len(p), bool)
-    talk = np.flatnonzero(inside & r.heard) if (inside & r.heard).any() else \
-        np.flatnonzero(inside)
-    return {"mean of all steps": p[inside].mean(0),
-            "mean of speech steps": p[talk].mean(0),
-            "mean of the last half of speech": p[talk[len(talk) // 2:]].mean(0),
-            "mean of the last 3 speech steps": p[talk[-3:]].mean(0),
-            "last step": p[np.flatnonzero(inside)[-1]]}
+NAMES = {"clip": "mean of all steps", "clip_speech": "mean of speech steps",
+         "clip_last_half": "mean of the last half of speech",
+         "clip_last_three": "mean of the last 3 speech steps", "clip_last": "last step"}
 
 
 def main() -> None:
@@ -64,8 +57,8 @@ def main() -> None:
             if len(r.emotions) != 1:
                 continue  # (joined recordings: the card's block rows)
             target = np.array(C.EMOTION_VA[r.emotions[0]])
-            for name, value in summaries(r, p).items():
-                units.setdefault(name, []).append(
+            for kind, value in speech.clip_summaries(r, p).items():
+                units.setdefault(NAMES[kind], []).append(
                     speech.Unit(r.speaker, r.corpus, r.emotions[0], value, target))
     print(f"\nmachine: {machine()}; {time.time() - t0:.0f} s; speaker-held-out, 5 folds, "
           f"{len(next(iter(units.values())))} clips each annotated alone\n")

@@ -340,22 +340,35 @@ class Unit:
     target: np.ndarray  # (2,)
 
 
+def clip_summaries(r: Recording, p: np.ndarray) -> dict[str, np.ndarray]:
+    """A clip's (2,) summaries, from its per-step predictions ``p``: the mean of its steps
+    (``clip``), of its speech steps (``clip_speech``; silence left out), of the last half and
+    the last three of its speech steps, and its last step (``clip_last``, which has heard the
+    whole utterance)."""
+    inside = r.valid if r.valid.any() else np.ones(len(p), bool)
+    talk = np.flatnonzero(inside & r.heard)
+    talk = talk if len(talk) else np.flatnonzero(inside)
+    return {"clip": p[inside].mean(0), "clip_speech": p[talk].mean(0),
+            "clip_last_half": p[talk[len(talk) // 2:]].mean(0),
+            "clip_last_three": p[talk[-3:]].mean(0),
+            "clip_last": p[np.flatnonzero(inside)[-1]]}
+
+
 def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
           ) -> tuple[list[Unit], list[Unit], list[Unit], list[Unit]]:
     """Clip units (mean over the clip's steps; the mean over its speech steps only, silence
     left out; and the clip's last step, which has heard the whole utterance) and block units
     (mean over a block's steps after its first ``skip`` seconds) of predicted recordings."""
-    clips, spoken, lasts, blocks = [], [], [], []
+    clips: list[Unit] = []
+    spoken: list[Unit] = []
+    lasts: list[Unit] = []
+    blocks: list[Unit] = []
     for r, p in zip(recs, preds):
         if len(r.emotions) == 1:
-            m = r.valid if r.valid.any() else np.ones(len(p), bool)
-            talk = m & r.heard
-            talk = talk if talk.any() else m
             target = np.array(C.EMOTION_VA[r.emotions[0]])
-            clips.append(Unit(r.speaker, r.corpus, r.emotions[0], p[m].mean(0), target))
-            spoken.append(Unit(r.speaker, r.corpus, r.emotions[0], p[talk].mean(0), target))
-            lasts.append(Unit(r.speaker, r.corpus, r.emotions[0], p[np.flatnonzero(m)[-1]],
-                              target))
+            summary = clip_summaries(r, p)
+            for kind, out in (("clip", clips), ("clip_speech", spoken), ("clip_last", lasts)):
+                out.append(Unit(r.speaker, r.corpus, r.emotions[0], summary[kind], target))
             continue
         for b, emo in enumerate(r.emotions):
             m = (r.block == b) & r.valid & (r.block_start >= skip)
