@@ -17,8 +17,8 @@ recipes/. Typical use::
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "annotate", "Annotator", "annotate_files", "AnnotateOptions",
-           "load_checkpoint"]
+__all__ = ["__version__", "annotate", "Annotator", "AnnotatorSettings", "annotate_files",
+           "AnnotateOptions", "load_checkpoint"]
 
 
 def __getattr__(name):  # lazy: `avemo --help` should not import torch
@@ -30,6 +30,10 @@ def __getattr__(name):  # lazy: `avemo --help` should not import torch
         from . import batch
 
         return getattr(batch, name)
+    if name == "AnnotatorSettings":
+        from .settings import AnnotatorSettings
+
+        return AnnotatorSettings
     if name == "load_checkpoint":
         from .checkpoint import load_checkpoint
 

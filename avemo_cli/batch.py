@@ -1,19 +1,22 @@
 """Many inputs: find media in folders, plan mirrored outputs, skip finished ones, keep going past
-bad files (each reported with its one-line reason), and choose how the files are run.
+bad files (each reported with its one-line reason), and record what became of each.
 
 ``annotate_files(inputs, AnnotateOptions(...))`` is the whole of ``avemo annotate``. The
-options object travels whole from the CLI to the workers. How the work is spread is decided
-here, once (in ``annotate_files``, with ``_begin`` and ``AnnotateOptions.feeds``):
+checkpoint is read once (``checkpoint.open_checkpoint``); the annotator's settings
+(``AnnotatorSettings``) travel whole from the CLI to the workers. How the work is spread is
+decided here, once (in ``annotate_files``, with ``_begin`` and ``AnnotateOptions.feeds``), and
+run by schedule.py:
 
 - one file to do: its features begin in an extraction process before torch is imported
   (``extractors.begin_file``; only where ``options.early`` allows it, as the console entry does);
 - ``--jobs N`` with one model (the default on CUDA): N extraction processes feed this process's
-  model (``_run_feeding``);
+  model (``schedule.feeding``);
 - ``--jobs N`` otherwise: this process and N - 1 workers each run the whole pipeline with a
-  model of their own (``_run_workers``);
-- else one file after the other here.
+  model of their own (``schedule.model_per_worker``);
+- else one file after the other here (``schedule.one_by_one``).
 
-Each input's outcome is a manifest record (``shards.Manifest``) and a ``Progress.done`` call.
+Each input's outcome is a manifest record (``manifests.Manifest``) and a ``Progress.done``
+call.
 """
 from __future__ import annotations
 
@@ -21,23 +24,26 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from . import __version__, outputs, pages
+from . import __version__, outputs, schedule
 from .demux import find_media
 from .errors import AvemoError, OutputError
 from .features import STAGES
 from .files import remove_stale_temporaries
-from .shards import UNSHARDED_MANIFEST, Manifest, Record, Shard
+from .manifests import UNSHARDED_MANIFEST, Manifest, Record
+from .settings import AnnotatorSettings
+from .shards import Shard
 
 if TYPE_CHECKING:  # (torch is imported only once the work is planned)
+    from .checkpoint import Checkpoint, CheckpointFile
     from .extractors import Extractors
+    from .features import FeatureSettings
     from .pipeline import Annotator
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AnnotateOptions:
     """One annotate run's settings: what ``avemo annotate`` parses, passed whole."""
 
@@ -45,28 +51,13 @@ class AnnotateOptions:
     formats: tuple[str, ...] = ("csv",)  # outputs.WRITERS' names, in writing order
     overwrite: bool = False  # redo inputs whose outputs exist
     weights: str | None = None  # checkpoint path or shipped name (None: the default model)
-    device: str = "auto"
-    faces_backend: str = "dlib"
-    stride: int = 1
-    batch_size: int = 32
-    detect_every: int = 8
-    max_side: int = 480
-    max_faces: int = 1
+    settings: AnnotatorSettings = field(default_factory=AnnotatorSettings)  # per file
     jobs: int = 1  # files at once
     one_model: bool | None = None  # with jobs > 1: one model fed by extraction processes
     # (None: on CUDA), else a model per worker
     shard: Shard | None = None  # only this share of the inputs
     early: bool = False  # a single input may begin before torch is imported (the console
     # entry only: a spawned process re-imports the main module, which must not run again)
-
-    def annotator(self) -> Annotator:
-        """The model and face backend these options describe."""
-        from .pipeline import Annotator
-
-        return Annotator(self.weights, device=self.device, faces_backend=self.faces_backend,
-                         stride=self.stride, batch_size=self.batch_size,
-                         detect_every=self.detect_every, max_side=self.max_side,
-                         max_faces=self.max_faces)
 
     def feeds(self, device: str) -> bool:
         """Whether one model on ``device`` is fed by extraction processes (``--one-model``,
@@ -183,61 +174,61 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
 
 def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
             extractors: Extractors | None = None) -> Outcome:
-    """Annotate one job's input and write its outputs (``job.outputs``, in order); a failure
-    is an outcome, not raised (KeyboardInterrupt is)."""
+    """Annotate one job's input (with the features begun for it in ``extractors``, if any)
+    and write its outputs (``job.outputs``, in order); a failure is an outcome, not raised
+    (KeyboardInterrupt is)."""
     import warnings
 
     t0 = time.perf_counter()
     stage = progress.stage if progress is not None else None
-    model = annotator.checkpoint.path
+    ckpt = annotator.checkpoint
     try:
         with warnings.catch_warnings(record=True) as caught:  # (told with the outcome: a
             warnings.simplefilter("always")  # worker's warnings reach the user that way too)
-            result = annotator.annotate(job.source, stage, extractors)
+            begun = extractors.claim(job.source, annotator.request) \
+                if extractors is not None else None
+            result = annotator.annotate(job.source, stage, begun)
             outputs.write(result, job.outputs, stage)
             for fmt in job.dropped:
                 warnings.warn(f"{job.source}: no {fmt} output for an audio file (it has no "
                               f"picture)")
     except AvemoError as err:
-        return Outcome("failed", str(err), _record(model, job, "failed", str(err), t0))
+        return Outcome("failed", str(err), _record(ckpt, job, "failed", str(err), t0))
     except Exception as err:  # a bug or an unforeseen input: still one line, batch goes on
         if os.environ.get("AVEMO_DEBUG"):
             traceback.print_exc()
         line = str(err).strip().splitlines()
         reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}".rstrip(": ")
-        return Outcome("failed", reason, _record(model, job, "failed", reason, t0))
+        return Outcome("failed", reason, _record(ckpt, job, "failed", reason, t0))
     written = [str(p) for p in job.outputs.values()]
-    record = _record(model, job, "partial" if result.partial else "ok", "", t0, written)
+    record = _record(ckpt, job, "partial" if result.partial else "ok", "", t0, written)
     record.media_seconds = round(result.seconds, 3)
     frames = result.columns["frame"]
     record.frames = int(frames.max()) + 1 if len(frames) else 0
     record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
     told = [str(w.message) for w in caught]
     record.warning = "; ".join(told)
-    record.summary = pages.summary(result)
+    record.summary = result.summary()
     return Outcome("written", "\n".join(written), record, result.timings, told)
 
 
-def _record(model: Path | None, job: Job, status: str, error: str = "",
+def _record(ckpt: Checkpoint | CheckpointFile | None, job: Job, status: str, error: str = "",
             t0: float | None = None, written: list[str] | None = None) -> Record:
+    path = ckpt.path if ckpt is not None else None
     return Record(str(job.source), status, error, written or [],
                   round(time.perf_counter() - t0, 3) if t0 is not None else 0.0,
-                  avemo=__version__, model=model.name if model else "",
-                  model_sha256=_model_digest(model) if model else "")
-
-
-@lru_cache(maxsize=4)
-def _model_digest(path: Path) -> str:
-    from .cache import file_digest
-
-    return file_digest(path)
+                  avemo=__version__, model=path.name if path else "",
+                  model_sha256=ckpt.sha256 if ckpt is not None else "")
 
 
 class _Run:
     """One run's bookkeeping: every outcome goes to the manifest, the report and the
     caller's ``Progress``."""
 
-    def __init__(self, manifest: Manifest, progress: Progress, model: Path | None):
+    runner = staticmethod(run_job)
+
+    def __init__(self, manifest: Manifest, progress: Progress,
+                 model: Checkpoint | CheckpointFile):
         self.manifest, self.progress, self.model = manifest, progress, model
         self.report = BatchReport()
 
@@ -295,7 +286,7 @@ def _blocked(job: Job) -> str:
 
 def _owners(out: Path) -> dict[Path, str]:
     """Each output recorded in the folder's manifests, with the input it was written for."""
-    from .shards import DONE, summarise
+    from .manifests import DONE, summarise
 
     try:
         records = summarise(out).records.values() if out.is_dir() else []
@@ -320,7 +311,7 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
     single input's extraction begins first). ``progress`` hears of each job as it starts and
     ends. A manifest of the run is written in the output folder. Raises ``OutputError`` before
     any work if the folder cannot be written."""
-    from .checkpoint import resolve_weights
+    from .checkpoint import open_checkpoint, resolve_weights
 
     options = options or AnnotateOptions()
     out = check_output_dir(options.output_dir)
@@ -328,39 +319,33 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
     shard = options.shard
     if shard is not None:
         planned = [j for j in planned if shard.takes(j.key)]
-    model = annotator.checkpoint.path if annotator is not None \
-        else resolve_weights(options.weights)
+    # the checkpoint, read once: its header decides the features (begun before torch loads)
+    source = annotator.checkpoint.source if annotator is not None \
+        else open_checkpoint(resolve_weights(options.weights))
     why_blocked = [_blocked(job) for job in planned]
     blocked = [(job, why) for job, why in zip(planned, why_blocked) if why]
     planned = [job for job, why in zip(planned, why_blocked) if not why]
     finished = [_finished(job, options.overwrite) for job in planned]
     done = [job for job, f in zip(planned, finished) if f]
     todo = [job for job, f in zip(planned, finished) if not f]
-    begun = _begin(todo, options, model, annotator is None)
+    begun = None if annotator is not None or source is None else \
+        _begin(todo, options, options.settings.features(source.config))
     try:
-        annotator = annotator or options.annotator()  # (nothing is written if it fails)
+        if annotator is None:  # (nothing is written if it fails)
+            from .pipeline import Annotator
+
+            annotator = Annotator(source, options.settings)
         run = _Run(Manifest(out / (shard.manifest_name if shard else UNSHARDED_MANIFEST)),
-                   progress or Progress(), model)
+                   progress or Progress(), annotator.checkpoint)
         try:
-            for src, reason in bad:  # (with shards, every shard reports these)
-                run.fail(Job(src, {}, str(src)), reason)
-            owners = _owners(out) if done else {}
-            for job in done:
-                reason = _not_ours(job, owners)
-                if reason:
-                    run.fail(job, reason)
-                else:
-                    run.skip(job)
-            for job, why in blocked:
-                run.fail(job, why)
+            _report_known(run, bad, done, blocked, out)
+            jobs = min(options.jobs, len(todo))
             if len(todo) > 1 and options.feeds(str(annotator.device)):
-                _run_feeding(todo, annotator, min(options.jobs, len(todo)), run)
+                schedule.feeding(todo, annotator, jobs, run)
             elif len(todo) > 1 and options.jobs > 1:
-                _run_workers(todo, annotator, min(options.jobs, len(todo)), run)
+                schedule.model_per_worker(todo, annotator, jobs, run)
             else:
-                for i, job in enumerate(todo):
-                    run.progress.start(job, i, len(todo))
-                    run.finish(job, run_job(annotator, job, run.progress, begun))
+                schedule.one_by_one(todo, annotator, run, begun)
         finally:
             run.manifest.close()
     finally:
@@ -369,205 +354,38 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
     return run.report
 
 
-def _begin(todo: list[Job], options: AnnotateOptions, model: Path | None,
-           loading: bool) -> Extractors | None:
+def _report_known(run: _Run, bad: list[tuple[Path, str]], done: list[Job],
+                  blocked: list[tuple[Job, str]], out: Path) -> None:
+    """The outcomes known before any work: inputs that could not be planned, finished ones
+    (skipped, or failed when the outputs there are another input's), blocked ones."""
+    for src, reason in bad:  # (with shards, every shard reports these)
+        run.fail(Job(src, {}, str(src)), reason)
+    owners = _owners(out) if done else {}
+    for job in done:
+        reason = _not_ours(job, owners)
+        if reason:
+            run.fail(job, reason)
+        else:
+            run.skip(job)
+    for job, why in blocked:
+        run.fail(job, why)
+
+
+def _begin(todo: list[Job], options: AnnotateOptions,
+           request: FeatureSettings) -> Extractors | None:
     """Before torch is imported (a second or more on one core): a single input's features
     begin in an extraction process (dlib only: FAN would import torch there too), or else
     dlib's models start loading in a thread (unless extraction processes will track the
-    faces). Only when the model is yet to be ``loading``."""
-    if not loading:
-        return None
+    faces)."""
     begun = None
-    if options.early and len(todo) == 1 and options.faces_backend == "dlib" and model:
+    backend = options.settings.faces_backend
+    if options.early and len(todo) == 1 and backend == "dlib":
         from .extractors import begin_file
 
-        begun = begin_file(todo[0].source, model, options.faces_backend, options.max_side,
-                           options.detect_every, options.max_faces)
+        begun = begin_file(todo[0].source, request)
     tracked = begun is not None and begun.tracking_faces()
-    if options.faces_backend == "dlib" and not tracked and not options.feeds(options.device):
+    if backend == "dlib" and not tracked and not options.feeds(options.settings.device or "auto"):
         from .faces import preload
 
         preload("dlib")
     return begun
-
-
-def worker_threads(jobs: int) -> int:
-    """Torch threads per worker so that ``jobs`` workers share the machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
-
-
-def model_threads(extractors: int) -> int:
-    """Torch threads for the model beside ``extractors`` extraction processes: the cores they
-    leave (at least one)."""
-    return max(1, (os.cpu_count() or 1) - extractors)
-
-
-def _run_feeding(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) -> None:
-    """``todo`` with ``jobs`` extraction processes (``extractors.Extractors``: decoding,
-    openSMILE, face tracking; no torch, no model) feeding this process's one model, which
-    predicts and writes each file as its features arrive (on a GPU: N CPU processes feed one
-    model). A file's extraction is begun ``jobs + 1`` files ahead, so every process has the
-    next file waiting. A process that dies (killed, out of memory) takes the files it held with
-    it: the processes are restarted and each of those files is tried once more before it is
-    reported as failed."""
-    from concurrent.futures import FIRST_COMPLETED, Future, wait
-
-    import torch
-
-
-    queue = list(enumerate(todo))
-    begun: dict[Future, tuple[int, Job, Extractors]] = {}
-    retried: set[int] = set()
-    own_threads = torch.get_num_threads()
-    torch.set_num_threads(model_threads(jobs))
-    feeder = _Feeder(annotator, jobs)
-
-    def process(i: int, job: Job, pool: Extractors | None) -> None:
-        run.progress.start(job, i, len(todo))
-        run.finish(job, run_job(annotator, job, run.progress, pool))
-
-    try:
-        while queue or begun:
-            while queue and len(begun) < jobs + 1:
-                i, job = queue.pop(0)
-                future = feeder.begin(job)
-                if future is None:  # unreadable: annotate says why (at once)
-                    process(i, job, None)
-                    continue
-                begun[future] = (i, job, feeder.pool)
-            if not begun:
-                continue
-            for future in wait(begun, return_when=FIRST_COMPLETED)[0]:
-                i, job, pool = begun.pop(future)
-                if not feeder.died(future, pool):
-                    process(i, job, pool)  # its features are claimed from the extraction
-                elif i not in retried:
-                    retried.add(i)
-                    queue.insert(0, (i, job))
-                else:
-                    run.progress.start(job, i, len(todo))
-                    run.fail(job, f"{job.source}: the extraction process died (killed, or out "
-                                  f"of memory)")
-    finally:
-        feeder.pool.stop()
-        torch.set_num_threads(own_threads)
-
-
-class _Feeder:
-    """The extraction processes of ``_run_feeding``, restarted when one of them dies (the
-    pool is then broken for good)."""
-
-    def __init__(self, annotator: Annotator, processes: int):
-        from .extractors import Extractors
-
-        self.annotator, self.processes = annotator, processes
-        self.pool = Extractors(processes)
-
-    def restart(self) -> None:
-        from .extractors import Extractors
-
-        self.pool.stop()
-        self.pool = Extractors(self.processes)
-
-    def begin(self, job: Job):
-        """The future of ``job``'s extraction; None if the file cannot even be probed."""
-        from concurrent.futures.process import BrokenProcessPool
-
-        from .demux import probe
-
-        try:
-            info = probe(job.source)
-        except Exception:
-            return None
-        a = self.annotator
-        args = (info, a.settings, a.cfg.has_audio, a.cfg.has_visual, a.max_faces,
-                a.faces_device)
-        try:
-            return self.pool.begin(*args)
-        except BrokenProcessPool:  # a process died since the last file was begun
-            self.restart()
-            return self.pool.begin(*args)
-
-    def died(self, future, pool) -> bool:
-        """Whether ``future``'s process died (the pool is then restarted, once)."""
-        from concurrent.futures.process import BrokenProcessPool
-
-        if not isinstance(future.exception(), BrokenProcessPool):
-            return False
-        if pool is self.pool:
-            self.restart()
-        return True
-
-
-_WORKER: dict[str, Annotator] = {}
-
-
-def _start_worker(parent: int, weights: str, options: dict, threads: int) -> None:
-    """A --jobs worker process: its own model and face backend, ``threads`` for torch."""
-    from .extractors import child_start
-
-    child_start(parent)  # the parent handles Ctrl-C for all; the worker ends with it
-
-    import torch
-
-    from .pipeline import Annotator
-
-    torch.set_num_threads(threads)
-    _WORKER["annotator"] = Annotator(weights, **options)
-
-
-def _work(job: Job) -> Outcome:
-    return run_job(_WORKER["annotator"], job)
-
-
-def _run_workers(todo: list[Job], annotator: Annotator, jobs: int, run: _Run) -> None:
-    """``todo`` over ``jobs`` annotators: this process's own (already loaded) and ``jobs - 1``
-    spawned worker processes (each loads the model once), all taking from one queue."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    import torch
-
-    from .extractors import end_pool, start_pool
-
-    path = annotator.checkpoint.path
-    if path is None:
-        raise ValueError("jobs > 1 needs a checkpoint loaded from a file")
-    threads = worker_threads(jobs)
-    own_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    pool = start_pool(jobs - 1, _start_worker,
-                      (os.getpid(), str(path), annotator.options, threads))
-    queue = list(enumerate(todo))
-    pending: dict = {}
-
-    def collect(block: bool) -> None:
-        done = wait(pending, return_when=FIRST_COMPLETED)[0] if block else \
-            [f for f in pending if f.done()]
-        for future in done:
-            job = pending.pop(future)
-            try:
-                outcome = future.result()
-            except Exception as err:  # the worker died (killed, out of memory)
-                run.fail(job, f"{job.source}: the worker process failed ({type(err).__name__})")
-                continue
-            run.finish(job, outcome)
-
-    try:
-        while queue or pending:
-            while queue and len(pending) < jobs - 1:  # one queued per worker, no more
-                i, job = queue.pop(0)
-                run.progress.start(job, i, len(todo))
-                pending[pool.submit(_work, job)] = job
-            if queue:  # this process annotates one file meanwhile
-                i, job = queue.pop(0)
-                run.progress.start(job, i, len(todo))
-                run.finish(job, run_job(annotator, job))
-                collect(block=False)
-            elif pending:
-                collect(block=True)
-    except BaseException:
-        end_pool(pool)
-        raise
-    finally:
-        torch.set_num_threads(own_threads)
-    pool.shutdown()

@@ -14,9 +14,8 @@ import hashlib
 import json
 import os
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from .faces import shared_backend
 from .tracking import FaceTrack
 from .features import Features, FeatureSettings, extract
 from .files import atomic_path
+from .workers import spawn_map
 
 CACHE_VERSION = 7  # 2: analysis frames scaled up to max_side too; 3: audio steps openSMILE
 # could not describe (files of 1 s or less) are not valid; 4: frame times from the container,
@@ -39,19 +39,6 @@ def save_npz(path: Path, arrays: dict) -> None:
     """``np.savez`` under ``path`` atomically (a killed run never leaves a truncated entry)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-
-
-def spawn_map(fn: Callable, items: list, jobs: int = 1, chunksize: int = 1) -> Iterator:
-    """``fn`` over ``items`` in ``jobs`` spawned processes (no fork after torch/OpenMP start-up),
-    results in order as they come; in this process when ``jobs`` <= 1 or there is one item."""
-    if jobs <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        yield from pool.map(fn, items, chunksize=chunksize)
 
 
 def default_cache_dir() -> Path:
@@ -94,13 +81,14 @@ class FeatureCache:
     def _write(self, path: Path, arrays: dict) -> None:
         save_npz(path, arrays)
 
-    def load(self, media: Path, settings: FeatureSettings, want_audio: bool, want_visual: bool,
+    def load(self, media: Path, settings: FeatureSettings,
              digest: str | None = None) -> Features | None:
-        """The cached features of ``media``, or None if any wanted part is missing."""
+        """The cached features of ``media``, or None if a part ``settings`` asks for is
+        missing."""
         digest = digest or file_digest(media)
         meta = None
         parts = {}
-        for part, wanted in (("audio", want_audio), ("faces", want_visual)):
+        for part, wanted in (("audio", settings.audio), ("faces", settings.visual)):
             if not wanted:
                 continue
             data = self._read(self._path(digest, part, settings))
@@ -126,14 +114,14 @@ class FeatureCache:
                                     f["matrices"], size, int(f["detections"]))
         return feats
 
-    def store(self, feats: Features, settings: FeatureSettings, want_audio: bool,
-              want_visual: bool, digest: str | None = None) -> None:
+    def store(self, feats: Features, settings: FeatureSettings,
+              digest: str | None = None) -> None:
         digest = digest or file_digest(feats.info.path)
         pts = feats.info.pts
         common = {"info": np.array(json.dumps(feats.info.to_json())),
                   "n_steps": np.array(feats.n_steps),
                   "pts": pts if pts is not None else np.zeros(0)}
-        if want_audio:
+        if settings.audio:
             a = feats.audio
             self._write(self._path(digest, "audio", settings), {
                 **common,
@@ -142,7 +130,7 @@ class FeatureCache:
                 "loudness": a.loudness if a and a.loudness is not None else np.zeros(0),
                 "speech": a.speech if a and a.speech is not None else
                 np.ones(len(a.valid) if a else 0, bool)})
-        if want_visual:
+        if settings.visual:
             t = feats.track or FaceTrack.empty(settings.crop_size)  # stored as "no track"
             self._write(self._path(digest, "faces", settings), {
                 **common, "crops": t.crops, "found": t.found, "boxes": t.boxes,
@@ -151,20 +139,19 @@ class FeatureCache:
 
 
 def _extract_one(args) -> tuple[str, str, str | None]:
-    """Worker: (media, settings, audio?, visual?, cache root) -> (media, 'hit'|'miss', error)."""
-    media, settings, want_audio, want_visual, root = args
+    """Worker: (media, settings, cache root) -> (media, 'hit'|'miss'|'error', error)."""
+    media, settings, root = args
     from .errors import AvemoError
 
     cache = FeatureCache(root)
     try:
         digest = file_digest(Path(media))
-        if cache.load(Path(media), settings, want_audio, want_visual, digest) is not None:
+        if cache.load(Path(media), settings, digest) is not None:
             return media, "hit", None
         info = demux.probe(media)
 
-        feats = extract(info, settings, want_audio, want_visual,
-                        lambda: shared_backend(settings.faces_backend))
-        cache.store(feats, settings, want_audio, want_visual, digest)
+        feats = extract(info, settings, lambda: shared_backend(settings.faces_backend))
+        cache.store(feats, settings, digest)
         return media, "miss", None
     except AvemoError as err:
         return media, "error", str(err)
@@ -176,12 +163,12 @@ def describe_counts(counts: dict[str, int]) -> str:
             f"an earlier run, {counts['error']} failed")
 
 
-def extract_all(media: Iterable[Path], settings: FeatureSettings, want_audio: bool,
-                want_visual: bool, cache: FeatureCache, jobs: int = 1,
-                on_done: Callable[[str, str, str | None], None] | None = None
+def extract_all(media: Iterable[Path], settings: FeatureSettings, cache: FeatureCache,
+                jobs: int = 1, on_done: Callable[[str, str, str | None], None] | None = None
                 ) -> dict[str, int]:
-    """Fill the cache for every file (``jobs`` processes). Returns counts of hit/miss/error."""
-    tasks = [(str(m), settings, want_audio, want_visual, str(cache.root)) for m in media]
+    """Fill the cache for every file (``jobs`` processes, workers.py). Returns counts of
+    hit/miss/error."""
+    tasks = [(str(m), settings, str(cache.root)) for m in media]
     counts = {"hit": 0, "miss": 0, "error": 0}
 
     def done(result):

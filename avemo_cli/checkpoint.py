@@ -7,19 +7,22 @@ a path, or a name shipped in the package's ``weights/`` folder (``default`` when
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import ModelConfig
 from .errors import CheckpointError
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it: resolving a name and
     import torch  # reading settings (extractors.py, before the model loads) stay light
 
-    from .model import AVModel, ModelConfig
+    from .model import AVModel
 
 FORMAT = "avemo-checkpoint"
 VERSION = 1
@@ -33,6 +36,12 @@ class Checkpoint:
     postprocess: dict = field(default_factory=dict)  # target -> parameters (postprocess.py)
     provenance: dict = field(default_factory=dict)
     path: Path | None = None
+    source: CheckpointFile | None = field(default=None, repr=False)  # what it was loaded from
+
+    @property
+    def sha256(self) -> str:
+        """The file's SHA-256 ("" for a model built in memory)."""
+        return self.source.sha256 if self.source is not None else ""
 
 
 def save_checkpoint(path: str | os.PathLike, model: AVModel, postprocess: dict | None = None,
@@ -56,29 +65,79 @@ def save_checkpoint(path: str | os.PathLike, model: AVModel, postprocess: dict |
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The checkpoint's JSON settings, without loading tensors."""
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint file read once (``open_checkpoint``): its bytes, its avemo settings and the
+    model settings they hold. No torch: the extraction of a file's features can begin from it
+    before torch is imported; the model is then built from the same bytes (``load_checkpoint``),
+    and a ``--jobs`` worker receives it whole, so one run opens the file once."""
 
+    path: Path
+    data: bytes = field(repr=False)
+    meta: dict = field(repr=False)
+    config: ModelConfig = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
+    """Read a checkpoint file (once) and check its settings, without building the model."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("avemo")
-    except Exception as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.strerror or exc})") \
+            from None
+    meta = _settings(path, data)
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model settings ({exc})") from None
+    return CheckpointFile(path, data, meta, cfg)
+
+
+def _header(path: Path, data: bytes) -> dict:
+    """A safetensors file's JSON header (8 bytes of its length, then the JSON)."""
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        if size > len(data) - 8:
+            raise ValueError("the header runs past the end of the file")
+        header = json.loads(data[8:8 + size])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        return header
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint "
                               f"(expected a .safetensors file: {exc})") from None
+
+
+def _settings(path: Path, data: bytes) -> dict:
+    """The avemo settings stored in a checkpoint's header, checked."""
+    raw = (_header(path, data).get("__metadata__") or {}).get("avemo")
     if raw is None:
         raise CheckpointError(f"{path}: a safetensors file, but not an avemo checkpoint")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, TypeError):
         raise CheckpointError(f"{path}: corrupt avemo settings in the checkpoint") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an avemo checkpoint")
-    if meta.get("version", 0) > VERSION:
+    version = meta.get("version", 0)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: not an avemo checkpoint (format version {version!r})")
+    if version > VERSION:
         raise CheckpointError(f"{path}: checkpoint format {meta['version']} is newer than this "
                               f"avemo understands ({VERSION}); upgrade avemo")
     return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The checkpoint's JSON settings, without loading tensors."""
+    return open_checkpoint(path).meta
 
 
 def state_mismatch(expected: dict, state: dict) -> str:
@@ -94,24 +153,20 @@ def state_mismatch(expected: dict, state: dict) -> str:
     return f"{extra[0]} is not a tensor of this model" if extra else ""
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint file into an ``AVModel`` in eval mode on ``device``."""
+def load_checkpoint(source: str | os.PathLike | CheckpointFile,
+                    device: str | torch.device = "cpu") -> Checkpoint:
+    """Build the model of a checkpoint (a file's path, or one already read by
+    ``open_checkpoint``) in eval mode on ``device``."""
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_tensors
 
-    from .model import AVModel, ModelConfig
+    from .model import AVModel
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    meta = read_metadata(path)
-    try:
-        cfg = ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid model settings ({exc})") from None
+    file = source if isinstance(source, CheckpointFile) else open_checkpoint(source)
+    path, cfg = file.path, file.config
     model = AVModel(cfg)
     try:
-        state = load_file(str(path))
+        state = load_tensors(file.data)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable tensors ({first})") from None
@@ -124,7 +179,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values "
                               f"(e.g. {broken[0]}): a damaged or diverged model")
     model.eval().to(device)
-    return Checkpoint(model, cfg, meta.get("postprocess", {}), meta.get("provenance", {}), path)
+    return Checkpoint(model, cfg, file.meta.get("postprocess", {}),
+                      file.meta.get("provenance", {}), path, file)
 
 
 def shipped_weights() -> dict[str, Path]:

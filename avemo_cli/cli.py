@@ -28,7 +28,7 @@ _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 class _Avemo(click.Group):
     """The command group, with the boundary guard: whatever a user can cause (bad options,
     unreadable or unwritable files, an unusable checkpoint or device) ends in one line on stderr
-    and exit status 2 (130 for Ctrl-C), never a traceback."""
+    and exit status 2 (130 for Ctrl-C, 143 for SIGTERM), never a traceback."""
 
     def main(self, *args, **kwargs):
         from .errors import AvemoError
@@ -45,13 +45,22 @@ class _Avemo(click.Group):
             where = getattr(err, "ctx", None)
             hint = f" (see '{where.command_path} -h')" if where is not None else ""
             _fail(f"{err.format_message()}{hint}", err.exit_code)
-        except (click.Abort, KeyboardInterrupt):
-            _fail("interrupted", 130)
+        except (click.Abort, KeyboardInterrupt) as stop:
+            _fail(*_stopped(stop))
         except AvemoError as err:
             _fail(str(err))
         except OSError as err:  # a file the user named: unreadable, unwritable, disk full
             name = f"{err.filename}: " if err.filename else ""
             _fail(f"{name}{err.strerror or err}")
+
+
+def _stopped(stop: BaseException) -> tuple[str, int]:
+    """What a stop is called and the exit status it gives: Ctrl-C 130, SIGTERM 143."""
+    from .workers import Terminated
+
+    if isinstance(stop, Terminated):
+        return "terminated (SIGTERM)", 143
+    return "interrupted", 130
 
 
 _CONSOLE = False  # set by run(): the command runs as the avemo script / python -m avemo_cli
@@ -65,6 +74,9 @@ def run() -> None:
     global _CONSOLE
     _CONSOLE = True
     code: int = 0
+    from . import workers
+
+    workers.stop_signals()  # SIGTERM (a scheduler's stop) ends the command as Ctrl-C does
     try:
         main(prog_name="avemo")
     except SystemExit as done:
@@ -74,9 +86,7 @@ def run() -> None:
         else:
             code = done.code or 0
     finally:
-        from . import extractors
-
-        extractors.stop_all()  # a process begun for an input, if the command ended early
+        workers.end_all()  # a process begun for an input, if the command ended early
     _finalize_pools()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -160,6 +170,7 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     """
     from .batch import AnnotateOptions, annotate_files
     from .outputs import WRITERS, parse_formats
+    from .settings import AnnotatorSettings
 
     try:
         chosen = parse_formats(formats + ",png" * plot + ",mp4" * overlay)
@@ -167,9 +178,11 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
         raise click.BadParameter(str(exc), param_hint="'--format'") from None
     part = _shard(shard)
     options = AnnotateOptions(
-        output_dir, chosen, overwrite, weights, device, faces_backend, stride, batch_size,
-        detect_every, max_faces=max_faces, jobs=_jobs(jobs), one_model=one_model, shard=part,
-        early=_CONSOLE)
+        output_dir=output_dir, formats=chosen, overwrite=overwrite, weights=weights,
+        settings=AnnotatorSettings(device=device, faces_backend=faces_backend, stride=stride,
+                                   batch_size=batch_size, detect_every=detect_every,
+                                   max_faces=max_faces),
+        jobs=_jobs(jobs), one_model=one_model, shard=part, early=_CONSOLE)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -177,10 +190,11 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
     with _Progress(console, enabled=not quiet, stages_per_file=stages, quiet=quiet) as prog:
         try:
             report = annotate_files(inputs, options, progress=prog)
-        except KeyboardInterrupt:
-            prog.print("avemo: interrupted; outputs already written are complete, "
-                       "the one in progress was not written (re-run to resume)")
-            sys.exit(130)
+        except KeyboardInterrupt as stop:
+            how, code = _stopped(stop)
+            prog.print(f"avemo: {how}; outputs already written are complete, "
+                       f"the one in progress was not written (re-run to resume)")
+            sys.exit(code)
     if profile:
         _print_profile(console, report, prog.loaded - _START, time.perf_counter() - _START)
     if report.failed:
@@ -343,7 +357,7 @@ def status(folder, as_json, as_html):
     done, skipped, failed with reasons, hours of media, rate, shards missing."""
     import json
 
-    from .shards import summarise
+    from .manifests import summarise
 
     summary = summarise(folder)
     if as_html:
@@ -447,8 +461,9 @@ def extract(data, split, layout, cache, jobs, modality, faces_backend, device, q
             click.echo(f"{'analysed' if status == 'miss' else 'analysed earlier'}: {media}",
                        err=True)
 
-    counts = extract_all([s.media for s in seqs], FeatureSettings.for_model(
-        cfg, faces_backend), cfg.has_audio, cfg.has_visual, fc, jobs, done)
+    counts = extract_all([s.media for s in seqs],
+                         FeatureSettings.for_model(cfg, faces_backend=faces_backend), fc, jobs,
+                         done)
     if not quiet:
         click.echo(f"{describe_counts(counts)} (features kept in {fc.root})", err=True)
     sys.exit(1 if counts["error"] else 0)
@@ -581,8 +596,10 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
         resolve_device(device)
         log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
         result = E.evaluate_model(E.EvalOptions(
-            data, weights, layout, partition, split, not no_postprocess, device, faces_backend,
-            cache, jobs, metrics, how, save_pred or save_pred_alias, min_coverage), log)
+            data=data, weights=weights, layout=layout, partition=partition, split=split,
+            postprocess=not no_postprocess, device=device, faces_backend=faces_backend,
+            cache=cache, jobs=jobs, metrics=metrics, how=how,
+            save_pred=save_pred or save_pred_alias, min_coverage=min_coverage), log)
         title = f"{Path(weights).name} on {partition}"
     for note in result.warnings:
         click.echo(f"avemo: warning: {note}", err=True)

@@ -204,7 +204,7 @@ def evaluate_folders(pred_dir: Path, gold_dir: Path, metrics=M.METRICS, how="con
     return evaluate(read_predictions(pred_dir), read_gold(gold_dir), metrics, how, min_coverage)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalOptions:
     """What ``evaluate_model`` scores and how: the corpus, the model, the metrics."""
 
@@ -231,6 +231,7 @@ def predict_partition(options: EvalOptions, out_dir: Path,
     labels of each written sequence, by name (a categorical clip's constant label is laid on
     its prediction's time grid)."""
     from .pipeline import Annotator
+    from .settings import AnnotatorSettings
 
     seqs = [s for s in load_dataset(options.data, options.layout, options.split)
             if s.partition == options.partition]
@@ -239,16 +240,16 @@ def predict_partition(options: EvalOptions, out_dir: Path,
         raise DatasetError(f"{options.data}: no labelled {options.partition} sequences to "
                            f"evaluate")
     annotator = Annotator(None if options.weights is None else str(options.weights),
-                          device=options.device, faces_backend=options.faces_backend,
-                          postprocess=options.postprocess)
-    cfg, settings = annotator.cfg, annotator.settings
+                          AnnotatorSettings(device=options.device,
+                                            faces_backend=options.faces_backend,
+                                            postprocess=options.postprocess))
+    settings = annotator.request
     fc = FeatureCache(options.cache)
-    counts = extract_all([s.media for s in labelled], settings, cfg.has_audio, cfg.has_visual,
-                         fc, options.jobs)
+    counts = extract_all([s.media for s in labelled], settings, fc, options.jobs)
     log(describe_counts(counts))
     gold = {}
     for s in labelled:
-        feats = fc.load(s.media, settings, cfg.has_audio, cfg.has_visual)
+        feats = fc.load(s.media, settings)
         if feats is None:
             log(f"avemo: warning: {s.media}: could not be analysed; skipped")
             continue

@@ -11,12 +11,15 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import numpy as np
 
 from . import audio as audio_stage
 from . import demux, faces, people, tracking
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 STAGES = ("demux", "audio", "faces", "model", "postprocess", "write", "plot", "overlay")
 
@@ -99,9 +102,12 @@ def _hold_nearest(crops: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return crops if ok.all() else crops[nearest_index(ok)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FeatureSettings:
-    """Everything that decides what the audio and face stages produce for a file."""
+    """Everything that decides what the audio and face stages produce for a file: one
+    extraction request, made for a model by ``for_model``. It is the key of the feature cache
+    (``cache.py``, by the part each field decides) and of features begun in another process
+    (``extractors.py``)."""
 
     rate: float = 4.0
     audio_window: float = 6.0
@@ -110,12 +116,18 @@ class FeatureSettings:
     max_side: int = 480
     faces_backend: str = "dlib"
     detect_every: int = 8
+    audio: bool = True  # the audio stage runs (where the file has audio)
+    visual: bool = True  # the face stage runs (where the file has a picture)
+    max_faces: int = 1  # faces tracked (above 1: people.py)
 
     @classmethod
-    def for_model(cls, cfg, faces_backend: str = "dlib", max_side: int = 480,
-                  detect_every: int = 8) -> "FeatureSettings":
-        return cls(cfg.rate, cfg.audio_window, cfg.input_size, cfg.channels, max_side,
-                   faces_backend, detect_every)
+    def for_model(cls, cfg: ModelConfig, *, faces_backend: str = "dlib", max_side: int = 480,
+                  detect_every: int = 8, max_faces: int = 1) -> "FeatureSettings":
+        """What a model with settings ``cfg`` needs of a file (the one place this is made)."""
+        return cls(rate=cfg.rate, audio_window=cfg.audio_window, crop_size=cfg.input_size,
+                   channels=cfg.channels, max_side=max_side, faces_backend=faces_backend,
+                   detect_every=detect_every, audio=cfg.has_audio, visual=cfg.has_visual,
+                   max_faces=max_faces)
 
 
 @dataclass
@@ -184,12 +196,19 @@ class Features:
         return self._crops
 
 
-def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
-            want_visual: bool, backend: Callable[[], faces.FaceBackend],
-            timings: dict | None = None, say: Callable[[str], None] | None = None,
-            concurrent: bool = True, max_faces: int = 1,
+class Extracted(NamedTuple):
+    """Features made elsewhere (``extractors.py``) and the stage timings of their making."""
+
+    features: Features
+    timings: dict[str, float]
+
+
+def extract(info: demux.MediaInfo, settings: FeatureSettings,
+            backend: Callable[[], faces.FaceBackend], timings: dict | None = None,
+            say: Callable[[str], None] | None = None, concurrent: bool = True,
             describer: Callable[[], people.Describer] | None = None) -> Features:
-    """Run the demux, face and audio stages for one probed file. The audio path (its own ffmpeg,
+    """Run the demux, face and audio stages that ``settings`` asks for on one probed file (a
+    stage runs only where the file has its stream). The audio path (its own ffmpeg,
     openSMILE) runs in a thread beside the video path (ffmpeg, face tracking): openSMILE works
     in C with the interpreter released, so the two share the cores. ``concurrent=False`` runs
     them one after the other (same results)."""
@@ -203,19 +222,20 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings, want_audio: bool,
     audio_timings = dict.fromkeys(STAGES, 0.0)
     pool = ThreadPoolExecutor(1, thread_name_prefix="avemo-audio")
     try:
-        if want_audio and info.has_audio:
+        if settings.audio and info.has_audio:
             say("audio")
             audio_job = pool.submit(audio_features, info, settings.rate,
                                     settings.audio_window, n_steps, audio_timings, stop)
             if not concurrent:
                 feats.audio = audio_job.result()
-        if want_visual and info.has_video:
+        if settings.visual and info.has_video:
             say("faces")
             t1, decode_before = time.perf_counter(), timings["demux"]
             frames = Timed(demux.iter_frames(info, settings.rate, settings.max_side,
                                              gray=gray), timings, "demux")
-            if max_faces > 1:
-                tracks = people.track_people(frames, backend(), settings.crop_size, max_faces,
+            if settings.max_faces > 1:
+                tracks = people.track_people(frames, backend(), settings.crop_size,
+                                            settings.max_faces,
                                             (describer or people.Describer)(),
                                             settings.detect_every)
                 feats.track = tracks[0] if tracks else tracking.FaceTrack.empty(settings.crop_size)

@@ -48,16 +48,16 @@ def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return out
 
 
-def predict_features(model, feats: Features, stride: int = 1, batch_size: int = 32,
-                     device="cpu", speaking: np.ndarray | None = None
+def predict_features(predictor: predict.Predictor, feats: Features,
+                     speaking: np.ndarray | None = None
                      ) -> tuple[predict.StepPredictions, np.ndarray, str]:
-    """Model output for one file's features: fusion when the model and the file have both
-    modalities and a face was found somewhere, else the available branch. Steps without a face
+    """``predictor``'s output for one file's features: fusion when the model and the file have
+    both modalities and a face was found somewhere, else the available branch. Steps without a face
     are interpolated from neighbouring face steps (the paper's rule). ``speaking`` (K,), when
     given (several faces), limits fusion to the steps where this face speaks: elsewhere the
     visual head alone. Returns the raw step predictions, the gap-filled values (before
     post-processing) and the source used."""
-    cfg = model.cfg
+    cfg = predictor.model.cfg
     heard = feats.audio is not None and feats.audio.valid.any()
     use_audio = cfg.has_audio and heard
     use_visual = cfg.has_visual and feats.track is not None and feats.face.any()
@@ -70,10 +70,10 @@ def predict_features(model, feats: Features, stride: int = 1, batch_size: int = 
                           f"{'' if cfg.has_audio else ' and no audio branch'})")
     heard_audio = feats.audio if use_audio else None
     seen = feats.track if use_visual else None
-    steps = predict.predict_steps(model, heard_audio.values if heard_audio else None,
-                                  seen.crops if seen else None, stride, batch_size, device,
-                                  heard_audio.heard if heard_audio else None,
-                                  nearest_index(feats.face) if seen else None)
+    steps = predictor.steps(heard_audio.values if heard_audio else None,
+                            seen.crops if seen else None,
+                            heard_audio.heard if heard_audio else None,
+                            nearest_index(feats.face) if seen else None)
     if not np.isfinite(steps.values).all():
         raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
                               f"or infinite): a damaged or diverged checkpoint")

@@ -28,14 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .table import FACE_COLOURS
+from .table import FACE_COLOURS, finite_list
 
 if TYPE_CHECKING:
     from .pipeline import Annotation
-    from .shards import Summary
-
-SPARK_POINTS = 40  # points per target in a file's summary (the folder report's sparkline)
-
+    from .manifests import Summary
 
 def _template(name: str) -> str:
     """A page template shipped in ``avemo_cli/templates`` (HTML with its script, or CSS)."""
@@ -56,40 +53,12 @@ def _colour(face_id: int) -> str:
 
 
 def _finite(values: np.ndarray, digits: int = 3) -> list[float | None]:
-    return [None if not np.isfinite(v) else round(float(v), digits) for v in values]
+    return finite_list(values, digits)
 
 
 def _link(target: Path, page: Path) -> str:
     """``target`` relative to the folder of ``page`` (works wherever both are moved together)."""
     return Path(os.path.relpath(Path(target).resolve(), page.resolve().parent)).as_posix()
-
-
-def _shares(annotation: Annotation) -> dict[str, float]:
-    """The shares of face 0's steps with a face and with voice."""
-    k = len(annotation.face)
-    return {"face": round(float(annotation.face.mean()), 4) if k else 0.0,
-            "voice": round(float(annotation.voice.mean()), 4) if k else 0.0}
-
-
-def summary(annotation: Annotation) -> dict:
-    """What the folder report shows of one input: face 0's mean valence and arousal over its
-    steps with evidence (all steps when it has none), the shares of steps with a face and with
-    voice, and a sparkline of each target (block means, ``SPARK_POINTS`` at most)."""
-    person = annotation.people[0]
-    values = np.clip(person.step_values, -1.0, 1.0)
-    seen = annotation.evidence(person)
-    use = seen if seen.any() else np.ones(len(seen), bool)
-    k = len(values)
-    out: dict = {**_shares(annotation), "spark": {}}
-    blocks = np.array_split(np.arange(k), min(SPARK_POINTS, max(1, k)))
-    for j, target in enumerate(annotation.targets):
-        column = values[:, j]
-        finite = use & np.isfinite(column)
-        out[target] = round(float(column[finite].mean()), 4) if finite.any() else None
-        out["spark"][target] = _finite(np.array([
-            column[b][np.isfinite(column[b])].mean() if np.isfinite(column[b]).any()
-            else np.nan for b in blocks]))
-    return out
 
 
 def file_page(annotation: Annotation, path: Path, video: Path | None = None,
@@ -114,7 +83,7 @@ def file_page(annotation: Annotation, path: Path, video: Path | None = None,
             "kind": "video" if info.has_video else "audio", "overlay": video is not None,
             "subtitles": None if subtitles is None else _link(subtitles, path),
             "meta": {"avemo": __version__, "model": annotation.model,
-                     "source": annotation.source, **_shares(annotation)}}
+                     "source": annotation.source, **annotation.shares()}}
     return _fill("file.html", html.escape(f"{data['name']} — avemo"), data)
 
 

@@ -21,16 +21,16 @@ import numpy as np
 
 from . import audio as audio_stage
 from . import demux, faces, people, predict, speakers, tracking
-from .checkpoint import Checkpoint, load_checkpoint, resolve_weights
+from .checkpoint import Checkpoint, CheckpointFile, load_checkpoint, resolve_weights
 from .errors import ModalityError, NoFaceError, OrientationError
-from .features import STAGES, Features, FeatureSettings, extract
+from .features import STAGES, Extracted, Features, extract
 from .inference import predict_features, resolve_device, to_table
-from .table import Columns, as_frame, merge_faces
+from .predict import Predictor
+from .settings import AnnotatorSettings
+from .table import Columns, as_frame, finite_list, merge_faces
 
 if TYPE_CHECKING:  # pandas is imported only when a DataFrame is asked for
     import pandas as pd
-
-    from .extractors import Extractors
 
 
 class OrientationWarning(UserWarning):
@@ -42,6 +42,7 @@ class ShortfallWarning(UserWarning):
     damaged file): the annotation covers only what was decoded."""
 
 
+SPARK_POINTS = 40  # points per target in a file's summary (the folder report's sparkline)
 SHORTFALL = (1.0, 0.05)  # seconds, share of the duration: a shorter gap is a codec's rounding
 
 
@@ -96,47 +97,66 @@ class Annotation:
         starts = np.arange(len(person.face)) / self.rate
         return (person.face | person.speaking) & (starts < self.info.duration)
 
+    def shares(self) -> dict[str, float]:
+        """The shares of face 0's steps with a face and with voice."""
+        k = len(self.face)
+        return {"face": round(float(self.face.mean()), 4) if k else 0.0,
+                "voice": round(float(self.voice.mean()), 4) if k else 0.0}
+
+    def summary(self) -> dict:
+        """What a manifest record keeps of this input (the folder report shows it): face 0's
+        mean valence and arousal over its steps with evidence (all steps when it has none), the
+        shares of steps with a face and with voice, and a sparkline of each target (block
+        means, ``SPARK_POINTS`` at most)."""
+        person = self.people[0]
+        values = np.clip(person.step_values, -1.0, 1.0)
+        seen = self.evidence(person)
+        use = seen if seen.any() else np.ones(len(seen), bool)
+        k = len(values)
+        out: dict = {**self.shares(), "spark": {}}
+        blocks = np.array_split(np.arange(k), min(SPARK_POINTS, max(1, k)))
+        for j, target in enumerate(self.targets):
+            column = values[:, j]
+            finite = use & np.isfinite(column)
+            out[target] = round(float(column[finite].mean()), 4) if finite.any() else None
+            out["spark"][target] = finite_list(np.array([
+                column[b][np.isfinite(column[b])].mean() if np.isfinite(column[b]).any()
+                else np.nan for b in blocks]))
+        return out
+
 
 class Annotator:
     """Annotates media files with a loaded checkpoint.
 
-    >>> ann = Annotator("weights.safetensors")          # doctest: +SKIP
+    >>> ann = Annotator("weights.safetensors", AnnotatorSettings(device="cpu"))  # doctest: +SKIP
     >>> result = ann.annotate("talk.mp4")              # doctest: +SKIP
     >>> result.table.head()                            # doctest: +SKIP
     """
 
-    def __init__(self, weights: str | Path | Checkpoint | None = None, device: str | None = "auto",
-                 faces_backend: str = "dlib", stride: int = 1, batch_size: int = 32,
-                 detect_every: int = 8, max_side: int = 480, max_faces: int = 1,
-                 postprocess: bool = True):
-        self.options = {"device": device, "faces_backend": faces_backend, "stride": stride,
-                        "batch_size": batch_size, "detect_every": detect_every,
-                        "max_side": max_side, "max_faces": max_faces,
-                        "postprocess": postprocess}  # for a worker's twin
-        if max_faces < 1:
-            raise ValueError("max_faces must be at least 1")
-        self.max_faces = max_faces
-        self._describer: people.Describer | None = None
-        self.device = resolve_device(device)
+    def __init__(self, weights: str | Path | CheckpointFile | Checkpoint | None = None,
+                 settings: AnnotatorSettings | None = None):
+        self.settings = settings = settings or AnnotatorSettings()
+        self.device = resolve_device(settings.device)
         # dlib runs on the CPU whatever --device says: one dlib backend serves every device
-        self.faces_device = "cpu" if faces_backend == "dlib" else str(self.device)
-        self.checkpoint = weights if isinstance(weights, Checkpoint) else \
-            load_checkpoint(resolve_weights(None if weights is None else str(weights)),
-                            self.device)
+        self.faces_device = "cpu" if settings.faces_backend == "dlib" else str(self.device)
+        if isinstance(weights, Checkpoint):
+            self.checkpoint = weights
+        else:
+            source = weights if isinstance(weights, CheckpointFile) else \
+                resolve_weights(None if weights is None else str(weights))
+            self.checkpoint = load_checkpoint(source, self.device)
         self.checkpoint.model.to(self.device).eval()
         self.cfg = self.checkpoint.config
-        self.faces_backend = faces_backend
+        self.request = settings.features(self.cfg)  # what a file's features are made with
+        self.predictor = Predictor(self.checkpoint.model, settings.stride, settings.batch_size,
+                                   self.device)
         self._backend: faces.FaceBackend | None = None
-        self.stride = max(1, int(stride))
-        self.batch_size = batch_size
-        self.detect_every = detect_every
-        self.max_side = max_side
-        self.postprocess = postprocess  # the checkpoint's post-processing (eval can skip it)
+        self._describer: people.Describer | None = None
 
     @property
     def backend(self) -> faces.FaceBackend:
         if self._backend is None:  # one per process (the CLI starts loading it early)
-            self._backend = faces.shared_backend(self.faces_backend, self.faces_device)
+            self._backend = faces.shared_backend(self.settings.faces_backend, self.faces_device)
         return self._backend
 
     def describer(self) -> people.Describer:
@@ -144,31 +164,26 @@ class Annotator:
             self._describer = people.Describer()
         return self._describer
 
-    @property
-    def settings(self) -> "FeatureSettings":
-        return FeatureSettings.for_model(self.cfg, self.faces_backend, self.max_side,
-                                         self.detect_every)
-
     def annotate(self, path: str | Path, progress: Callable[[str], None] | None = None,
-                 extractors: Extractors | None = None) -> Annotation:
-        """Annotate one file. ``progress(stage)`` is called as each stage starts; the
-        features begun for the file in ``extractors`` (``extractors.py``) are used if there
-        are some, else they are extracted here."""
+                 begun: Extracted | None = None) -> Annotation:
+        """Annotate one file. ``progress(stage)`` is called as each stage starts; ``begun``:
+        the file's features if they were made elsewhere (``extractors.py``), else they are
+        extracted here."""
         say = progress or (lambda stage: None)
         timings = dict.fromkeys(STAGES, 0.0)
         t0 = time.perf_counter()
         say("demux")
-        info = (extractors.info(path) if extractors is not None else None) \
-            or demux.probe(path)  # (a file begun elsewhere was probed there)
+        # (a file begun elsewhere was probed there)
+        info = begun.features.info if begun is not None else demux.probe(path)
         timings["demux"] += time.perf_counter() - t0
-        feats, notices = self.features(info, timings, say, extractors)
+        feats, notices = self.features(info, timings, say, begun)
         return self.predict(feats, timings, say, notices)
 
     def features(self, info: demux.MediaInfo, timings: dict[str, float],
-                 say: Callable[[str], None], extractors: Extractors | None = None
+                 say: Callable[[str], None], begun: Extracted | None = None
                  ) -> tuple[Features, list[str]]:
-        """The features of a probed file for this model (claimed from ``extractors`` or
-        extracted here), and the notices a user should see about them."""
+        """The features of a probed file for this model (``begun`` elsewhere, or extracted
+        here), and the notices a user should see about them."""
         cfg = self.cfg
         name = self.checkpoint.path or "the checkpoint"
         use_audio = info.has_audio and cfg.has_audio
@@ -179,16 +194,13 @@ class Annotator:
         if info.has_video and not use_audio and not use_visual:
             raise ModalityError(f"{info.path}: no audio track, and {name} has no visual branch "
                                 f"(an audio-only model)")
-        begun = None if extractors is None else \
-            extractors.claim(info, self.settings, use_audio, use_visual, self.max_faces)
         if begun is not None:  # extracted in another process while this one was busy
-            feats, child_timings = begun
-            for k, v in child_timings.items():
+            feats = begun.features
+            for k, v in begun.timings.items():
                 timings[k] += v
         else:
-            feats = extract(info, self.settings, use_audio, use_visual,
-                            lambda: self.backend, timings, say,
-                            max_faces=self.max_faces, describer=self.describer)
+            feats = extract(info, self.request, lambda: self.backend, timings, say,
+                            describer=self.describer)
         notices = []
         if info.unused_video:
             notices.append(f"{info.path}: {info.unused_video}: annotated from its audio alone")
@@ -234,8 +246,7 @@ class Annotator:
             one = feats.for_face(i) if tracks else feats
             speaking = talk[i] if tracks else feats.voice
             steps, values, source = predict_features(
-                ckpt.model, one, self.stride, self.batch_size, self.device,
-                speaking=speaking if len(tracks) > 1 else None)
+                self.predictor, one, speaking=speaking if len(tracks) > 1 else None)
             results.append((one, steps, values, source, speaking))
         timings["model"] += time.perf_counter() - t1
 
@@ -243,7 +254,7 @@ class Annotator:
         t1 = time.perf_counter()
         persons, tables = [], []
         for i, (one, steps, values, source, speaking) in enumerate(results):
-            made = to_table(ckpt, one, values, source, self.postprocess, face_id=i,
+            made = to_table(ckpt, one, values, source, self.settings.postprocess, face_id=i,
                             speaking=speaking)
             persons.append(Person(i, one.track, steps, made.values, made.face, made.speaking,
                                   made.confidence))
@@ -261,7 +272,8 @@ class Annotator:
     def turned_face(self, info: demux.MediaInfo, n: int = 6) -> str:
         """When no face was found: a few frames tried in the other three orientations. Says
         how the picture must be turned for faces to appear ("" if that finds none either)."""
-        frames = demux.sample_frames(info, n, self.max_side, gray=self.cfg.channels == 1)
+        frames = demux.sample_frames(info, n, self.settings.max_side,
+                                     gray=self.cfg.channels == 1)
         k = faces.turn_with_faces(frames, self.backend)
         if not k:
             return ""
@@ -285,6 +297,7 @@ def _model_name(ckpt: Checkpoint) -> str:
 
 
 def annotate(path: str | Path, weights: str | Path | Checkpoint | None = None,
-             **options) -> Annotation:
-    """One-call API: ``avemo_cli.annotate("talk.mp4", weights="model.safetensors").table``."""
-    return Annotator(weights, **options).annotate(path)
+             **settings) -> Annotation:
+    """One-call API: ``avemo_cli.annotate("talk.mp4", weights="model.safetensors").table``;
+    keyword arguments are ``AnnotatorSettings``' fields (``device="cpu"``, ``max_faces=2``)."""
+    return Annotator(weights, AnnotatorSettings(**settings)).annotate(path)

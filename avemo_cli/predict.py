@@ -116,103 +116,122 @@ def _fill(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-@torch.inference_mode()
+@dataclass
+class Predictor:
+    """A model and how it runs over a whole input: a clip ends at every ``stride``-th step,
+    ``batch_size`` clips per forward pass, on ``device``. Built once per annotator (or per
+    scoring pass); ``steps`` predicts one recording."""
+
+    model: AVModel
+    stride: int = 1
+    batch_size: int = 32
+    device: str | torch.device = "cpu"
+
+    @torch.inference_mode()
+    def steps(self, audio: np.ndarray | None = None, crops: np.ndarray | None = None,
+              audio_valid: np.ndarray | None = None,
+              crop_index: np.ndarray | None = None) -> StepPredictions:
+        """Predict every step of one recording from its raw per-step eGeMAPS ``audio`` (K, 88)
+        and/or aligned face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both
+        are given. The audio is first adapted to the recording (``AudioBranch.adapt``, by the
+        checkpoint's ``audio_norm``) from its steps with a voice (``audio_valid``: annotation
+        passes ``AudioFeatures.heard``, speech inside the audio; all steps if None).
+        ``crop_index`` (K,), when given, says which of ``crops`` each step sees (steps without
+        a face see the nearest face's crop: no second copy of the crops is made for that)."""
+        if crops is not None and crop_index is None:
+            crop_index = np.arange(len(crops))
+        if audio is not None:
+            n = len(audio)
+        elif crop_index is not None:
+            n = len(crop_index)
+        else:
+            raise ValueError("predict_steps needs audio features, face crops, or both")
+        on_cpu = torch.device(self.device).type == "cpu"
+        threads = ThreadChoice.for_threads() if on_cpu else None
+        try:
+            return self._predict(audio, crops, audio_valid, crop_index, n, threads)
+        finally:
+            if threads is not None:
+                threads.restore()
+
+    def _predict(self, audio: np.ndarray | None, crops: np.ndarray | None,
+                 audio_valid: np.ndarray | None, crop_index: np.ndarray | None, n: int,
+                 threads: ThreadChoice | None) -> StepPredictions:
+        model, device, batch_size = self.model, self.device, self.batch_size
+
+        def run(work: Callable[[], R], size: int) -> R:
+            return threads(work, size) if threads is not None else work()
+
+        t = model.cfg.clip_steps
+        ends = clip_ends(n, self.stride)
+        z_audio = z_visual = None
+        att_a = att_v = None
+        if audio is not None:
+            branch = model.audio
+            if branch is None:
+                raise ValueError("this model has no audio branch")
+            feats = torch.from_numpy(branch.adapt(audio, audio_valid)).to(device)
+            if threads is not None:
+                threads.apply()
+            zs, ws = [], []
+            for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
+                trim_heap()
+                idx = torch.from_numpy(clip_steps(ends[b:b + batch_size * 8], t)).to(device)
+                z, w = branch(branch.normalise(feats[idx]))
+                zs.append(z)
+                ws.append(w)
+            z_audio = torch.cat(zs)
+            att_a = _fill(torch.cat(ws).float().cpu().numpy(), ends, n)
+        if crops is not None and crop_index is not None:
+            vis = model.visual
+            if vis is None:
+                raise ValueError("this model has no visual branch")
+            ctx = model.cfg.shared_context
+            zs, maps = [], []
+            for group in _spans(ends, t):
+                trim_heap()  # the previous span's activations, freed: back to the system
+                q0 = int(group[0])  # padded index q = step + T - 1; clip ending at e is [e, e + T)
+                steps = np.maximum(np.arange(q0, int(group[-1]) + t) - (t - 1), 0)
+                frames = vis.prepare(torch.from_numpy(crops[crop_index[steps]]).to(device))
+                frames = frames.unsqueeze(0)
+                if threads is not None:
+                    threads.apply()
+                enc, feat = vis.frame_features(frames)
+                for b in range(0, len(group), batch_size):
+                    off = torch.from_numpy(group[b:b + batch_size] - q0).to(device)
+                    win = off[:, None] + torch.arange(t, device=device)[None, :]
+                    z, att = run(lambda: vis.clip_forward(enc[0][win], feat[0][win[:, : t - ctx]]),
+                                 len(off))
+                    zs.append(z)
+                    maps.append(att[:, -1].clone())  # a view would keep all T maps alive
+            z_visual = torch.cat(zs)
+            att_v = _fill(torch.cat(maps).float().cpu().numpy(), ends, n)
+        steps = np.arange(n)
+
+        def every_step(za, zv) -> np.ndarray:
+            pred = model.heads(za, zv).float().cpu().numpy()
+            return np.stack([np.interp(steps, ends, pred[:, j]) for j in range(pred.shape[1])],
+                            1).astype(np.float32)
+
+        predicted = np.zeros(n, bool)
+        predicted[ends] = True
+        a_only = every_step(z_audio, None) if z_audio is not None else None
+        v_only = every_step(None, z_visual) if z_visual is not None else None
+        if a_only is not None and v_only is not None:
+            values = every_step(z_audio, z_visual)
+        elif a_only is not None:
+            values = a_only
+        else:
+            assert v_only is not None  # one of the two ran
+            values = v_only
+        return StepPredictions(values, predicted, att_a, att_v, a_only, v_only)
+
+
 def predict_steps(model: AVModel, audio: np.ndarray | None = None,
                   crops: np.ndarray | None = None, stride: int = 1, batch_size: int = 32,
                   device: str | torch.device = "cpu", audio_valid: np.ndarray | None = None,
                   crop_index: np.ndarray | None = None) -> StepPredictions:
-    """Predict every step of one recording from its raw per-step eGeMAPS ``audio`` (K, 88)
-    and/or aligned face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both are
-    given. The audio is first adapted to the recording (``AudioBranch.adapt``, by the
-    checkpoint's ``audio_norm``) from its steps with a voice (``audio_valid``: annotation passes
-    ``AudioFeatures.heard``, speech inside the audio; all steps if None).
-    ``crop_index`` (K,), when given, says which of ``crops`` each step sees (steps without a
-    face see the nearest face's crop: no second copy of the crops is made for that)."""
-    if crops is not None and crop_index is None:
-        crop_index = np.arange(len(crops))
-    if audio is not None:
-        n = len(audio)
-    elif crop_index is not None:
-        n = len(crop_index)
-    else:
-        raise ValueError("predict_steps needs audio features, face crops, or both")
-    on_cpu = torch.device(device).type == "cpu"
-    threads = ThreadChoice.for_threads() if on_cpu else None
-    try:
-        return _predict(model, audio, crops, stride, batch_size, device, audio_valid,
-                        crop_index, n, threads)
-    finally:
-        if threads is not None:
-            threads.restore()
-
-
-def _predict(model: AVModel, audio: np.ndarray | None, crops: np.ndarray | None, stride: int,
-             batch_size: int, device: str | torch.device, audio_valid: np.ndarray | None,
-             crop_index: np.ndarray | None, n: int,
-             threads: ThreadChoice | None) -> StepPredictions:
-    def run(work: Callable[[], R], size: int) -> R:
-        return threads(work, size) if threads is not None else work()
-
-    t = model.cfg.clip_steps
-    ends = clip_ends(n, stride)
-    z_audio = z_visual = None
-    att_a = att_v = None
-    if audio is not None:
-        branch = model.audio
-        if branch is None:
-            raise ValueError("this model has no audio branch")
-        feats = torch.from_numpy(branch.adapt(audio, audio_valid)).to(device)
-        if threads is not None:
-            threads.apply()
-        zs, ws = [], []
-        for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
-            trim_heap()
-            idx = torch.from_numpy(clip_steps(ends[b:b + batch_size * 8], t)).to(device)
-            z, w = branch(branch.normalise(feats[idx]))
-            zs.append(z)
-            ws.append(w)
-        z_audio = torch.cat(zs)
-        att_a = _fill(torch.cat(ws).float().cpu().numpy(), ends, n)
-    if crops is not None and crop_index is not None:
-        vis = model.visual
-        if vis is None:
-            raise ValueError("this model has no visual branch")
-        ctx = model.cfg.shared_context
-        zs, maps = [], []
-        for group in _spans(ends, t):
-            trim_heap()  # the previous span's activations, freed: back to the system
-            q0 = int(group[0])  # padded index q = step + T - 1; clip ending at e is [e, e + T)
-            steps = np.maximum(np.arange(q0, int(group[-1]) + t) - (t - 1), 0)
-            frames = vis.prepare(torch.from_numpy(crops[crop_index[steps]]).to(device))
-            frames = frames.unsqueeze(0)
-            if threads is not None:
-                threads.apply()
-            enc, feat = vis.frame_features(frames)
-            for b in range(0, len(group), batch_size):
-                off = torch.from_numpy(group[b:b + batch_size] - q0).to(device)
-                win = off[:, None] + torch.arange(t, device=device)[None, :]
-                z, att = run(lambda: vis.clip_forward(enc[0][win], feat[0][win[:, : t - ctx]]),
-                             len(off))
-                zs.append(z)
-                maps.append(att[:, -1].clone())  # a view would keep all T maps alive
-        z_visual = torch.cat(zs)
-        att_v = _fill(torch.cat(maps).float().cpu().numpy(), ends, n)
-    steps = np.arange(n)
-
-    def every_step(za, zv) -> np.ndarray:
-        pred = model.heads(za, zv).float().cpu().numpy()
-        return np.stack([np.interp(steps, ends, pred[:, j]) for j in range(pred.shape[1])],
-                        1).astype(np.float32)
-
-    predicted = np.zeros(n, bool)
-    predicted[ends] = True
-    a_only = every_step(z_audio, None) if z_audio is not None else None
-    v_only = every_step(None, z_visual) if z_visual is not None else None
-    if a_only is not None and v_only is not None:
-        values = every_step(z_audio, z_visual)
-    elif a_only is not None:
-        values = a_only
-    else:
-        assert v_only is not None  # one of the two ran
-        values = v_only
-    return StepPredictions(values, predicted, att_a, att_v, a_only, v_only)
+    """``Predictor(model, stride, batch_size, device).steps(...)`` in one call (training's
+    recipes and scripts)."""
+    return Predictor(model, stride, batch_size, device).steps(audio, crops, audio_valid,
+                                                             crop_index)

@@ -95,3 +95,8 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     import pandas as pd
 
     return pd.read_csv(path)
+
+
+def finite_list(values: np.ndarray, digits: int = 3) -> list[float | None]:
+    """Numbers rounded to ``digits``, None (JSON's null) where not finite."""
+    return [None if not np.isfinite(v) else round(float(v), digits) for v in values]

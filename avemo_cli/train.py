@@ -43,10 +43,10 @@ from .inference import predict_features, resolve_device
 from .metrics import ccc
 from .model import AVModel, ModelConfig, VisualBranch
 from .postprocess import fit_chain
-from .predict import clip_steps
+from .predict import Predictor, clip_steps
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainOptions:
     data: str
     out: str = "runs/avemo"
@@ -112,8 +112,7 @@ def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: Mode
             log(f"features [{finished[0]}/{len(mine)}] {Path(media).name}: extracted")
 
     t0 = time.perf_counter()
-    counts = extract_all([s.media for s in mine], settings, cfg.has_audio, cfg.has_visual,
-                         cache, jobs, on_done)
+    counts = extract_all([s.media for s in mine], settings, cache, jobs, on_done)
     totals = group.total(*counts.values())
     group.barrier()  # every rank's files are in the cache
     if group.main:
@@ -123,7 +122,7 @@ def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: Mode
         log(f"avemo: warning: {e}; sequence skipped")
     out = []
     for s in seqs:
-        feats = cache.load(s.media, settings, cfg.has_audio, cfg.has_visual)
+        feats = cache.load(s.media, settings)
         if feats is None:
             continue
         out.append(Prepared(s, feats, s.step_targets(feats.n_steps, cfg.rate, cfg.targets)))
@@ -343,10 +342,11 @@ def evaluate_items(model: AVModel, items: list[Prepared], device, batch_size: in
                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-sequence step predictions (before post-processing) and step gold."""
     model.eval()
+    predictor = Predictor(model, batch_size=batch_size, device=device)
     preds = []
     for p in items:
         try:
-            _, values, _ = predict_features(model, p.feats, 1, batch_size, device)
+            _, values, _ = predict_features(predictor, p.feats)
         except AvemoError:  # e.g. a video model and a sequence without any face: not scored
             values = np.full(p.gold.shape, np.nan, np.float32)
         preds.append(values)
@@ -458,7 +458,7 @@ def _prepare(opts: TrainOptions, cfg: ModelConfig, log: Callable[[str], None], g
             raise TrainError(f"{opts.data}: no labelled {p} sequences in the {opts.layout} layout")
     for seq in by_part["train"] + by_part["devel"]:
         check_label_range(seq, cfg.targets)
-    settings = FeatureSettings.for_model(cfg, opts.faces_backend)
+    settings = FeatureSettings.for_model(cfg, faces_backend=opts.faces_backend)
     cache = FeatureCache(opts.cache)
     train_items = prepare_sequences(by_part["train"], settings, cfg, cache, opts.jobs, log, group)
     devel_items = prepare_sequences(by_part["devel"], settings, cfg, cache, opts.jobs, log, group)

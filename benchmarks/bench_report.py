@@ -28,7 +28,7 @@ from browser import Browser  # noqa: E402
 
 from avemo_cli.files import write_text  # noqa: E402
 from avemo_cli.pages import folder_report  # noqa: E402
-from avemo_cli.shards import Manifest, Record, summarise  # noqa: E402
+from avemo_cli.manifests import Manifest, Record, summarise  # noqa: E402
 
 
 def records(n: int, folder: Path) -> None:

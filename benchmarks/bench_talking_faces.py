@@ -34,6 +34,7 @@ import torch
 from avemo_cli.checkpoint import load_checkpoint, resolve_weights
 from avemo_cli.features import fit_length
 from avemo_cli.pipeline import Annotator
+from avemo_cli.settings import AnnotatorSettings
 from avemo_cli.speakers import mouth_opening
 
 HERE = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def videos(shared: Path) -> list[Path]:
 
 
 def talking(weights: str, shared: Path) -> None:
-    ann = Annotator(weights, device="cpu")
+    ann = Annotator(weights, AnnotatorSettings(device="cpu"))
     pooled_v, pooled_m = [], []
     rows = []
     jitter: dict[str, list[float]] = {"visual valence": [], "audio valence": [],

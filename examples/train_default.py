@@ -182,8 +182,9 @@ def annotate_mean(weights: Path, path: Path) -> dict:
     """Mean valence/arousal of a file as `avemo annotate` writes it, with each head's part."""
     from avemo_cli.checkpoint import load_checkpoint
     from avemo_cli.pipeline import Annotator
+    from avemo_cli.settings import AnnotatorSettings
 
-    ann = Annotator(load_checkpoint(weights), device="cpu").annotate(path)
+    ann = Annotator(load_checkpoint(weights), AnnotatorSettings(device="cpu")).annotate(path)
     out = {"file": path.name, "source": ann.source,
            **{t: round(float(ann.table[t].mean()), 4) for t in ann.targets},
            "last_step": {t: round(float(ann.step_values[-1, j]), 4)

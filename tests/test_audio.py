@@ -68,6 +68,7 @@ def test_steps_without_voice_use_the_visual_head_alone(tmp_path):
     from avemo_cli.tracking import FaceTrack
     from avemo_cli.features import Features
     from avemo_cli.inference import predict_features
+    from avemo_cli.predict import Predictor
     from avemo_cli.testing.tiny_checkpoint import tiny_model
 
     k = 24
@@ -79,7 +80,7 @@ def test_steps_without_voice_use_the_visual_head_alone(tmp_path):
     feats = Features(info, k, info.frame_times(),
                      audio.AudioFeatures(rng.normal(0, 10, (k, 88)).astype(np.float32), valid),
                      track)
-    steps, values, source = predict_features(tiny_model("av", seed=4), feats)
+    steps, values, source = predict_features(Predictor(tiny_model("av", seed=4)), feats)
     assert source == "av"
     assert np.allclose(values[valid], steps.values[valid])
     assert np.allclose(values[~valid], steps.visual_values[~valid])
@@ -93,6 +94,7 @@ def test_non_finite_predictions_are_an_error_not_blank_columns(tmp_path):
     from avemo_cli.errors import CheckpointError
     from avemo_cli.features import Features
     from avemo_cli.inference import predict_features
+    from avemo_cli.predict import Predictor
     from avemo_cli.testing.tiny_checkpoint import tiny_model
 
     k = 12
@@ -100,11 +102,11 @@ def test_non_finite_predictions_are_an_error_not_blank_columns(tmp_path):
     feats = Features(info, k, None, audio.AudioFeatures(np.zeros((k, 88), np.float32),
                                                         np.ones(k, bool)))
     model = tiny_model("audio")
-    predict_features(model, feats)  # finite: fine
+    predict_features(Predictor(model), feats)  # finite: fine
     with torch.no_grad():
         model.audio_head.bias[0] = float("inf")  # e.g. diverged after loading
     with pytest.raises(CheckpointError, match="x.wav: the model's predictions are not finite"):
-        predict_features(model, feats)
+        predict_features(Predictor(model), feats)
 
 
 def test_streamed_passes_equal_one_pass_over_the_whole_audio():

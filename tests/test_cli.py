@@ -233,7 +233,7 @@ def test_unusable_output_folder_fails_before_any_work(tmp_path, tiny_ckpt, monke
         assert code == 2 and err.strip() == err.strip().splitlines()[0], err
         assert f"{out}: cannot write outputs there" in err and why in err and not stdout
         with pytest.raises(OutputError):
-            annotate_files([video], AnnotateOptions(out, weights=str(tiny_ckpt)))
+            annotate_files([video], AnnotateOptions(output_dir=out, weights=str(tiny_ckpt)))
     assert not analysed
     ok = tmp_path / "new" / "nested"
     monkeypatch.undo()

@@ -136,9 +136,10 @@ def test_frame_times_come_from_the_container(tmp_path, kind):
 
 def test_gapped_video_csv_time_is_true(tmp_path, tiny_ckpt):
     from avemo_cli.pipeline import Annotator
+    from avemo_cli.settings import AnnotatorSettings
 
     path = _gapped(tmp_path / "gap.mp4")
-    table = Annotator(tiny_ckpt, device="cpu").annotate(path).table
+    table = Annotator(tiny_ckpt, AnnotatorSettings(device="cpu")).annotate(path).table
     truth = np.asarray(decoded_frame_times(path))
     if shutil.which("ffprobe"):  # where there is one (the imageio-ffmpeg wheel has none)
         out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
@@ -175,7 +176,7 @@ def test_sample_aspect_ratio_is_honoured(tmp_path):
     frame = next(iter(demux.iter_frames(b, rate=4)))
     assert frame.shape == next(iter(demux.iter_frames(a, rate=4))).shape
     backend = make_backend("dlib")
-    rates = [extract(info, FeatureSettings(), False, True, lambda: backend).face.mean()
+    rates = [extract(info, FeatureSettings(audio=False), lambda: backend).face.mean()
              for info in (a, b)]
     assert rates[0] > 0.9 and abs(rates[0] - rates[1]) <= 0.05
 

@@ -95,6 +95,7 @@ def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tin
 
     from avemo_cli.errors import NoFaceError
     from avemo_cli.pipeline import Annotator, OrientationWarning
+    from avemo_cli.settings import AnnotatorSettings
 
     src = shared_file("videos", "WDA_KatieHill_000.mp4")
     upright = tmp_path / "upright.mp4"
@@ -105,7 +106,7 @@ def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tin
     else:
         ffmpeg("-i", str(upright), "-vf", "transpose=clock", "-c:v", "libx264", "-c:a", "aac",
                str(turned))
-    ann = Annotator(tiny_ckpt, device="cpu")
+    ann = Annotator(tiny_ckpt, AnnotatorSettings(device="cpu"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         good = ann.annotate(upright)
@@ -117,7 +118,7 @@ def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tin
     assert f"a face appears when the picture is rotated {fix} (" in bad.notices[0]
     assert [str(w.message) for w in caught if w.category is OrientationWarning] == bad.notices
     with pytest.raises(NoFaceError, match="no face found in the video .*rotated 90 degrees"):
-        Annotator(tiny_video_ckpt, device="cpu").annotate(turned)
+        Annotator(tiny_video_ckpt, AnnotatorSettings(device="cpu")).annotate(turned)
 
 
 def test_audio_beside_video_gives_what_one_after_the_other_gives():
@@ -126,8 +127,8 @@ def test_audio_beside_video_gives_what_one_after_the_other_gives():
 
     info = demux.probe(shared_file("videos", "subj01_timepoint01.mp4"))
     backend = faces.make_backend("dlib")
-    side_by_side = extract(info, FeatureSettings(), True, True, lambda: backend)
-    in_turn = extract(info, FeatureSettings(), True, True, lambda: backend, concurrent=False)
+    side_by_side = extract(info, FeatureSettings(), lambda: backend)
+    in_turn = extract(info, FeatureSettings(), lambda: backend, concurrent=False)
     assert np.array_equal(side_by_side.audio.values, in_turn.audio.values)
     assert np.array_equal(side_by_side.audio.valid, in_turn.audio.valid)
     assert np.array_equal(side_by_side.track.crops, in_turn.track.crops)

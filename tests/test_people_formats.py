@@ -179,11 +179,12 @@ def test_the_face_whose_mouth_follows_the_voice_speaks():
 def test_the_heard_person_speaks_in_the_fixture(swap_video):
     """Katie Hill's voice, both mouths moving: the voice goes to her face at most steps."""
     from avemo_cli.pipeline import Annotator
+    from avemo_cli.settings import AnnotatorSettings
     from avemo_cli.testing.tiny_checkpoint import tiny_model
     from avemo_cli.checkpoint import Checkpoint
 
     model = tiny_model("av")
-    ann = Annotator(Checkpoint(model, model.cfg, {}, {}, None), max_faces=2)
+    ann = Annotator(Checkpoint(model, model.cfg, {}, {}, None), AnnotatorSettings(max_faces=2))
     result = ann.annotate(swap_video)
     katie = result.people[0]  # on the left before the cut, seen at every step
     assert np.nanmean(katie.track.boxes[:16, 0]) < 240

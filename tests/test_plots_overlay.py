@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from avemo_cli.cli import main
 from avemo_cli.demux import ffmpeg_exe, probe
 from avemo_cli.pipeline import Annotator
+from avemo_cli.settings import AnnotatorSettings
 
 from conftest import decoded_frame_count, ffmpeg, make_synthetic_video, shared_file
 
@@ -78,7 +79,7 @@ def test_overlay_encodes_other_audio_to_aac_and_keeps_odd_sizes(tmp_path, tiny_c
 def test_only_the_face_and_panel_regions_are_composited(tiny_ckpt):
     from avemo_cli.overlay import _Layers
 
-    ann = Annotator(tiny_ckpt, device="cpu").annotate(shared_file("videos",
+    ann = Annotator(tiny_ckpt, AnnotatorSettings(device="cpu")).annotate(shared_file("videos",
                                                                   "WDA_KatieHill_000.mp4"))
     layers = _Layers(ann)
     fx0, fy0, fx1, fy1 = layers.face_rect
@@ -101,7 +102,7 @@ def test_only_the_face_and_panel_regions_are_composited(tiny_ckpt):
 
 def test_heat_map_lies_on_the_face(overlay_run, tiny_ckpt):
     video, out, *_ = overlay_run
-    ann = Annotator(tiny_ckpt, device="cpu").annotate(video)
+    ann = Annotator(tiny_ckpt, AnnotatorSettings(device="cpu")).annotate(video)
     idx = 100  # frame 100 at 4.0 s: analysis step 16
     k = 16
     assert ann.face[k]
@@ -138,7 +139,7 @@ def test_frames_without_a_face_are_kept_without_the_face_overlay(tmp_path, tiny_
 
 
 def test_api_returns_attention(tiny_ckpt):
-    ann = Annotator(tiny_ckpt, device="cpu").annotate(shared_file("videos",
+    ann = Annotator(tiny_ckpt, AnnotatorSettings(device="cpu")).annotate(shared_file("videos",
                                                                   "WDA_KatieHill_000.mp4"))
     vis, aud = ann.steps.visual_attention, ann.steps.audio_attention
     assert vis.shape == (32, 16, 16) and aud.shape == (32, 16)

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from avemo_cli.cli import main
-from avemo_cli.shards import Shard, ShardError, parse_shard, shard_from_env, summarise
+from avemo_cli.manifests import summarise
+from avemo_cli.shards import Shard, ShardError, parse_shard, shard_from_env
 
 from conftest import shared_file
 
@@ -146,9 +147,10 @@ def test_extraction_processes_feed_one_model(tmp_path, tiny_ckpt):
     import os
     import signal
 
-    from avemo_cli import extractors
+    from avemo_cli import workers
     from avemo_cli.batch import AnnotateOptions, Progress, annotate_files
     from avemo_cli.pipeline import Annotator
+    from avemo_cli.settings import AnnotatorSettings
 
     from conftest import ffmpeg
 
@@ -160,21 +162,22 @@ def test_extraction_processes_feed_one_model(tmp_path, tiny_ckpt):
                "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
                str(src / f"clip{i}.mp4"))
     (src / "broken.mp4").write_bytes(b"not a video")
-    annotator = Annotator(tiny_ckpt, device="cpu")
-    one = annotate_files([src], AnnotateOptions(tmp_path / "one"), annotator)
+    annotator = Annotator(tiny_ckpt, AnnotatorSettings(device="cpu"))
+    one = annotate_files([src], AnnotateOptions(output_dir=tmp_path / "one"), annotator)
     killed = []
 
     class KillExtractors(Progress):
         def start(self, job, i, total):
             if not killed:  # the first file's model stage: stop every extraction process
-                for pool in extractors.live():
-                    for proc in list(pool.pool._processes.values()):
+                for pool in workers.live():
+                    for proc in list(pool._processes.values()):
                         os.kill(proc.pid, signal.SIGKILL)
                         killed.append(proc.pid)
 
-    fed = annotate_files([src], AnnotateOptions(tmp_path / "fed", jobs=2, one_model=True),
-                         annotator, KillExtractors())
-    assert killed and extractors.live() == []  # all ended
+    fed = annotate_files([src], AnnotateOptions(output_dir=tmp_path / "fed", jobs=2,
+                                                one_model=True), annotator, KillExtractors())
+    assert killed, "the extraction processes were killed"
+    assert workers.live() == [], "every pool ended"
     assert len(one.written) == len(fed.written) == 4
     assert [p.name for p, _ in fed.failed] == ["broken.mp4"]
     assert fed.failed[0][1].count("\n") == 0 and "broken.mp4" in fed.failed[0][1]

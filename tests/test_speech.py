@@ -16,6 +16,7 @@ from avemo_cli.demux import MediaInfo
 from avemo_cli.model import ModelConfig
 from avemo_cli.features import Features, FeatureSettings, extract
 from avemo_cli.pipeline import Annotator
+from avemo_cli.settings import AnnotatorSettings
 from avemo_cli.predict import clip_steps, predict_steps
 from avemo_cli.testing.tiny_checkpoint import tiny_model
 from avemo_cli.train import (Prepared, adapt_audio, batch_outputs, clip_batch, evaluate_items,
@@ -131,9 +132,8 @@ def test_annotate_applies_the_checkpoints_recording_norm(tmp_path):
            "-ar", "16000", str(wav))
     model = _adapting_model("audio", prior=1.0)
     path = save_checkpoint(tmp_path / "m.safetensors", model)
-    result = Annotator(path, device="cpu").annotate(wav)
-    feats = extract(result.info, FeatureSettings.for_model(model.cfg), True, False,
-                    lambda: None)
+    result = Annotator(path, AnnotatorSettings(device="cpu")).annotate(wav)
+    feats = extract(result.info, FeatureSettings.for_model(model.cfg), lambda: None)
     a = feats.audio
     idx = torch.from_numpy(clip_steps(np.arange(feats.n_steps), 16))
     with torch.no_grad():
@@ -296,9 +296,10 @@ def test_annotation_normalises_the_voice_from_its_speech_only(tmp_path):
            "-filter_complex", "[0:a]atrim=0:2[s];[s][1:a]concat=n=2:v=0:a=1", "-ar", "16000",
            str(clip))
     model = _adapting_model("audio", prior=2.0)
-    annotator = Annotator(save_checkpoint(tmp_path / "m.safetensors", model), device="cpu")
+    annotator = Annotator(save_checkpoint(tmp_path / "m.safetensors", model),
+                          AnnotatorSettings(device="cpu"))
     ann = annotator.annotate(clip)
-    a = extract(ann.info, FeatureSettings.for_model(model.cfg), True, False, lambda: None).audio
+    a = extract(ann.info, FeatureSettings.for_model(model.cfg), lambda: None).audio
     assert a is not None and a.speech is not None
     assert not a.heard[:4].any() and a.heard[10:14].all()
     heard = predict_steps(model, a.values, audio_valid=a.heard).values

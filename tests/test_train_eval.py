@@ -180,16 +180,16 @@ def test_damaged_cache_entry_is_recomputed(corpus, tmp_path):
 
     video = corpus / "video" / "Devel_01.mp4"
     cache = FeatureCache(tmp_path)
-    settings = FeatureSettings()
-    assert extract_all([video], settings, True, False, cache)["miss"] == 1
+    settings = FeatureSettings(visual=False)
+    assert extract_all([video], settings, cache)["miss"] == 1
     entry = cache._path(file_digest(video), "audio", settings)
-    good = cache.load(video, settings, True, False).audio.values
+    good = cache.load(video, settings).audio.values
     entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # half-written
-    assert cache.load(video, settings, True, False) is None
-    assert extract_all([video], settings, True, False, cache)["miss"] == 1
-    assert np.array_equal(cache.load(video, settings, True, False).audio.values, good)
-    other = FeatureSettings(audio_window=4.0)  # another setting: another entry
-    assert cache.load(video, other, True, False) is None
+    assert cache.load(video, settings) is None
+    assert extract_all([video], settings, cache)["miss"] == 1
+    assert np.array_equal(cache.load(video, settings).audio.values, good)
+    other = FeatureSettings(audio_window=4.0, visual=False)  # another setting: another entry
+    assert cache.load(video, other) is None
 
 
 def test_categorical_layout_trains_speaker_independently(tmp_path):

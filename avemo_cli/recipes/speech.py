@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..audio import decibels, egemaps, speech_steps, voiced
-from ..cache import save_npz, spawn_map
+from ..cache import save_npz
+from ..workers import spawn_map
 from ..demux import AUDIO_RATE, probe, read_audio
 from ..metrics import ccc
 from ..model import AVModel, ModelConfig

@@ -33,7 +33,7 @@ def align_stills(images: np.ndarray, size: int, upsample: int = 4, jobs: int = 1
     """Align small face images the way annotation aligns video frames: upsample (dlib finds
     faces of 80 px and more), detect (or take the centred box), 68 landmarks, the same template
     and crop. Returns the crops and whether dlib detected each face."""
-    from ..cache import spawn_map
+    from ..workers import spawn_map
 
     chunks = [(images[i:i + 512], size, upsample) for i in range(0, len(images), 512)]
     parts = list(spawn_map(_align_chunk, chunks, jobs))
