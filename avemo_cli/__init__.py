@@ -2,14 +2,18 @@
 
 Read a video's way from demux to CSV in stage order: demux.py (probe, decode), audio.py
 (eGeMAPS), faces.py (detectors) with tracking.py, people.py and align.py (faces over time),
-speakers.py (whose voice), features.py (one file's features), model.py, checkpoint.py,
-predict.py (the model over clips), postprocess.py, inference.py (features to step values to a
-table), table.py (the per-frame rows), outputs.py (every output format) and files.py (atomic
-writes). pipeline.py's ``Annotator`` runs one file through them; batch.py runs many
-(``AnnotateOptions``; extractors.py: extraction processes; shards.py: job arrays and
-manifests); cli.py parses the command line. Training and scoring: datasets.py, cache.py,
-train.py (distributed.py), evaluate.py, metrics.py; the default model's recipes are in
-recipes/. Typical use::
+speakers.py (whose voice), features.py (one file's features, for one ``FeatureSettings``),
+config.py (a model's settings), model.py, checkpoint.py, predict.py (the model over clips),
+postprocess.py, inference.py (features to step values to a table), table.py (the per-frame
+rows), outputs.py (every output format) and files.py (atomic writes). pipeline.py's
+``Annotator`` runs one file through them (settings.py: ``AnnotatorSettings``); batch.py runs
+many (``AnnotateOptions``, planning, records) with schedule.py (one by one, extraction
+processes feeding one model, or a model per worker), extractors.py (extraction processes),
+workers.py (every process pool: start, stop, Ctrl-C, SIGTERM, a killed parent), manifests.py
+(a run's records) and shards.py (job arrays); cli.py parses the command line. Training and
+scoring: datasets.py, cache.py, clips.py (clips, batches, losses), train.py (the loop;
+distributed.py), evaluate.py, metrics.py; the default model's recipes are in recipes/.
+Typical use::
 
     import avemo_cli
     result = avemo_cli.annotate("examples/sample.mp4")   # the shipped default model

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from . import __version__, outputs, schedule
-from .demux import find_media
+from .demux import decoder, find_media
 from .errors import AvemoError, OutputError
 from .features import STAGES
 from .files import remove_stale_temporaries
@@ -218,7 +218,7 @@ def _record(ckpt: Checkpoint | CheckpointFile | None, job: Job, status: str, err
     return Record(str(job.source), status, error, written or [],
                   round(time.perf_counter() - t0, 3) if t0 is not None else 0.0,
                   avemo=__version__, model=path.name if path else "",
-                  model_sha256=ckpt.sha256 if ckpt is not None else "")
+                  model_sha256=ckpt.sha256 if ckpt is not None else "", decoder=decoder())
 
 
 class _Run:
@@ -314,6 +314,7 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
     from .checkpoint import open_checkpoint, resolve_weights
 
     options = options or AnnotateOptions()
+    decoder()  # (an AVEMO_FFMPEG that cannot be run: one error before any work)
     out = check_output_dir(options.output_dir)
     planned, bad = plan(inputs, out, options.formats)
     shard = options.shard

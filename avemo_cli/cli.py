@@ -58,7 +58,8 @@ def _stopped(stop: BaseException) -> tuple[str, int]:
     """What a stop is called and the exit status it gives: Ctrl-C 130, SIGTERM 143."""
     from .workers import Terminated
 
-    if isinstance(stop, Terminated):
+    if isinstance(stop, Terminated) or isinstance(stop.__cause__, Terminated):  # (click turns
+        # a KeyboardInterrupt in a command into Abort)
         return "terminated (SIGTERM)", 143
     return "interrupted", 130
 

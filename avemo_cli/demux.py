@@ -20,7 +20,7 @@ from typing import Iterator
 import ffmpeg  # ffmpeg-python
 import numpy as np
 
-from .errors import MediaError
+from .errors import DecoderError, MediaError
 
 # what counts as media when folders are searched (find_media)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
@@ -44,16 +44,41 @@ def find_media(folder: Path) -> list[Path]:
 
 
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary: $AVEMO_FFMPEG, a system ffmpeg on PATH, or imageio-ffmpeg's."""
-    env = os.environ.get("AVEMO_FFMPEG")
-    if env:
-        return env
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    import imageio_ffmpeg
+    """The ffmpeg avemo decodes with: ``$AVEMO_FFMPEG`` when set (a path, or a name on PATH),
+    else the one the ``imageio-ffmpeg`` wheel ships. Never merely the first ffmpeg on PATH:
+    decoders differ (Debian's 5.1 moved valence by up to 0.15 on the bundled sample), so the
+    same install gives the same numbers whatever else the machine has."""
+    return _ffmpeg(os.environ.get("AVEMO_FFMPEG") or "")
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+
+@lru_cache(maxsize=4)
+def _ffmpeg(chosen: str) -> str:
+    if not chosen:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    found = shutil.which(chosen)
+    if found is None:
+        raise DecoderError(f"AVEMO_FFMPEG={chosen}: no such program (set it to an ffmpeg "
+                           f"binary, or unset it to use the one avemo ships)")
+    return found
+
+
+def decoder() -> str:
+    """The decoder's name and version, as the manifest and the JSON output record it:
+    ``ffmpeg 9.0.2 (imageio-ffmpeg)``, or ``... (AVEMO_FFMPEG=/usr/bin/ffmpeg)``."""
+    return _describe(ffmpeg_exe(), os.environ.get("AVEMO_FFMPEG") or "")
+
+
+@lru_cache(maxsize=4)
+def _describe(exe: str, chosen: str) -> str:
+    try:
+        out = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, text=True,
+                             timeout=30, start_new_session=True).stdout
+        version = out.split()[2] if out.startswith("ffmpeg version ") else "?"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        version = "?"
+    return f"ffmpeg {version} ({f'AVEMO_FFMPEG={chosen}' if chosen else 'imageio-ffmpeg'})"
 
 
 @dataclass(frozen=True)
@@ -108,7 +133,7 @@ DISCARD = 0x4  # AV_PKT_FLAG_DISCARD: a packet an edit list leaves out of the pr
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def _short_reason(stderr: str) -> str:
@@ -240,7 +265,10 @@ def _stream(args: list[str], chunk: int, path: Path, what: str,
     last piece when ``partial``). ffmpeg is stopped when the consumer stops early; a failure is
     a ``MediaError`` naming ``what`` failed."""
     with tempfile.TemporaryFile() as errf:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf)
+        # (a session of its own: a stop sent to our process group, Ctrl-C or a scheduler's
+        # SIGTERM, is ours to handle; ffmpeg is stopped below, or by its pipe closing)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf,
+                                start_new_session=True)
         assert proc.stdout is not None
         finished = False
         try:
@@ -310,7 +338,8 @@ def sample_frames(info: MediaInfo, n: int, max_side: int = 480,
         args = (ffmpeg.input(str(info.path), ss=f"{t:.3f}").video.filter("scale", w, h)
                 .output("pipe:", format="rawvideo", pix_fmt=pix_fmt, vframes=1)
                 .global_args("-nostdin", "-v", "error").compile(cmd=ffmpeg_exe()))
-        buf = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+        buf = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             start_new_session=True).stdout
         if len(buf) == int(np.prod(shape)):
             frames.append(np.frombuffer(buf, np.uint8).reshape(shape))
     return frames

@@ -15,6 +15,10 @@ class MediaError(AvemoError):
     """Missing, unreadable or unsupported media."""
 
 
+class DecoderError(AvemoError):
+    """The decoder asked for (``AVEMO_FFMPEG``) cannot be run."""
+
+
 class NoFaceError(AvemoError):
     """The model needs a face and none was found."""
 

@@ -34,6 +34,7 @@ class Record:
     avemo: str = ""
     model: str = ""
     model_sha256: str = ""
+    decoder: str = ""  # the ffmpeg that decoded it, with its version (demux.decoder)
     warning: str = ""  # what the user was warned of (e.g. a file that ends early)
     summary: dict = field(default_factory=dict)  # mean values, coverage and a sparkline
     # (``Annotation.summary``: what the folder report shows)

@@ -91,9 +91,11 @@ def _write_parquet(annotation: Annotation, path: Path) -> None:
 def metadata(annotation: Annotation) -> dict:
     """What the JSON (and any self-describing output) says about the file and the model."""
     from . import __version__
+    from .demux import decoder
 
     info = annotation.info
     return {"avemo": __version__, "media": str(annotation.path), "model": annotation.model,
+            "decoder": decoder(),
             "source": annotation.source, "targets": list(annotation.targets),
             "rate": annotation.rate, "fps": info.fps if info.has_video else None,
             "duration": info.duration,

@@ -326,7 +326,8 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
         args = (ffmpeg.output(*streams, str(tmp), vcodec="libx264", preset="ultrafast", crf=crf,
                               pix_fmt="yuv420p", acodec=acodec, movflags="+faststart")
                 .global_args("-nostdin", "-v", "error", "-y").compile(cmd=ffmpeg_exe()))
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=errf)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=errf,
+                                start_new_session=True)  # (a stop is ours: it is killed below)
         assert proc.stdin is not None
         try:
             for k in range(n_steps):

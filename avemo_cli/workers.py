@@ -53,6 +53,7 @@ def start_pool(processes: int, initializer: Callable[..., None] | None = None,
     ``child_start`` and then ``initializer(*initargs)``."""
     import multiprocessing as mp
 
+    _quiet_tracker()
     pool = ProcessPoolExecutor(processes, mp.get_context("spawn"), initializer=_child,
                                initargs=(os.getpid(), initializer, initargs))
     with stops_ignored():
@@ -61,6 +62,26 @@ def start_pool(processes: int, initializer: Callable[..., None] | None = None,
             launch()
     _LIVE.append(pool)
     return pool
+
+
+def _quiet_tracker() -> None:
+    """Start multiprocessing's resource tracker (the process that unlinks a pool's semaphores
+    if the pool's owner could not) with its stderr on /dev/null. It still cleans up; but after a
+    stop, when processes killed mid-work left semaphores it was told of, it would print Python
+    warnings ("There appear to be N leaked semaphore objects") under avemo's one line."""
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    if getattr(tracker, "_fd", None) is not None or not hasattr(os, "dup2"):
+        return  # running already (or not a POSIX tracker)
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def end_pool(pool: ProcessPoolExecutor) -> None:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from avemo_cli.cache import default_cache_dir  # noqa: E402
 from avemo_cli.model import ModelConfig  # noqa: E402
-from avemo_cli.recipes import corpora as C  # noqa: E402
+from avemo_cli.recipes import corpora as C, recordings, scoring  # noqa: E402
 from avemo_cli.recipes import speech  # noqa: E402
 from bench_crosscorpus import machine  # noqa: E402
 
@@ -46,26 +46,26 @@ def main() -> None:
     t0 = time.time()
     settings: dict[str, Any] = dict(speech.AUDIO_CONFIG)
     cfg = ModelConfig(**settings)
-    clips = speech.load_clips(args.shared)
-    audio = speech.decode_all(clips, args.work, args.jobs)
-    recs = speech.build_recordings(clips, audio, cfg, args.work, copies=speech.COPIES,
+    clips = recordings.load_clips(args.shared)
+    audio = recordings.decode_all(clips, args.work, args.jobs)
+    recs = recordings.build_recordings(clips, audio, cfg, args.work, copies=speech.COPIES,
                                    jobs=args.jobs)
-    units: dict[str, list[speech.Unit]] = {}
+    units: dict[str, list[scoring.Unit]] = {}
     for fold in speech.speaker_folds(recs):
         res = speech.held_out(recs, fold, cfg, speech.UPDATES, svr=False, log=lambda _: None)
         for r, p in zip(res["test"], res["network"]):
             if len(r.emotions) != 1:
                 continue  # (joined recordings: the card's block rows)
             target = np.array(C.EMOTION_VA[r.emotions[0]])
-            for kind, value in speech.clip_summaries(r, p).items():
+            for kind, value in scoring.clip_summaries(r, p).items():
                 units.setdefault(NAMES[kind], []).append(
-                    speech.Unit(r.speaker, r.corpus, r.emotions[0], value, target))
+                    scoring.Unit(r.speaker, r.corpus, r.emotions[0], value, target))
     print(f"\nmachine: {machine()}; {time.time() - t0:.0f} s; speaker-held-out, 5 folds, "
           f"{len(next(iter(units.values())))} clips each annotated alone\n")
     print("| clip summary | valence CCC | arousal CCC | happy above the four negatives |")
     print("| --- | --- | --- | --- |")
     for name, us in units.items():
-        s = speech.summary(us)
+        s = scoring.summary(us)
         print(f"| {name} | {s['valence_ccc']:.3f} | {s['arousal_ccc']:.3f} | "
               f"{100 * s['happy_above_negatives']:.0f}% of {s['speakers']} speakers |")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
-from avemo_cli.recipes import speech  # noqa: E402
+from avemo_cli.recipes import recordings, speech  # noqa: E402
 from avemo_cli.cache import default_cache_dir  # noqa: E402
 from avemo_cli.model import ModelConfig  # noqa: E402
 
@@ -108,9 +108,9 @@ def main() -> None:
     t0 = time.time()
     cfg = ModelConfig(**{**speech.AUDIO_CONFIG, "audio_norm": args.norm,
                          "audio_norm_prior": args.prior})
-    clips = speech.load_clips(args.shared)
-    audio = speech.decode_all(clips, args.work, args.jobs)
-    recs = speech.build_recordings(clips, audio, cfg, args.work, copies=args.copies,
+    clips = recordings.load_clips(args.shared)
+    audio = recordings.decode_all(clips, args.work, args.jobs)
+    recs = recordings.build_recordings(clips, audio, cfg, args.work, copies=args.copies,
                                    jobs=args.jobs)
     results = speech.cross_validate(recs, cfg, args.updates, svr=not args.no_svr,
                                     schemes=args.schemes.split(","), loss=args.loss,

@@ -36,9 +36,9 @@ from avemo_cli.demux import MediaInfo  # noqa: E402
 from avemo_cli.tracking import FaceTrack  # noqa: E402
 from avemo_cli.model import AVModel, ModelConfig  # noqa: E402
 from avemo_cli.features import Features  # noqa: E402
-from avemo_cli.train import (Prepared, adapt_audio, batch_loss, clip_batch,  # noqa: E402
-                             epoch_batches, optimiser, training_samples, training_windows,
-                             window_batch)
+from avemo_cli.clips import (Prepared, adapt_audio, batch_loss, clip_batch,  # noqa: E402
+                             epoch_batches, training_samples, training_windows, window_batch)
+from avemo_cli.train import optimiser  # noqa: E402
 
 
 def corpus(n_seq: int, steps: int, size: int, seed: int = 0) -> list[Prepared]:

@@ -29,7 +29,7 @@ from avemo_cli.checkpoint import save_checkpoint
 from avemo_cli.datasets import EMOTION_VA
 from avemo_cli.metrics import ccc
 from avemo_cli.model import AVModel, ModelConfig
-from avemo_cli.recipes import corpora as C
+from avemo_cli.recipes import corpora as C, fitting, recordings
 from avemo_cli.recipes import speech, stills
 
 HERE = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def speech_recordings(work: Path, jobs: int, limit: int | None = None):
     """EmoDB + RAVDESS 01-18 + EMOVO: clips alone and joined per speaker, clean and augmented;
     ``limit``: only the first that many clips of each speaker (a smoke run)."""
     cfg = ModelConfig(modality="audio", **AUDIO)
-    clips = speech.load_clips(SHARED)
+    clips = recordings.load_clips(SHARED)
     if limit is not None:
         taken: dict[str, int] = {}
         kept = []
@@ -170,8 +170,8 @@ def speech_recordings(work: Path, jobs: int, limit: int | None = None):
             if taken[c.speaker] <= limit:
                 kept.append(c)
         clips = kept
-    audio = speech.decode_all(clips, work, jobs)
-    recs = speech.build_recordings(clips, audio, cfg, work, copies=AUDIO_COPIES, jobs=jobs,
+    audio = recordings.decode_all(clips, work, jobs)
+    recs = recordings.build_recordings(clips, audio, cfg, work, copies=AUDIO_COPIES, jobs=jobs,
                                    log=log)
     log(f"speech: {len(clips)} clips, {len({c.speaker for c in clips})} speakers, "
         f"{len(recs)} recordings with augmented copies")
@@ -210,7 +210,7 @@ def cremad_joined(model: AVModel) -> list[dict]:
     rate = model.cfg.rate
     n = int(np.ceil(len(x) / AUDIO_RATE * rate))
     f = egemaps(x, AUDIO_RATE, n, rate, model.cfg.audio_window)
-    heard = voiced(f.valid, speech_steps(speech.step_loudness(x, n, rate)))  # as annotate
+    heard = voiced(f.valid, speech_steps(recordings.step_loudness(x, n, rate)))  # as annotate
     pred = predict_steps(model, f.values, audio_valid=heard).values
     ends = np.cumsum([len(a) / AUDIO_RATE for a in audio])
     which = np.searchsorted(ends, np.arange(n) / rate, side="right")
@@ -227,7 +227,7 @@ def train_audio(work: Path, updates: int, jobs: int, limit: int | None = None) -
     held = speech.cross_validate(recs, cfg, updates, log=log)
     cv_minutes = round((time.time() - t0) / 60, 1)
     t0 = time.time()
-    final = speech.fit(recs, cfg, updates, log=log)
+    final = fitting.fit(recs, cfg, updates, log=log)
     path = save_checkpoint(work / "audio.safetensors", final)
     # CREMA-D (English, never trained on): actor 1002's six clips, each annotated alone
     ranking = sorted(({**annotate_mean(path, c.path), "emotion": c.emotion,

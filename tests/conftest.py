@@ -14,12 +14,50 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VIDEOS = SHARED / "videos"
 
 
+def frame_table(*args, **kwargs):
+    """``table.frame_columns`` as a pandas DataFrame."""
+    from avemo_cli.table import as_frame, frame_columns
+
+    return as_frame(frame_columns(*args, **kwargs))
+
+
+def cli(*args, env=None) -> tuple[int, str, str]:
+    """``avemo ARGS`` in this process: (exit status, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from avemo_cli.cli import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def manifest_records(path: Path) -> list[dict]:
+    """The records of a run manifest, in order."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def shared_file(*parts: str) -> Path:
     p = SHARED.joinpath(*parts)
     if not p.exists():
         pytest.skip(f"{p} not available: the ../shared/data media sit beside the project "
                     f"checkout in development and CI, not in a user's clone")
     return p
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Seven short speech clips in nested folders (audio-only inputs: quick to annotate)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("corpus")
+    names = ["03a01Fa", "03a01Nc", "03a01Wa", "03a02Fc", "03a02Nc", "03a02Ta", "03a02Wb"]
+    for i, name in enumerate(names):
+        src = shared_file("emodb", f"{name}.wav")
+        (root / f"speaker{i % 3}").mkdir(exist_ok=True)
+        shutil.copy(src, root / f"speaker{i % 3}" / src.name)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ def test_windows_end_at_each_step_and_handle_the_start():
     assert np.allclose(w[30], [1.5, 7.5])  # steady state: the 6 s ending at the step
     assert np.allclose(w[39], [3.0, 9.0])  # past the end of the audio: clipped to the file
     short = audio.step_windows(8, rate=4, duration=0.5, window=6.0)
-    assert np.all(short[:, 0] == 0) and np.all(short[:, 1] == 0.5)  # shorter than the minimum
+    assert np.all(short[:, 0] == 0)
+    assert np.all(short[:, 1] == 0.5)  # shorter than the minimum
 
 
 def test_egemaps_one_pass_on_real_speech():
@@ -24,7 +25,8 @@ def test_egemaps_one_pass_on_real_speech():
     assert feats.valid.all()
     # steps 0-4 share the 1 s minimum window [0, 1]; later windows grow, so features change
     change = np.abs(np.diff(feats.values, axis=0)).sum(axis=1)
-    assert np.all(change[:4] == 0) and np.all(change[4:] > 0)
+    assert np.all(change[:4] == 0)
+    assert np.all(change[4:] > 0)
 
 
 def test_features_follow_the_signal_within_a_file():
@@ -58,7 +60,8 @@ def test_audio_of_one_second_or_less_is_not_voice_and_warns_nobody(recwarn):
     t = np.arange(16000) / 16000
     tone = (0.1 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
     short = audio.egemaps(tone, 16000, n_steps=4, rate=4, window=6.0)
-    assert not short.valid.any() and np.isfinite(short.values).all()
+    assert not short.valid.any()
+    assert np.isfinite(short.values).all()
     longer = audio.egemaps(np.tile(tone, 2)[:24000], 16000, n_steps=6, rate=4, window=6.0)
     assert longer.valid.all()
     assert not [w for w in recwarn if "Segment too short" in str(w.message)]
@@ -122,7 +125,8 @@ def test_streamed_passes_equal_one_pass_over_the_whole_audio():
     passes = audio.egemaps_stream(blocks, 16000, n, rate=4, pass_seconds=30)  # four passes
     scale = whole.values.std(axis=0) + 1e-6
     assert (np.abs(whole.values - passes.values) / scale).max() < 1e-3
-    assert (whole.valid == passes.valid).all() and whole.valid.all()
+    assert (whole.valid == passes.valid).all()
+    assert whole.valid.all()
 
 
 def test_the_c_library_driver_matches_the_opensmile_package(tmp_path):
@@ -206,6 +210,7 @@ def test_silence_is_not_voice(tmp_path, tiny_audio_ckpt):
     assert t.voice[(t.time > 2.3) & (t.time < 3.7)].mean() > 0.9
     info = demux.probe(clip)
     feats_speech = audio.speech_steps(np.array([-100.0] * 8 + [-20.0] * 8))
-    assert feats_speech.tolist() == [False] * 7 + [True] * 9 and info.duration > 3.9
+    assert feats_speech.tolist() == [False] * 7 + [True] * 9
+    assert info.duration > 3.9
     ends = audio.speech_steps(np.array([-20.0] * 8 + [-100.0] * 8))  # 0.5 s after the end
     assert ends.tolist() == [True] * 10 + [False] * 6

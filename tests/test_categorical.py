@@ -15,16 +15,19 @@ def test_emodb_reader_uses_the_file_name():
     assert sorted({c.speaker for c in clips}) == [f"emodb:{s}" for s in
                                                   ("03", "08", "09", "10", "11", "12", "13", "14")]
     happy = next(c for c in clips if c.path.name == "03a01Fa.wav")
-    assert happy.emotion == "happiness" and (happy.valence, happy.arousal) == (0.8, 0.5)
+    assert happy.emotion == "happiness"
+    assert (happy.valence, happy.arousal) == (0.8, 0.5)
     counts = {e: sum(c.emotion == e for c in clips) for e in C.EMODB_LETTERS.values()}
-    assert counts["anger"] == 100 and counts["disgust"] == 30  # W and E, not the circulating table
+    assert counts["anger"] == 100
+    assert counts["disgust"] == 30  # W and E, not the circulating table
 
 
 def test_cremad_reader_keeps_the_crowd_vote():
     clips = dict((c.path.name, (c, vote)) for c, vote in C.cremad(shared_file("crema-d")))
     assert len(clips) == 6
     sad, vote = clips["1002_DFA_SAD_XX.mp3"]
-    assert sad.emotion == "sadness" and vote == "neutral"  # the crowd heard neutral
+    assert sad.emotion == "sadness"
+    assert vote == "neutral"  # the crowd heard neutral
     assert clips["1002_DFA_HAP_XX.mp3"][1] == "happiness"
 
 
@@ -50,7 +53,8 @@ def test_nearest_class():
 def test_stills_align_like_video_frames_and_become_clips():
     z = np.load(shared_file("ferplus", "ferplus.npz"))
     crops, detected = stills.align_stills(z["images"][:40], 48)
-    assert crops.shape == (40, 48, 48) and detected.mean() > 0.5
+    assert crops.shape == (40, 48, 48)
+    assert detected.mean() > 0.5
     # a detected face's landmarks, re-found on its aligned crop, sit near the template
     from avemo_cli.faces import DlibBackend
 
@@ -66,9 +70,12 @@ def test_stills_align_like_video_frames_and_become_clips():
     assert refound >= 7  # (9 of the first 10 here)
     still = torch.from_numpy(crops[:4])
     fixed = stills.still_clips(still, 16, jitter=False)
-    assert fixed.shape == (4, 16, 1, 48, 48) and torch.equal(fixed[:, 0], fixed[:, 15])
+    assert fixed.shape == (4, 16, 1, 48, 48)
+    assert torch.equal(fixed[:, 0], fixed[:, 15])
     moving = stills.still_clips(still, 16, torch.Generator().manual_seed(0))
-    assert moving.shape == fixed.shape and moving.min() >= -1 and moving.max() <= 1
+    assert moving.shape == fixed.shape
+    assert moving.min() >= -1
+    assert moving.max() <= 1
     step_change = (moving[:, 1:] - moving[:, :-1]).abs().mean()
     assert 0 < step_change < (moving - fixed).abs().mean() + 0.5  # small motion between steps
     corr = np.corrcoef(moving[0, 0].flatten(), moving[0, 15].flatten())[0, 1]

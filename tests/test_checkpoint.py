@@ -1,3 +1,8 @@
+"""Checkpoints (checkpoint.py): saved and loaded whole, refused when damaged, read once per run."""
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +19,8 @@ def test_round_trip_keeps_predictions_and_settings(tmp_path):
     post = {"valence": {"median_window": 5, "bias": 0.1, "scale": 1.2}}
     path = save_checkpoint(tmp_path / "m.safetensors", model, post, {"data": "unit test"})
     ck = load_checkpoint(path)
-    assert ck.config == model.cfg and ck.postprocess == post
+    assert ck.config == model.cfg
+    assert ck.postprocess == post
     assert ck.provenance["data"] == "unit test"
     rng = np.random.default_rng(0)
     audio = rng.normal(size=(20, 88)).astype(np.float32)
@@ -38,7 +44,8 @@ def test_bad_files_name_the_file(tmp_path):
                         (tmp_path / "none.safetensors", "no such checkpoint")]:
         with pytest.raises(CheckpointError) as err:
             load_checkpoint(path)
-        assert str(path) in str(err.value) and cause in str(err.value)
+        assert str(path) in str(err.value)
+        assert cause in str(err.value)
 
 
 def test_mismatched_tensors_are_refused(tmp_path):
@@ -58,7 +65,8 @@ def test_mismatched_tensors_are_refused(tmp_path):
     save_file(state, str(tmp_path / "c.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path / "c.safetensors")
-    assert f"{name} has shape" in str(err.value) and "\n" not in str(err.value)
+    assert f"{name} has shape" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_resolve_weights(tmp_path, monkeypatch):
@@ -83,6 +91,52 @@ def test_shipped_names_resolve(tmp_path, monkeypatch):
     p = save_checkpoint(tmp_path / "default.safetensors", tiny_model("audio"))
     monkeypatch.setattr(ck, "shipped_weights", lambda: {"default": p})
     monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
-    assert resolve_weights(None) == p and resolve_weights("default") == p
+    assert resolve_weights(None) == p
+    assert resolve_weights("default") == p
     monkeypatch.setenv("AVEMO_WEIGHTS", str(p))
     assert resolve_weights(None) == p
+
+
+_OPENED: list[str] = []  # paths opened while a test listens (Python's "open" audit event)
+_LISTENING: list[bool] = []
+_HOOKED: list[bool] = []  # (an audit hook cannot be removed: it is added once)
+
+
+def _count_opens(event: str, args: tuple) -> None:
+    if _LISTENING and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+def test_one_annotate_run_reads_the_checkpoint_once(tmp_path, tiny_ckpt, monkeypatch):
+    """The checkpoint's header decides the features, its tensors the model and its digest the
+    records: all from one read of the file. Every open by Python is counted (an audit hook),
+    and safetensors' own readers, which open files outside Python, are counting stand-ins."""
+    import safetensors
+    import safetensors.torch
+
+    from conftest import cli, make_synthetic_video
+
+    if not _HOOKED:
+        sys.addaudithook(_count_opens)
+        _HOOKED.append(True)
+    native = []
+    for module, name in [(safetensors, "safe_open"), (safetensors.torch, "load_file"),
+                         (safetensors.torch, "safe_open")]:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **k: native.append(a) or
+                            _real(*a, **k))
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        make_synthetic_video(src / f"v{i}.mp4", seconds=2.0)
+    ckpt = str(Path(tiny_ckpt).resolve())
+    _OPENED.clear()
+    _LISTENING.append(True)
+    try:
+        code, _, err = cli("annotate", src, "-o", tmp_path / "out", "--weights", ckpt, "-q",
+                           "--format", "csv,json")
+    finally:
+        _LISTENING.clear()
+    assert code == 0, err
+    assert native == [], "safetensors opened the checkpoint itself"
+    assert [p for p in _OPENED if os.path.realpath(p) == ckpt] == [ckpt]

@@ -9,21 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from avemo_cli.cli import main
 from avemo_cli.demux import probe
 from avemo_cli.table import COLUMNS
 
-from conftest import decoded_frame_count, make_synthetic_video, shared_file
+from conftest import cli as run, decoded_frame_count, make_synthetic_video, shared_file
 
 NAMES = ["WDA_AlexandriaOcasioCortez_000", "WDA_KatieHill_000", "subj01_timepoint01",
          "subj02_timepoint01", "woman2_noaudio"]
 
 
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +41,13 @@ def test_annotates_a_folder_of_real_videos(annotated, videos_dir):
         assert (table.frame == np.arange(len(table))).all()
         assert np.all(np.diff(table.time) > 0)
         for col in ("valence", "arousal"):
-            assert np.isfinite(table[col]).all() and table[col].abs().max() <= 1
+            assert np.isfinite(table[col]).all()
+            assert table[col].abs().max() <= 1
         if name.startswith("WDA_"):
             assert table.face.mean() >= 0.95
         if name == "woman2_noaudio":
-            assert (table.voice == 0).all() and table.face.mean() > 0.9
+            assert (table.voice == 0).all()
+            assert table.face.mean() > 0.9
         else:
             assert table.voice.mean() > 0.9
 
@@ -59,7 +56,8 @@ def test_second_run_skips_and_overwrite_redoes(annotated, videos_dir, tiny_ckpt)
     out, *_ = annotated
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.avemo.csv")}
     code, stdout, stderr = run("annotate", videos_dir, "-o", out, "--weights", tiny_ckpt)
-    assert code == 0 and stdout == ""
+    assert code == 0
+    assert stdout == ""
     assert stderr.count("exists") == 5
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.avemo.csv")} == before
     statuses = [json.loads(line)["status"]  # the manifest says why nothing was written
@@ -67,7 +65,8 @@ def test_second_run_skips_and_overwrite_redoes(annotated, videos_dir, tiny_ckpt)
     assert statuses[-5:] == ["skipped"] * 5  # (after the first run's records)
     code, stdout, stderr = run("annotate", videos_dir / "WDA_KatieHill_000.mp4", "-o", out,
                                "--weights", tiny_ckpt, "--overwrite")
-    assert code == 0 and stdout.strip().endswith("WDA_KatieHill_000.avemo.csv")
+    assert code == 0
+    assert stdout.strip().endswith("WDA_KatieHill_000.avemo.csv")
     assert (out / "WDA_KatieHill_000.avemo.csv").stat().st_mtime_ns > \
         before["WDA_KatieHill_000.avemo.csv"]
 
@@ -90,7 +89,8 @@ def test_bad_files_in_a_folder_are_reported_and_the_rest_written(tmp_path, tiny_
     for name, cause in [("zero.mp4", "empty file"), ("text.mp4", "unreadable media"),
                         ("cut.mp4", "unreadable media")]:
         assert any(name in ln and cause in ln for ln in errors), stderr
-    assert "Traceback" not in stderr and "avemo: 3 of 4 inputs failed" in stderr
+    assert "Traceback" not in stderr
+    assert "avemo: 3 of 4 inputs failed" in stderr
 
 
 def test_audio_only_inputs(tmp_path, tiny_ckpt):
@@ -103,8 +103,11 @@ def test_audio_only_inputs(tmp_path, tiny_ckpt):
         assert len(t) == int(np.ceil(probe(path).duration * 4))  # one row per analysis step
         assert np.allclose(t.time, t.frame / 4)
         # voice on the speech (the mp3 begins and ends with a breath of silence: not voice)
-        assert (t.face == 0).all() and t.voice.mean() > 0.7 and t.voice[2:6].all()
-        assert np.isfinite(t.valence).all() and np.isfinite(t.arousal).all()
+        assert (t.face == 0).all()
+        assert t.voice.mean() > 0.7
+        assert t.voice[2:6].all()
+        assert np.isfinite(t.valence).all()
+        assert np.isfinite(t.arousal).all()
 
 
 def test_missing_branch_and_missing_face_are_one_line_errors(tmp_path, tiny_audio_ckpt,
@@ -112,12 +115,17 @@ def test_missing_branch_and_missing_face_are_one_line_errors(tmp_path, tiny_audi
     noaudio = shared_file("videos", "woman2_noaudio.mp4")
     wav = shared_file("emodb", "03a01Fa.wav")
     code, _, err = run("annotate", noaudio, "-o", tmp_path, "--weights", tiny_audio_ckpt)
-    assert code == 1 and "woman2_noaudio.mp4: no audio track" in err and "no visual branch" in err
+    assert code == 1
+    assert "woman2_noaudio.mp4: no audio track" in err
+    assert "no visual branch" in err
     code, _, err = run("annotate", wav, "-o", tmp_path, "--weights", tiny_video_ckpt)
-    assert code == 1 and "03a01Fa.wav: audio-only input" in err and "no audio branch" in err
+    assert code == 1
+    assert "03a01Fa.wav: audio-only input" in err
+    assert "no audio branch" in err
     pattern = make_synthetic_video(tmp_path / "pattern.mp4", seconds=2, audio=False)
     code, _, err = run("annotate", pattern, "-o", tmp_path, "--weights", tiny_ckpt)
-    assert code == 1 and "pattern.mp4: no face found" in err
+    assert code == 1
+    assert "pattern.mp4: no face found" in err
     assert not list(tmp_path.glob("*.csv"))
 
 
@@ -126,7 +134,9 @@ def test_no_face_falls_back_to_audio(tmp_path, tiny_ckpt):
     code, _, err = run("annotate", pattern, "-o", tmp_path, "--weights", tiny_ckpt)
     assert code == 0, err
     t = pd.read_csv(tmp_path / "tone.avemo.csv")
-    assert len(t) == 75 and (t.face == 0).all() and (t.voice == 1).all()
+    assert len(t) == 75
+    assert (t.face == 0).all()
+    assert (t.voice == 1).all()
 
 
 def test_weights_errors_exit_2(tmp_path, monkeypatch):
@@ -136,18 +146,22 @@ def test_weights_errors_exit_2(tmp_path, monkeypatch):
     monkeypatch.setattr(ck, "shipped_weights", lambda: {})  # an install without weights
     wav = shared_file("emodb", "03a01Fa.wav")
     code, _, err = run("annotate", wav, "-o", tmp_path)
-    assert code == 2 and "no default model is installed" in err
+    assert code == 2
+    assert "no default model is installed" in err
     bad = tmp_path / "bad.safetensors"
     bad.write_text("nope")
     code, _, err = run("annotate", wav, "-o", tmp_path, "--weights", bad)
-    assert code == 2 and str(bad) in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert str(bad) in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_profile_stride_and_missing_input(tmp_path, tiny_ckpt):
     video = shared_file("videos", "WDA_KatieHill_000.mp4")
     code, stdout, err = run("annotate", video, tmp_path / "missing.mp4", "-o", tmp_path,
                             "--weights", tiny_ckpt, "--profile", "--stride", "4")
-    assert code == 1 and "missing.mp4: no such file or folder" in err
+    assert code == 1
+    assert "missing.mp4: no such file or folder" in err
     for stage in ("demux", "audio", "faces", "model", "postprocess", "write", "real-time"):
         assert stage in err
     assert len(pd.read_csv(tmp_path / "WDA_KatieHill_000.avemo.csv")) == 200
@@ -189,9 +203,12 @@ def test_interrupt_keeps_finished_outputs_and_no_partial_file(tmp_path, tiny_ckp
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=60)
     assert first.strip().endswith("take00.avemo.csv")
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, (rest, err)
+    assert proc.returncode == 130, (rest, err)
+    assert "interrupted" in err, (rest, err)
+    assert "Traceback" not in err, (rest, err)
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("avemo-manifest"))
-    assert 1 <= len(written) < 12 and all(n.endswith(".avemo.csv") for n in written)
+    assert 1 <= len(written) < 12
+    assert all(n.endswith(".avemo.csv") for n in written)
     for name in written:  # complete files only, no temporary leftovers
         assert len(pd.read_csv(out / name)) == 200
 
@@ -205,14 +222,17 @@ def test_default_model_annotates_the_bundled_sample(tmp_path, monkeypatch):
     monkeypatch.delenv("AVEMO_WEIGHTS", raising=False)
     sample = Path(__file__).resolve().parents[1] / "examples" / "sample.mp4"
     ck = load_checkpoint(resolve_weights(None))
-    assert ck.config.modality == "av" and ck.path.stat().st_size < 25e6
+    assert ck.config.modality == "av"
+    assert ck.path.stat().st_size < 25e6
     assert "ferplus_test" in ck.provenance["metrics"]
     code, stdout, err = run("annotate", sample, "-o", tmp_path, "--plot")
     assert code == 0, err
     t = pd.read_csv(tmp_path / "sample.avemo.csv")
     assert len(t) == decoded_frame_count(sample) == 264
-    assert t.face.mean() > 0.9 and t.voice.mean() > 0.9
-    assert np.isfinite(t.valence).all() and t.valence.abs().max() <= 1
+    assert t.face.mean() > 0.9
+    assert t.voice.mean() > 0.9
+    assert np.isfinite(t.valence).all()
+    assert t.valence.abs().max() <= 1
     assert (tmp_path / "sample.avemo.png").exists()
 
 
@@ -230,15 +250,19 @@ def test_unusable_output_folder_fails_before_any_work(tmp_path, tiny_ckpt, monke
                      (afile / "sub" / "dir", f"({afile} in its path is a file, not a folder)"),
                      (Path("/proc/avemo-out"), "cannot write outputs there (/proc:")]:
         code, stdout, err = run("annotate", video, "-o", out, "--weights", tiny_ckpt)
-        assert code == 2 and err.strip() == err.strip().splitlines()[0], err
-        assert f"{out}: cannot write outputs there" in err and why in err and not stdout
+        assert code == 2, err
+        assert err.strip() == err.strip().splitlines()[0], err
+        assert f"{out}: cannot write outputs there" in err
+        assert why in err
+        assert not stdout
         with pytest.raises(OutputError):
             annotate_files([video], AnnotateOptions(output_dir=out, weights=str(tiny_ckpt)))
     assert not analysed
     ok = tmp_path / "new" / "nested"
     monkeypatch.undo()
     code, stdout, err = run("annotate", video, "-o", ok, "--weights", tiny_ckpt, "-q")
-    assert code == 0 and (ok / "v.avemo.csv").exists()
+    assert code == 0
+    assert (ok / "v.avemo.csv").exists()
     assert not list(tmp_path.rglob(".avemo-write-check-*"))
 
 
@@ -248,9 +272,11 @@ def test_audio_too_short_to_describe_is_a_one_line_error(tmp_path, tiny_audio_ck
     wav = tmp_path / "blip.wav"
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=0.8", "-ar", "16000", str(wav))
     code, stdout, err = run("annotate", wav, "-o", tmp_path, "--weights", tiny_audio_ckpt, "-q")
-    assert code == 1 and not stdout
+    assert code == 1
+    assert not stdout
     assert "blip.wav: the audio is too short to describe" in err
-    assert "Segment too short" not in err and "Traceback" not in err
+    assert "Segment too short" not in err
+    assert "Traceback" not in err
     assert not (tmp_path / "blip.avemo.csv").exists()
 
 
@@ -265,7 +291,8 @@ def test_a_rerun_cleans_what_a_killed_run_left(tmp_path, tiny_ckpt):
         p.write_text("half-written")
     code, stdout, err = run("annotate", video, "-o", out, "--weights", tiny_ckpt, "--plot", "-q")
     assert code == 0, err
-    assert (out / "v.avemo.csv").exists() and (out / "v.avemo.png").exists()
+    assert (out / "v.avemo.csv").exists()
+    assert (out / "v.avemo.png").exists()
     assert not any(p.exists() for p in left)
 
 
@@ -321,8 +348,10 @@ def test_every_subcommand_answers_bad_input_with_one_line(tmp_path, tiny_ckpt, m
         lines = [ln for ln in stderr.splitlines() if ln.strip()]
         shown = " ".join(str(a) for a in args)
         assert code == status, (shown, code, stderr)
-        assert len(lines) == 1 and lines[0].startswith("avemo: error: "), (shown, stderr)
-        assert "Traceback" not in stderr and stdout == "", (shown, stdout)
+        assert len(lines) == 1, (shown, stderr)
+        assert lines[0].startswith("avemo: error: "), (shown, stderr)
+        assert "Traceback" not in stderr, (shown, stdout)
+        assert stdout == "", (shown, stdout)
         out = tmp_path / "in" / "out"  # nothing but the run's manifest (what failed, and why)
         assert not out.exists() or not [p for p in out.rglob("*")
                                         if not p.name.startswith("avemo-manifest")], shown
@@ -372,7 +401,9 @@ def test_face_models_load_once_whoever_asks_first(monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert made == ["stand-in"] and len(got) == 3 and got[0] is got[1] is got[2]
+    assert made == ["stand-in"]
+    assert len(got) == 3
+    assert got[0] is got[1] is got[2]
 
 
 def test_odd_inputs_get_a_clear_word(tmp_path, tiny_ckpt):
@@ -384,21 +415,27 @@ def test_odd_inputs_get_a_clear_word(tmp_path, tiny_ckpt):
     fifo = tmp_path / "pipe.mp4"
     os.mkfifo(fifo)
     code, stdout, err = run("annotate", fifo, "-o", tmp_path / "o1", "--weights", tiny_ckpt)
-    assert code == 1 and "not a regular file" in err and "0 bytes" not in err, err
+    assert code == 1, err
+    assert "not a regular file" in err, err
+    assert "0 bytes" not in err, err
     tiny = make_synthetic_video(tmp_path / "tiny.mp4", seconds=3.0, size="2x2")
     code, stdout, err = run("annotate", tiny, "-o", tmp_path / "o2", "--weights", tiny_ckpt)
-    assert code == 0 and "its picture is 2x2 pixels, too small to hold a face: annotated " \
-        "from its audio alone" in err, err
+    assert code == 0, err
+    assert ("its picture is 2x2 pixels, too small to hold a face: annotated " \
+        "from its audio alone" in err), err
     t = pd.read_csv(tmp_path / "o2" / "tiny.avemo.csv")
-    assert t.voice.mean() > 0.9 and (t.face == 0).all()
+    assert t.voice.mean() > 0.9
+    assert (t.face == 0).all()
     wav = shared_file("emodb", "03a01Fa.wav")
     code, stdout, err = run("annotate", wav, "-o", tmp_path / "o3", "--weights", tiny_ckpt,
                             "--overlay")
-    assert code == 0 and "no mp4 output for an audio file" in err, err
+    assert code == 0, err
+    assert "no mp4 output for an audio file" in err, err
     odd = tmp_path / "two\nlines.mp4"
     shutil.copy(tiny, odd)
     code, stdout, err = run("annotate", odd, "-o", tmp_path / "o4", "--weights", tiny_ckpt, "-q")
-    assert code == 0 and stdout.count("\n") == 1, stdout
+    assert code == 0, stdout
+    assert stdout.count("\n") == 1, stdout
     assert json.loads(stdout.strip()) == str(tmp_path / "o4" / "two\nlines.avemo.csv")
 
 
@@ -415,4 +452,5 @@ def test_an_unwritable_output_folder_is_found_before_torch_is_imported(tmp_path,
                            str(afile), "--weights", str(tiny_ckpt)], capture_output=True,
                           text=True, timeout=60)
     assert proc.stdout.split() == ["False", "2"], (proc.stdout, proc.stderr)
-    assert len(proc.stderr.strip().splitlines()) == 1 and "is a file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "is a file" in proc.stderr

@@ -26,13 +26,15 @@ def test_avec2017_layout(tmp_path):
     assert "Train_02.avi: no labels/Train_02.csv; skipped" in text
     assert "Devel_09.csv: labels without a video" in text
     assert set(seqs) == {"Train_01", "Devel_01", "Test_01"}
-    assert seqs["Test_01"].labels is None and seqs["Test_01"].partition == "test"
+    assert seqs["Test_01"].labels is None
+    assert seqs["Test_01"].partition == "test"
     lab = seqs["Train_01"].labels
     assert list(lab.columns) == ["time", "arousal", "valence"]
     assert np.allclose(lab.valence, [0, -0.05, -0.1, -0.15, -0.2])
     # resampled onto 4 Hz steps: 0, 0.25 (interpolated), and NaN past the last label (0.4 s)
     y = seqs["Train_01"].step_targets(3, 4.0, ["valence", "arousal"])
-    assert np.allclose(y[:2, 0], [0.0, -0.125]) and np.isnan(y[2]).all()
+    assert np.allclose(y[:2, 0], [0.0, -0.125])
+    assert np.isnan(y[2]).all()
 
 
 @pytest.mark.parametrize("content, cause", [
@@ -47,7 +49,8 @@ def test_malformed_avec_labels_name_the_file(tmp_path, content, cause):
     bad.write_text(content)
     with pytest.raises(DatasetError) as err:
         load_dataset(tmp_path, "avec2017")
-    assert str(bad) in str(err.value) and cause in str(err.value)
+    assert str(bad) in str(err.value)
+    assert cause in str(err.value)
 
 
 def test_generic_layout_by_folders_and_by_split_csv(tmp_path):

@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 
@@ -22,26 +23,31 @@ def test_probe_real_videos(name):
         out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames",
                               "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0",
                               str(path)], capture_output=True, text=True).stdout
-        assert info.n_frames == int(out.strip())
+        assert info.n_frames == int(re.findall(r"\d+", out)[0])  # (5.1 adds a comma)
     assert info.has_audio == (name != "woman2_noaudio.mp4")
     assert info.audio_codec == ("" if name == "woman2_noaudio.mp4" else "aac")
-    assert info.fps > 20 and info.duration > 4
+    assert info.fps > 20
+    assert info.duration > 4
 
 
 def test_frames_are_resampled_and_scaled_by_ffmpeg():
     info = demux.probe(shared_file("videos", "subj01_timepoint01.mp4"))  # 1080x720, 30 fps
     frames = list(demux.iter_frames(info, rate=4, max_side=480))
     assert abs(len(frames) - info.duration * 4) <= 1
-    assert frames[0].shape == (320, 480) and frames[0].dtype == np.uint8
+    assert frames[0].shape == (320, 480)
+    assert frames[0].dtype == np.uint8
     rgb = next(iter(demux.iter_frames(info, rate=4, max_side=240, gray=False)))
     assert rgb.shape == (160, 240, 3)
 
 
 def test_audio_is_16k_mono_float():
     info = demux.probe(shared_file("crema-d", "1002_DFA_HAP_XX.mp3"))
-    assert not info.has_video and info.has_audio and info.audio_codec == "mp3"
+    assert not info.has_video
+    assert info.has_audio
+    assert info.audio_codec == "mp3"
     x = demux.read_audio(info)
-    assert x.dtype == np.float32 and abs(len(x) / 16000 - info.duration) < 0.1
+    assert x.dtype == np.float32
+    assert abs(len(x) / 16000 - info.duration) < 0.1
     assert 0.001 < np.abs(x).max() <= 1.0
 
 
@@ -86,7 +92,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         with pytest.raises(MediaError) as err:
             demux.probe(path)
         msg = str(err.value)
-        assert str(path) in msg and cause in msg and "\n" not in msg
+        assert str(path) in msg
+        assert cause in msg
+        assert "\n" not in msg
 
 
 def _gapped(path, audio=True):
@@ -145,8 +153,9 @@ def test_gapped_video_csv_time_is_true(tmp_path, tiny_ckpt):
         out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
                               "frame=best_effort_timestamp_time", "-of", "csv=p=0", str(path)],
                              capture_output=True, text=True).stdout
-        probed = np.array([float(v) for v in out.split()])
-        assert len(probed) == len(truth) and np.abs(probed - truth).max() < 0.5 / 25
+        probed = np.array([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", out)])
+        assert len(probed) == len(truth)
+        assert np.abs(probed - truth).max() < 0.5 / 25
     assert len(table) == len(truth)
     assert np.abs(table["time"].to_numpy() - truth).max() < 0.5 / 25
     assert table["time"].is_monotonic_increasing
@@ -178,7 +187,8 @@ def test_sample_aspect_ratio_is_honoured(tmp_path):
     backend = make_backend("dlib")
     rates = [extract(info, FeatureSettings(audio=False), lambda: backend).face.mean()
              for info in (a, b)]
-    assert rates[0] > 0.9 and abs(rates[0] - rates[1]) <= 0.05
+    assert rates[0] > 0.9
+    assert abs(rates[0] - rates[1]) <= 0.05
 
 
 def test_a_truncated_file_is_annotated_in_part_and_says_so(tmp_path, tiny_ckpt):
@@ -204,12 +214,16 @@ def test_a_truncated_file_is_annotated_in_part_and_says_so(tmp_path, tiny_ckpt):
         assert r.exit_code == 0, r.stderr
         warned = [ln for ln in r.stderr.splitlines() if ln.startswith("avemo: warning:")]
         assert bool(warned) == partial, r.stderr
-    assert "could be decoded" in warned[0] and "of its 10.00 s" in warned[0]
+    assert "could be decoded" in warned[0]
+    assert "of its 10.00 s" in warned[0]
     records = {json.loads(ln)["input"]: json.loads(ln)
                for ln in (out / "avemo-manifest.jsonl").read_text().splitlines()}
-    assert records[str(whole)]["status"] == "ok" and records[str(whole)]["media_seconds"] == 10
-    assert records[str(cut)]["status"] == "partial" and "could be decoded" in \
-        records[str(cut)]["warning"]
+    assert records[str(whole)]["status"] == "ok"
+    assert records[str(whole)]["media_seconds"] == 10
+    assert records[str(cut)]["status"] == "partial"
+    assert ("could be decoded" in \
+        records[str(cut)]["warning"])
     assert 2 < records[str(cut)]["media_seconds"] < 8
     r = CliRunner().invoke(main, ["status", str(out)])
-    assert "1 annotated, 1 annotated in part" in r.stdout and "partial: " in r.stdout
+    assert "1 annotated, 1 annotated in part" in r.stdout
+    assert "partial: " in r.stdout

@@ -79,16 +79,19 @@ def test_the_licences_agree_everywhere():
     import tomllib
 
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "MIT" in (ROOT / "LICENSE").read_text() and "weights/LICENSE.md" in \
-        (ROOT / "LICENSE").read_text()
+    assert "MIT" in (ROOT / "LICENSE").read_text()
+    assert ("weights/LICENSE.md" in \
+        (ROOT / "LICENSE").read_text())
     terms = (ROOT / "weights" / "LICENSE.md").read_text()
-    assert "CC BY-NC-SA 4.0" in terms and "research use only" in terms
+    assert "CC BY-NC-SA 4.0" in terms
+    assert "research use only" in terms
     assert set(meta["tool"]["setuptools"]["license-files"]) == {"LICENSE", "weights/LICENSE.md"}
-    assert "MIT" in meta["project"]["license"]["text"] and \
-        "CC BY-NC-SA 4.0" in meta["project"]["license"]["text"]
+    assert "MIT" in meta["project"]["license"]["text"]
+    assert "CC BY-NC-SA 4.0" in meta["project"]["license"]["text"]
     for page in ("README.md", "weights/MODEL_CARD.md"):
         text = (ROOT / page).read_text()
-        assert "CC BY-NC-SA 4.0" in text and "non-commercial research only" in text, page
+        assert "CC BY-NC-SA 4.0" in text, page
+        assert "non-commercial research only" in text, page
 
 
 def test_the_model_card_says_what_the_shipped_models_own_run_measured():

@@ -17,7 +17,8 @@ def test_similarity_recovers_a_known_transform():
     ang, scale, shift = 0.3, 1.7, np.array([12.0, -4.0])
     rot = scale * np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
     m = align.similarity(src, src @ rot.T + shift)
-    assert np.allclose(m[:, :2], rot) and np.allclose(m[:, 2], shift)
+    assert np.allclose(m[:, :2], rot)
+    assert np.allclose(m[:, 2], shift)
 
 
 def test_warp_resamples_through_the_matrix():
@@ -34,7 +35,8 @@ def test_tracking_and_alignment_on_a_real_talking_face(dlib_backend):
     track = tracking.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64,
                               detect_every=8)
     n = len(track.found)
-    assert n == 32 and track.found.mean() >= 0.95
+    assert n == 32
+    assert track.found.mean() >= 0.95
     assert track.detections <= n // 8 + 2  # tracked between detections, not detected each step
     assert track.crops.shape == (n, 64, 64)
     # the aligned crop puts the eyes on the template (level: no roll), the nose tip near it
@@ -55,8 +57,10 @@ def test_no_face_in_a_test_pattern(tmp_path, dlib_backend):
     path = make_synthetic_video(tmp_path / "pattern.mp4", seconds=2, audio=False)
     info = demux.probe(path)
     track = tracking.track_faces(demux.iter_frames(info, 4), dlib_backend, crop_size=64)
-    assert not track.found.any() and track.detections == len(track.found) == 8
-    assert np.isnan(track.boxes).all() and (track.crops == 0).all()
+    assert not track.found.any()
+    assert track.detections == len(track.found) == 8
+    assert np.isnan(track.boxes).all()
+    assert (track.crops == 0).all()
 
 
 def test_unknown_backend_and_missing_fan(monkeypatch):
@@ -111,8 +115,10 @@ def test_a_face_in_another_orientation_is_reported(tmp_path, how, tiny_ckpt, tin
         warnings.simplefilter("always")
         good = ann.annotate(upright)
         bad = ann.annotate(turned)
-    assert good.source == "av" and not good.notices
-    assert bad.source == "audio" and len(bad.notices) == 1
+    assert good.source == "av"
+    assert not good.notices
+    assert bad.source == "audio"
+    assert len(bad.notices) == 1
     fix = "90 degrees clockwise" if how == "wrong rotation tag" else \
         "90 degrees counter-clockwise"  # (the turn the detector sees best, not the first)
     assert f"a face appears when the picture is rotated {fix} (" in bad.notices[0]
@@ -150,7 +156,8 @@ def test_decoding_without_deblocking_keeps_the_predictions():
     backend = faces.make_backend("dlib")
     model = load_checkpoint(resolve_weights(None)).model.eval()
     tracks = [tracking.track_faces(iter(f), backend, model.cfg.input_size) for f in (fast, exact)]
-    assert np.array_equal(tracks[0].found, tracks[1].found) and tracks[0].found.mean() > 0.5
+    assert np.array_equal(tracks[0].found, tracks[1].found)
+    assert tracks[0].found.mean() > 0.5
     values = [predict_steps(model, crops=t.crops).values for t in tracks]
     assert np.abs(values[0] - values[1]).max() < 0.03
 
@@ -173,7 +180,8 @@ def test_an_upside_down_face_is_a_one_line_error(tmp_path, tiny_ckpt, tag):
                str(over))
     r = CliRunner().invoke(main, ["annotate", str(over), "-o", str(tmp_path / "out"),
                                   "--weights", str(tiny_ckpt), "-q"])
-    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.exit_code == 1, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "the face is upside down as the video is displayed" in r.stderr
     assert ("rotation tag says 180 degrees" in r.stderr) == tag
     assert not (tmp_path / "out" / "over.avemo.csv").exists()

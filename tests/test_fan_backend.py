@@ -46,9 +46,11 @@ def test_fan_backend_loads_local_weights_and_returns_68_points(stand_in_home, mo
     info = demux.probe(shared_file("videos", "WDA_KatieHill_000.mp4"))
     frame = next(iter(demux.iter_frames(info, 4, max_side=256)))
     boxes = backend.detect(frame)
-    assert isinstance(boxes, list) and all(len(b) == 4 for b in boxes)
+    assert isinstance(boxes, list)
+    assert all(len(b) == 4 for b in boxes)
     lm = backend.landmarks(frame, (60.0, 50.0, 200.0, 210.0))
-    assert lm.shape == (68, 2) and np.isfinite(lm).all()
+    assert lm.shape == (68, 2)
+    assert np.isfinite(lm).all()
     # points come back in frame coordinates: on a uniform image, moving the box moves them
     flat = np.full((720, 720), 128, np.uint8)  # both crops lie wholly inside it
     a = backend.landmarks(flat, (260.0, 260.0, 400.0, 420.0))
@@ -61,5 +63,6 @@ def test_fan_backend_without_weights_is_a_one_line_error(tmp_path, monkeypatch, 
     with pytest.raises(AvemoError) as err:
         faces.make_backend("fan", "cpu")
     msg = str(err.value)
-    assert "face-alignment could not load its models" in msg and str(tmp_path) in msg
+    assert "face-alignment could not load its models" in msg
+    assert str(tmp_path) in msg
     assert "\n" not in msg

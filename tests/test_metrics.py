@@ -13,7 +13,8 @@ def test_hand_computed_values():
     assert math.isclose(ccc(x, y), 2 * (4 / 3) / (2 / 3 + 8 / 3 + 4))
     assert math.isclose(cc(x, y), 1.0)
     assert math.isclose(rmse(x, y), math.sqrt((1 + 4 + 9) / 3))
-    assert math.isclose(ccc(x, x), 1.0) and math.isclose(ccc(x, [3, 2, 1]), -1.0)
+    assert math.isclose(ccc(x, x), 1.0)
+    assert math.isclose(ccc(x, [3, 2, 1]), -1.0)
 
 
 def test_constant_and_nan_inputs():
@@ -24,7 +25,8 @@ def test_constant_and_nan_inputs():
     x = [1.0, np.nan, 2.0, 3.0]
     y = [2.0, 5.0, 4.0, np.nan]
     assert math.isclose(ccc(x, y), ccc([1, 2], [2, 4]))  # NaN pairs dropped
-    assert math.isnan(ccc([np.nan], [1.0])) and math.isnan(rmse([], []))
+    assert math.isnan(ccc([np.nan], [1.0]))
+    assert math.isnan(rmse([], []))
     with pytest.raises(ValueError, match="length mismatch"):
         ccc([1, 2], [1, 2, 3])
 
@@ -38,4 +40,5 @@ def test_aggregations_differ_as_defined():
     t = table({"a": {"valence": p[0]}, "b": {"valence": p[1]}},
               {"a": {"valence": g[0]}, "b": {"valence": g[1]}, "c": {"valence": g[0]}},
               ["valence"], how="mean")
-    assert math.isclose(t["valence"]["ccc"], 0.0) and set(t["valence"]) == {"ccc", "cc", "rmse"}
+    assert math.isclose(t["valence"]["ccc"], 0.0)
+    assert set(t["valence"]) == {"ccc", "cc", "rmse"}

@@ -34,7 +34,8 @@ def test_xavier_init_and_zero_bias():
     w = model.visual.conv2.weight
     fan_in, fan_out = w.shape[1] * w[0, 0].numel(), w.shape[0] * w[0, 0].numel()
     bound = (6 / (fan_in + fan_out)) ** 0.5
-    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.9 * bound
     assert torch.all(model.fusion.bias == 0)
 
 
@@ -72,12 +73,17 @@ def test_thread_count_is_chosen_by_timing_and_given_back():
         torch.set_num_threads(2)
         choice = ThreadChoice(2, every=8)
         used = [choice(work, 4) for _ in range(8)]
-        assert used[1:3] == [2, 1] and set(used[3:]) == {1} and choice.best == 1
+        assert used[1:3] == [2, 1]
+        assert set(used[3:]) == {1}
+        assert choice.best == 1
         busy["machine"] = False
         used = [choice(work, 4) for _ in range(8)]
-        assert used[0] == 1 and used[1:3] == [2, 1] and set(used[3:]) == {2}
+        assert used[0] == 1
+        assert used[1:3] == [2, 1]
+        assert set(used[3:]) == {2}
         one = ThreadChoice(1)  # one thread allowed: nothing to time
-        assert [one(work, 4) for _ in range(4)] == [1] * 4 and not one.timed
+        assert [one(work, 4) for _ in range(4)] == [1] * 4
+        assert not one.timed
         torch.set_num_threads(2)
         model = tiny_model("av", seed=1)
         audio, crops = _inputs(k=40)
@@ -106,7 +112,8 @@ def test_single_modality_heads_and_errors():
     a_only = predict_steps(av, audio=audio).values
     v_only = predict_steps(av, crops=crops).values
     both = predict_steps(av, audio, crops).values
-    assert not np.allclose(a_only, both) and not np.allclose(v_only, both)
+    assert not np.allclose(a_only, both)
+    assert not np.allclose(v_only, both)
     with pytest.raises(ValueError, match="no visual branch"):
         tiny_model("audio")(video=torch.zeros(1, 16, 1, 64, 64))
     assert predict_steps(tiny_model("video"), crops=crops).values.shape == (20, 2)

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from avemo_cli.cli import main
 from avemo_cli.demux import probe
 
 from browser import Browser, find_chromium
-from conftest import shared_file
+from conftest import cli as run, shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.mp4"
@@ -23,9 +21,6 @@ needs_browser = pytest.mark.skipif(find_chromium() is None,
                                    reason="no Chromium here (apt install chromium)")
 
 
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r.exit_code, r.stdout, r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +71,8 @@ def test_the_subtitle_track_is_valid_webvtt_within_the_media(sample_pages):
 def test_the_file_page_draws_follows_and_seeks_offline(sample_pages, tmp_path):
     page = sample_pages / "sample.avemo.html"
     html = page.read_text(encoding="utf-8")
-    assert "http://" not in html and "https://" not in html  # nothing fetched from anywhere
+    assert "http://" not in html
+    assert "https://" not in html  # nothing fetched from anywhere
     table = pd.read_csv(sample_pages / "sample.avemo.csv")
     steps = int(round(table.time.max() * 4)) + 1
     with Browser() as b:
@@ -118,7 +114,8 @@ def test_the_folder_report_lists_every_input_with_its_status(tmp_path):
     assert code == 1, err  # the broken one
     code, stdout, err = run("status", out, "--html")
     report = out / "avemo-report.html"
-    assert report.exists() and "report written to" in err
+    assert report.exists()
+    assert "report written to" in err
     with Browser() as b:
         b.open(report.as_uri(), "window.avemoPage && window.avemoPage.ready")
         assert b.eval("window.avemoPage.rows") == 3
@@ -134,7 +131,8 @@ def test_the_folder_report_lists_every_input_with_its_status(tmp_path):
         order = b.eval("window.avemoPage.order")
         valence = {Path(r[0]).name: float(r[3]) for r in rows if r[3]}
         ranked = sorted(valence, key=valence.get)
-        assert [Path(i).name for i in order[:2]] == ranked and order[2].endswith("broken.mp4")
+        assert [Path(i).name for i in order[:2]] == ranked
+        assert order[2].endswith("broken.mp4")
         b.open(links[0], "window.avemoPage && window.avemoPage.ready")  # the link opens
         assert b.eval("document.getElementById('name').textContent") in ("sample.mp4",
                                                                           "speech.wav")

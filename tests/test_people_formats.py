@@ -78,19 +78,25 @@ def test_each_person_keeps_a_face_id_across_the_swap(annotated):
 def test_the_four_formats_hold_the_same_values(annotated, swap_video):
     out, table = annotated
     parquet = pd.read_parquet(out / "swap.avemo.parquet")
-    assert list(parquet.columns) == COLUMNS and len(parquet) == len(table)
+    assert list(parquet.columns) == COLUMNS
+    assert len(parquet) == len(table)
     for col in ("valence", "arousal", "confidence", "box_x", "box_w"):
         assert np.allclose(parquet[col], table[col], atol=1e-4, equal_nan=True), col
     doc = json.loads((out / "swap.avemo.json").read_text())
-    assert doc["faces"] == [0, 1] and doc["columns"] == COLUMNS and doc["fps"] == 25.0
-    assert doc["model"] and doc["avemo"] and doc["source"] in ("av", "video")
+    assert doc["faces"] == [0, 1]
+    assert doc["columns"] == COLUMNS
+    assert doc["fps"] == 25.0
+    assert doc["model"]
+    assert doc["avemo"]
+    assert doc["source"] in ("av", "video")
     rows = pd.DataFrame(doc["rows"])
     assert np.allclose(rows["valence"].astype(float), table["valence"], atol=1e-4)
 
     root = ET.parse(out / "swap.avemo.eaf").getroot()
     assert root.tag == "ANNOTATION_DOCUMENT"
     media = root.find("HEADER/MEDIA_DESCRIPTOR")
-    assert media is not None and media.get("MEDIA_URL", "").endswith("swap.mp4")
+    assert media is not None
+    assert media.get("MEDIA_URL", "").endswith("swap.mp4")
     slots = {s.get("TIME_SLOT_ID"): int(s.get("TIME_VALUE"))
              for s in root.iter("TIME_SLOT")}  # integers: milliseconds
     tiers = {t.get("TIER_ID"): t for t in root.iter("TIER")}
@@ -126,10 +132,14 @@ def test_formats_resume_and_a_bad_format_is_one_line(annotated, swap_video, tiny
     args = ["annotate", str(swap_video), "--weights", str(tiny_ckpt), "--max-faces", "2",
             "-o", str(out)]
     r = run.invoke(main, args + ["--format", "eaf,csv"])
-    assert r.exit_code == 0 and r.stdout == "" and "skip" in r.stderr  # all there: skipped
+    assert r.exit_code == 0
+    assert r.stdout == ""
+    assert "skip" in r.stderr  # all there: skipped
     bad = run.invoke(main, args + ["--format", "csv,xlsx"])
-    assert bad.exit_code == 2 and bad.stdout == ""
-    assert bad.stderr.strip().count("\n") == 0 and "unknown output format 'xlsx'" in bad.stderr
+    assert bad.exit_code == 2
+    assert bad.stdout == ""
+    assert bad.stderr.strip().count("\n") == 0
+    assert "unknown output format 'xlsx'" in bad.stderr
 
 
 def test_single_face_run_has_face_id_0_and_boxes(tiny_ckpt, tmp_path):
@@ -138,7 +148,8 @@ def test_single_face_run_has_face_id_0_and_boxes(tiny_ckpt, tmp_path):
                                   str(tmp_path), "-q"], catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     table = pd.read_csv(tmp_path / "WDA_KatieHill_000.avemo.csv")
-    assert list(table.columns) == COLUMNS and (table["face_id"] == 0).all()
+    assert list(table.columns) == COLUMNS
+    assert (table["face_id"] == 0).all()
     assert len(table) == table["frame"].nunique()  # one row per frame, as before
     seen = table["face"] == 1
     assert seen.mean() > 0.9
@@ -170,7 +181,8 @@ def test_the_face_whose_mouth_follows_the_voice_speaks():
     voice = np.ones(n, bool)
     voice[:5] = False
     who = speaking([_talking_track(other), _talking_track(talker)], loud, voice)
-    assert not who[:, :5].any() and (who.sum(0)[5:] == 1).all()
+    assert not who[:, :5].any()
+    assert (who.sum(0)[5:] == 1).all()
     assert who[1, 8:].all()  # once the window holds a few steps
     one = speaking([_talking_track(other)], loud, voice)
     assert (one[0] == voice).all()  # one face: the voice is its own

@@ -3,19 +3,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from avemo_cli.cli import main
 from avemo_cli.demux import ffmpeg_exe, probe
 from avemo_cli.pipeline import Annotator
 from avemo_cli.settings import AnnotatorSettings
 
-from conftest import decoded_frame_count, ffmpeg, make_synthetic_video, shared_file
+from conftest import cli as run, decoded_frame_count, ffmpeg, make_synthetic_video, shared_file
 
 
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r.exit_code, r.stdout, r.stderr
 
 
 def frame_at(path, index: int, size: tuple[int, int]) -> np.ndarray:
@@ -48,7 +43,8 @@ def test_overlay_video_matches_the_input(overlay_run):
     assert ov.has_audio
     header = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(mp4)],
                             capture_output=True, text=True).stderr
-    assert "h264" in header and "yuv420p" in header
+    assert "h264" in header
+    assert "yuv420p" in header
 
 
 def audio_packets_md5(path) -> str:
@@ -71,7 +67,8 @@ def test_overlay_encodes_other_audio_to_aac_and_keeps_odd_sizes(tmp_path, tiny_c
     assert code == 0, err
     mp4 = tmp_path / "odd.avemo.mp4"
     ov = probe(mp4)
-    assert ov.audio_codec == "aac" and abs(ov.duration - 2) < 0.1
+    assert ov.audio_codec == "aac"
+    assert abs(ov.duration - 2) < 0.1
     assert (ov.width, ov.height) == (334, 242)  # yuv420p needs even sizes: padded by one
     assert decoded_frame_count(mp4) == 50
 
@@ -85,8 +82,10 @@ def test_only_the_face_and_panel_regions_are_composited(tiny_ckpt):
     fx0, fy0, fx1, fy1 = layers.face_rect
     scale = ann.track.frame_size[0] / ann.info.width
     boxes = ann.track.boxes[ann.face] / scale
-    assert fx0 <= boxes[:, 0].min() and fy0 <= boxes[:, 1].min()
-    assert fx1 >= min(512, boxes[:, 2].max()) and fy1 >= min(512, boxes[:, 3].max())
+    assert fx0 <= boxes[:, 0].min()
+    assert fy0 <= boxes[:, 1].min()
+    assert fx1 >= min(512, boxes[:, 2].max())
+    assert fy1 >= min(512, boxes[:, 3].max())
     assert all(v % 2 == 0 for v in (fx0, fy0))
     assert any(r[0] <= fx0 and r[1] <= fy0 and r[2] >= fx1 and r[3] >= fy1
                for r in layers.regions)
@@ -142,7 +141,8 @@ def test_api_returns_attention(tiny_ckpt):
     ann = Annotator(tiny_ckpt, AnnotatorSettings(device="cpu")).annotate(shared_file("videos",
                                                                   "WDA_KatieHill_000.mp4"))
     vis, aud = ann.steps.visual_attention, ann.steps.audio_attention
-    assert vis.shape == (32, 16, 16) and aud.shape == (32, 16)
+    assert vis.shape == (32, 16, 16)
+    assert aud.shape == (32, 16)
     assert np.allclose(vis.sum(axis=(1, 2)), 1, atol=1e-4)
     assert np.allclose(aud.sum(axis=1), 1, atol=1e-4)
 
@@ -152,7 +152,8 @@ def test_plot_png_is_drawn(overlay_run):
 
     _, out, *_ = overlay_run
     img = mpimg.imread(out / "WDA_KatieHill_000.avemo.png")
-    assert img.shape[:2] == (320, 1000) and img[..., :3].std() > 0.05
+    assert img.shape[:2] == (320, 1000)
+    assert img[..., :3].std() > 0.05
 
 
 def test_audio_only_input_gets_a_plot_but_no_overlay(tmp_path, tiny_ckpt):
@@ -176,7 +177,8 @@ def test_heat_warp_matches_the_alignment_warp():
     m = np.array([[s * np.cos(th), -s * np.sin(th), 20.0], [s * np.sin(th), s * np.cos(th), 5.0]])
     grey = bytes(np.repeat(np.arange(256, dtype=np.uint8), 4))  # the level in R, G, B and A
     ours = _warp_coloured(levels, m, (200, 220), grey)
-    assert ours.shape == (200, 220, 4) and (ours[..., 0] == ours[..., 3]).all()
+    assert ours.shape == (200, 220, 4)
+    assert (ours[..., 0] == ours[..., 3]).all()
     ref = warp(levels, m, (200, 220)).astype(int)
     inside = warp(np.ones(levels.shape, np.float32), m, (200, 220)) > 0.999
     assert inside.sum() > 10000

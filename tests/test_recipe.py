@@ -34,10 +34,14 @@ def test_the_default_recipe_runs_end_to_end_on_a_tiny_budget_and_repeats_exactly
     out = run_recipe(tmp_path / "first")
     model = load_checkpoint(out)
     cfg = model.config
-    assert cfg.modality == "av" and cfg.fusion == "weighted" and cfg.input_size == 48
+    assert cfg.modality == "av"
+    assert cfg.fusion == "weighted"
+    assert cfg.input_size == 48
     for t in ("valence", "arousal"):
         weights = cfg.fusion_weights[t]
-        assert len(weights) == 2 and abs(sum(weights) - 1) < 1e-3 and min(weights) >= 0
+        assert len(weights) == 2
+        assert abs(sum(weights) - 1) < 1e-3
+        assert min(weights) >= 0
     metrics = json.loads(out.with_name("model_metrics.json").read_text())
     assert {"visual_ferplus", "audio_speech", "fusion", "videos"} <= set(metrics)
     assert {"speaker_cv", "loco_emodb", "loco_emovo", "loco_ravdess"} <= \

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avemo_cli.recipes import speech
+from avemo_cli.recipes import fitting, recordings, scoring, speech
 from avemo_cli.audio import AudioFeatures
 from avemo_cli.checkpoint import load_checkpoint, save_checkpoint
 from avemo_cli.datasets import Sequence
@@ -19,7 +19,7 @@ from avemo_cli.pipeline import Annotator
 from avemo_cli.settings import AnnotatorSettings
 from avemo_cli.predict import clip_steps, predict_steps
 from avemo_cli.testing.tiny_checkpoint import tiny_model
-from avemo_cli.train import (Prepared, adapt_audio, batch_outputs, clip_batch, evaluate_items,
+from avemo_cli.clips import (Prepared, adapt_audio, batch_outputs, clip_batch, evaluate_items,
                              window_batch)
 
 from conftest import ffmpeg, shared_file
@@ -87,7 +87,8 @@ def test_norm_and_fusion_round_trip_and_train_eval_see_what_annotate_sees(tmp_pa
     model = _adapting_model(fusion="weighted", fusion_weights=WEIGHTS)
     path = save_checkpoint(tmp_path / "m.safetensors", model)
     ck = load_checkpoint(path)
-    assert ck.config.audio_norm == "recording" and ck.config.audio_norm_prior == 2.0
+    assert ck.config.audio_norm == "recording"
+    assert ck.config.audio_norm_prior == 2.0
     assert ck.config.fusion_weights == WEIGHTS
     assert torch.equal(ck.model.audio.mean, model.audio.mean)
     rng = np.random.default_rng(3)
@@ -149,13 +150,16 @@ def test_speech_corpora_readers():
 
     rav = C.ravdess(shared_file("ravdess"))
     emo = C.emovo(shared_file("emovo"))
-    assert len(rav) == 1076 and len({c.speaker for c in rav}) == 18
-    assert len(emo) == 392 and {c.speaker for c in emo} == {f"emovo:{s}" for s in
-                                                            ("f1", "f2", "m1", "m2")}
+    assert len(rav) == 1076
+    assert len({c.speaker for c in rav}) == 18
+    assert len(emo) == 392
+    assert ({c.speaker for c in emo} == {f"emovo:{s}" for s in
+                                                            ("f1", "f2", "m1", "m2")})
     calm = next(c for c in rav if c.path.stem.startswith("03-01-02-"))
     assert (calm.emotion, calm.valence, calm.arousal) == ("calm", 0.3, -0.5)
     joy = next(c for c in emo if c.path.stem.startswith("gio-"))
-    assert joy.emotion == "happiness" and joy.corpus == "emovo"
+    assert joy.emotion == "happiness"
+    assert joy.corpus == "emovo"
     assert {c.emotion for c in rav} == {"neutral", "calm", "happiness", "sadness", "anger",
                                         "fear", "disgust", "surprise"}
 
@@ -164,11 +168,13 @@ def test_augment_changes_level_speed_and_channel():
     rng = np.random.default_rng(0)
     t = np.arange(32000) / 16000
     x = (0.1 * np.sin(2 * np.pi * 200 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    outs = [speech.augment(x, np.random.default_rng(s)) for s in range(8)]
+    outs = [recordings.augment(x, np.random.default_rng(s)) for s in range(8)]
     lengths = [len(y) / len(x) for y in outs]
-    assert all(1 / 1.13 < r < 1 / 0.87 for r in lengths) and np.ptp(lengths) > 0.02
+    assert all(1 / 1.13 < r < 1 / 0.87 for r in lengths)
+    assert np.ptp(lengths) > 0.02
     levels = [20 * np.log10(np.sqrt(np.mean(y ** 2)) / np.sqrt(np.mean(x ** 2))) for y in outs]
-    assert np.ptp(levels) > 6 and all(np.isfinite(y).all() for y in outs)
+    assert np.ptp(levels) > 6
+    assert all(np.isfinite(y).all() for y in outs)
     # the channel: on white noise, a high-pass takes the lowest band away every time, and
     # the low-pass (most of the time) a varying share of the highest
     noise = (0.05 * rng.standard_normal(32000)).astype(np.float32)
@@ -177,10 +183,11 @@ def test_augment_changes_level_speed_and_channel():
         power, freq = np.abs(np.fft.rfft(y)) ** 2, np.fft.rfftfreq(len(y), 1 / 16000)
         return power[(freq >= lo) & (freq < hi)].sum() / power.sum()
 
-    heard = [speech.augment(noise, np.random.default_rng(s)) for s in range(8)]
+    heard = [recordings.augment(noise, np.random.default_rng(s)) for s in range(8)]
     assert all(share(y, 0, 50) < share(noise, 0, 50) / 10 for y in heard)
     highs = [share(y, 4000, 8000) for y in heard]
-    assert max(highs) < share(noise, 4000, 8000) and np.ptp(highs) > 0.2
+    assert max(highs) < share(noise, 4000, 8000)
+    assert np.ptp(highs) > 0.2
 
 
 def _clips(n_per=3):
@@ -197,7 +204,7 @@ def _clips(n_per=3):
 def test_joined_recordings_have_one_emotion_per_block_and_every_clip_once():
     clips = _clips(n_per=12)
     durations = [3.0] * len(clips)  # 36 s of each emotion per speaker
-    blocks = speech.plan_joined(clips, durations, "x:a", seed=0, max_block=20.0)
+    blocks = recordings.plan_joined(clips, durations, "x:a", seed=0, max_block=20.0)
     used = [i for b in blocks for i in b]
     assert sorted(used) == [i for i, c in enumerate(clips) if c.speaker == "x:a"]
     for b in blocks:
@@ -209,13 +216,15 @@ def test_joined_recordings_have_one_emotion_per_block_and_every_clip_once():
 
 def test_scores_of_units():
     def unit(spk, emo, v):
-        return speech.Unit(spk, "x", emo, np.array([v, 0.0]), np.array([0.0, 0.0]))
+        return scoring.Unit(spk, "x", emo, np.array([v, 0.0]), np.array([0.0, 0.0]))
 
     us = [unit("s1", "happiness", 0.5), unit("s1", "anger", 0.1), unit("s1", "sadness", -0.2),
           unit("s2", "happiness", 0.0), unit("s2", "anger", 0.2), unit("s2", "fear", -0.5)]
-    assert speech.happy_above_negatives(us) == {"s1": True, "s2": False}
-    s = speech.summary(us)
-    assert s["happy_above_negatives"] == 0.5 and s["speakers"] == 2 and s["n"] == 6
+    assert scoring.happy_above_negatives(us) == {"s1": True, "s2": False}
+    s = scoring.summary(us)
+    assert s["happy_above_negatives"] == 0.5
+    assert s["speakers"] == 2
+    assert s["n"] == 6
     assert s["valence_std"] == pytest.approx(np.std([0.5, 0.1, -0.2, 0.0, 0.2, -0.5]), abs=1e-4)
 
 
@@ -230,9 +239,10 @@ def test_cross_corpus_pipeline_on_real_speech(tmp_path):
               and c.emotion in ("happiness", "sadness")][:4]
     cfg = ModelConfig(modality="audio", audio_hidden=8, audio_attention_hidden=8,
                       audio_norm="recording")
-    audio = speech.decode_all(clips, tmp_path, jobs=1)
-    assert len(audio) == len(clips) and all(a.dtype == np.float32 for a in audio)
-    recs = speech.build_recordings(clips, audio, cfg, tmp_path, copies=1, jobs=1,
+    audio = recordings.decode_all(clips, tmp_path, jobs=1)
+    assert len(audio) == len(clips)
+    assert all(a.dtype == np.float32 for a in audio)
+    recs = recordings.build_recordings(clips, audio, cfg, tmp_path, copies=1, jobs=1,
                                    log=lambda m: None)
     speakers = {c.speaker for c in clips}
     assert len(recs) == 2 * (len(clips) + len(speakers))
@@ -242,29 +252,32 @@ def test_cross_corpus_pipeline_on_real_speech(tmp_path):
     res = speech.held_out(recs, {"emodb:03"}, cfg, updates=20, svr=True, log=lambda m: None)
     assert {r.speaker for r in res["test"]} == {"emodb:03"}
     assert all(r.name.endswith("#0") for r in res["test"])
-    rep = speech.report(res["test"], res["network"])
+    rep = scoring.report(res["test"], res["network"])
     assert rep["clip_last"]["all"]["n"] == rep["clip"]["all"]["n"]
     assert rep["clip"]["all"]["n"] == sum(c.speaker == "emodb:03" for c in clips)
     assert rep["recording"]["all"]["n"] == 2  # one block per emotion
-    assert len(res["svr"]) == len(res["test"]) and res["svr"][0].shape[1] == 2
+    assert len(res["svr"]) == len(res["test"])
+    assert res["svr"][0].shape[1] == 2
 
 
 def test_a_clips_speech_summary_leaves_its_silence_out():
     """A clip's value over its speech steps only: the silent steps before the sentence (the
     model's output there says nothing about the voice) do not dilute it."""
     k = 12
-    rec = speech.Recording("c", "x:a", "x", np.zeros((k, 88), np.float32), np.ones(k, bool),
+    rec = recordings.Recording("c", "x:a", "x", np.zeros((k, 88), np.float32), np.ones(k, bool),
                            np.zeros(k, np.int64), ["happiness"], np.arange(k) / 4,
                            speech=np.arange(k) >= 4)
     pred = np.zeros((k, 2), np.float32)
     pred[4:] = [0.8, 0.4]  # the speech; the four silent steps say 0
-    clips, spoken, lasts, blocks = speech.units([rec], [pred])
+    clips, spoken, lasts, blocks = scoring.units([rec], [pred])
     assert clips[0].pred.tolist() == pytest.approx([0.8 * 8 / 12, 0.4 * 8 / 12])
     assert spoken[0].pred.tolist() == pytest.approx([0.8, 0.4])
-    assert lasts[0].pred.tolist() == pytest.approx([0.8, 0.4]) and not blocks
-    loud = speech.step_loudness(np.r_[np.zeros(8000), 0.1 * np.ones(8000)].astype(np.float32),
+    assert lasts[0].pred.tolist() == pytest.approx([0.8, 0.4])
+    assert not blocks
+    loud = recordings.step_loudness(np.r_[np.zeros(8000), 0.1 * np.ones(8000)].astype(np.float32),
                                 4, 4.0)
-    assert loud[0] < -90 and abs(loud[2] + 20) < 0.1
+    assert loud[0] < -90
+    assert abs(loud[2] + 20) < 0.1
 
 
 def test_silence_is_neither_trained_on_nor_part_of_a_recordings_normalisation():
@@ -274,11 +287,12 @@ def test_silence_is_neither_trained_on_nor_part_of_a_recordings_normalisation():
     rng = np.random.default_rng(0)
     values = rng.normal(0, 1, (k, 88)).astype(np.float32)
     values[:4] -= 40  # silent steps: openSMILE's functionals of near-silence, far off
-    rec = speech.Recording("c", "x:a", "x", values, np.ones(k, bool), np.zeros(k, np.int64),
+    rec = recordings.Recording("c", "x:a", "x", values, np.ones(k, bool), np.zeros(k, np.int64),
                            ["happiness"], np.arange(k) / 4, speech=np.arange(k) >= 4)
-    rows, weights = speech.training_rows([rec], skip=2.0)
-    assert rows[:, 1].tolist() == list(range(4, k)) and weights.sum() == pytest.approx(1)
-    model = speech.fit([rec], ModelConfig(**speech.AUDIO_CONFIG), updates=1)
+    rows, weights = fitting.training_rows([rec], skip=2.0)
+    assert rows[:, 1].tolist() == list(range(4, k))
+    assert weights.sum() == pytest.approx(1)
+    model = fitting.fit([rec], ModelConfig(**speech.AUDIO_CONFIG), updates=1)
     assert torch.allclose(model.audio.mean, torch.from_numpy(values[4:].mean(0).astype(
         np.float32)), atol=1e-4)  # the training statistics are the speech's
     adapted = model.audio.adapt(values, rec.heard)
@@ -300,8 +314,10 @@ def test_annotation_normalises_the_voice_from_its_speech_only(tmp_path):
                           AnnotatorSettings(device="cpu"))
     ann = annotator.annotate(clip)
     a = extract(ann.info, FeatureSettings.for_model(model.cfg), lambda: None).audio
-    assert a is not None and a.speech is not None
-    assert not a.heard[:4].any() and a.heard[10:14].all()
+    assert a is not None
+    assert a.speech is not None
+    assert not a.heard[:4].any()
+    assert a.heard[10:14].all()
     heard = predict_steps(model, a.values, audio_valid=a.heard).values
     everything = predict_steps(model, a.values, audio_valid=a.valid).values
     assert np.allclose(ann.steps.audio_values, heard, atol=1e-5)

@@ -10,18 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 from avemo_cli.checkpoint import load_checkpoint, read_metadata
-from avemo_cli.cli import main
 from avemo_cli.testing.corpus import build_corpus
 
-from conftest import shared_file
+from conftest import cli as run, shared_file
 
 
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r.exit_code, r.stdout, r.stderr
 
 
 def prediction_and_gold_folders(where):
@@ -79,12 +74,13 @@ def test_audio_training_kill_resume_and_eval(corpus, tmp_path):
                             "--lr", "1e-3", "--out", out, "--cache", cache, "--resume")
     assert code == 0, err
     assert f"resuming from epoch {done}" in err
-    assert "0 files analysed, 6 analysed by an earlier run" in err and \
-        "0 files analysed, 3 analysed by an earlier run" in err
+    assert "0 files analysed, 6 analysed by an earlier run" in err
+    assert "0 files analysed, 3 analysed by an earlier run" in err
     epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
     assert epochs == list(range(1, 26))
     best = load_checkpoint(stdout.strip())
-    assert best.config.modality == "audio" and "valence" in best.postprocess
+    assert best.config.modality == "audio"
+    assert "valence" in best.postprocess
     assert best.provenance["devel_sequences"] == ["Devel_01", "Devel_02", "Devel_03"]
 
     code, stdout, err = run("eval", "--data", corpus, "--weights", out / "best.safetensors",
@@ -129,7 +125,8 @@ def test_generic_layout_and_pred_gold_equivalence(generic_corpus, tmp_path):
     figs = tmp_path / "figs"
     code, _, err = run("eval", "--pred", preds, "--gold", generic_corpus / "devel", "--plot",
                        figs)
-    assert code == 0 and "4 figures" in err
+    assert code == 0
+    assert "4 figures" in err
     assert sorted(p.name for p in figs.iterdir()) == [
         "Devel_01.png", "Devel_02.png", "Devel_03.png", "ccc_per_sequence.png"]
 
@@ -141,16 +138,19 @@ def test_av_training_runs_end_to_end(corpus, tmp_path):
                                   "visual_z": 8, "audio_hidden": 8}))
     cache = tmp_path / "cache"
     code, _, err = run("extract", "--data", corpus, "--modality", "av", "--cache", cache)
-    assert code == 0 and "9 files analysed, 0 analysed by an earlier run" in err
+    assert code == 0
+    assert "9 files analysed, 0 analysed by an earlier run" in err
     code, stdout, err = run("train", "--data", corpus, "--modality", "av", "--epochs", 2,
                             "--config", config, "--clip-stride", 4, "--out", tmp_path / "run",
                             "--cache", cache)
     assert code == 0, err
     assert "0 files analysed, 6 analysed by an earlier run" in err  # extract filled it
     ck = load_checkpoint(stdout.strip())
-    assert ck.config.modality == "av" and ck.config.c3d_channels == [4, 8, 8, 8]
+    assert ck.config.modality == "av"
+    assert ck.config.c3d_channels == [4, 8, 8, 8]
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and rows[0]["clips_per_second"] > 0
+    assert len(rows) == 2
+    assert rows[0]["clips_per_second"] > 0
     assert all(np.isfinite(r["devel_ccc"]["valence"]) for r in rows)
     # the trained checkpoint annotates a video directly
     out = tmp_path / "ann"
@@ -162,16 +162,22 @@ def test_av_training_runs_end_to_end(corpus, tmp_path):
 
 def test_user_errors_are_one_line(corpus, tmp_path, tiny_audio_ckpt):
     code, _, err = run("train", "--data", tmp_path, "--out", tmp_path / "r")
-    assert code == 2 and "not an avec2017 layout" in err and "Traceback" not in err
+    assert code == 2
+    assert "not an avec2017 layout" in err
+    assert "Traceback" not in err
     code, _, err = run("eval", "--pred", tmp_path, "--gold", corpus / "labels")
-    assert code == 2 and "no *.avemo.csv prediction files" in err
+    assert code == 2
+    assert "no *.avemo.csv prediction files" in err
     code, _, err = run("eval", "--data", corpus, "--weights", tmp_path / "x.safetensors")
-    assert code == 2 and "no such checkpoint file" in err
+    assert code == 2
+    assert "no such checkpoint file" in err
     code, _, err = run("eval", "--pred", tmp_path)
-    assert code == 2 and "either --pred DIR --gold DIR" in err
+    assert code == 2
+    assert "either --pred DIR --gold DIR" in err
     code, _, err = run("eval", "--data", corpus, "--weights", tiny_audio_ckpt, "--partition",
                        "test")
-    assert code == 2 and "no labelled test sequences to evaluate" in err, err
+    assert code == 2, err
+    assert "no labelled test sequences to evaluate" in err, err
 
 
 def test_damaged_cache_entry_is_recomputed(corpus, tmp_path):
@@ -232,16 +238,22 @@ def test_out_of_range_or_missing_labels_are_refused(corpus, tmp_path):
         lab.write_text("\n".join(rows) + "\n")
         code, stdout, err = run("train", "--data", root, "--modality", "audio", "--epochs", 1,
                                 "--out", tmp_path / "run", "--cache", tmp_path / "cache", "-q")
-        assert code == 2 and not stdout, err
-        assert str(lab) in err and "valence" in err and cause in err
-        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()
+        assert code == 2, err
+        assert not stdout, err
+        assert str(lab) in err
+        assert "valence" in err
+        assert cause in err
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "cache").exists()
 
 
 def test_diverging_training_stops_without_a_checkpoint(corpus, tmp_path):
     code, stdout, err = run("train", "--data", corpus, "--modality", "audio", "--epochs", 2,
                             "--lr", "1e30", "--out", tmp_path / "run", "--cache",
                             tmp_path / "cache", "-q")
-    assert code == 2 and "the training loss is" in err and "lower --lr" in err
+    assert code == 2
+    assert "the training loss is" in err
+    assert "lower --lr" in err
     assert not (tmp_path / "run" / "best.safetensors").exists()
     # a damaged training state is one line naming it, not a traceback (same features: cached)
     state = tmp_path / "run" / "last.pt"
@@ -250,9 +262,11 @@ def test_diverging_training_stops_without_a_checkpoint(corpus, tmp_path):
     code, stdout, err = run("train", "--data", corpus, "--modality", "audio", "--epochs", 2,
                             "-o", tmp_path / "run", "--cache", tmp_path / "cache", "-q",
                             "--resume")
-    assert code == 2 and not stdout and "Traceback" not in err
-    assert err.startswith(f"avemo: error: {state}: damaged training state") and \
-        len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert not stdout
+    assert "Traceback" not in err
+    assert err.startswith(f"avemo: error: {state}: damaged training state")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_checkpoint_holding_nan_is_a_one_line_error(corpus, tmp_path, tiny_audio_ckpt):
@@ -266,11 +280,16 @@ def test_a_checkpoint_holding_nan_is_a_one_line_error(corpus, tmp_path, tiny_aud
         load_checkpoint(bad)
     wav = shared_file("emodb", "03a01Fa.wav")
     code, stdout, err = run("annotate", wav, "-o", tmp_path / "out", "--weights", bad)
-    assert code == 2 and str(bad) in err and "NaN" in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert str(bad) in err
+    assert "NaN" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     code, stdout, err = run("eval", "--data", corpus, "--weights", bad, "--cache",
                             tmp_path / "cache")
-    assert code == 2 and str(bad) in err and "Traceback" not in err
+    assert code == 2
+    assert str(bad) in err
+    assert "Traceback" not in err
 
 
 def test_eval_says_what_it_scored(tmp_path):
@@ -286,7 +305,8 @@ def test_eval_says_what_it_scored(tmp_path):
     full.to_csv(pred / "flat.avemo.csv", index=False)
     full.to_csv(pred / "b.avemo.csv", index=False)  # no gold
     code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
-    assert code == 2 and "a: the prediction covers less than 50% of the gold (lowest 19%)" in err
+    assert code == 2
+    assert "a: the prediction covers less than 50% of the gold (lowest 19%)" in err
     code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--min-coverage", "0.1",
                             "--json", "--per-sequence")
     assert code == 0, err
@@ -301,7 +321,9 @@ def test_eval_says_what_it_scored(tmp_path):
                            ("frame,time,valence\n0,zero,0.1\n", "non-numeric values in the time")):
         (pred / "flat.avemo.csv").write_text(content)
         code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
-        assert code == 2 and "flat.avemo.csv" in err and cause in err, err
+        assert code == 2, err
+        assert "flat.avemo.csv" in err, err
+        assert cause in err, err
         assert len(err.strip().splitlines()) == 1
 
 
@@ -321,15 +343,19 @@ def test_eval_scores_predictions_in_time_order_and_refuses_conflicting_times(tmp
         shuffled.to_csv(pred / "a.avemo.csv", index=False)
         code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--json", "--metric",
                                 "all")
-        assert code == 0 and json.loads(stdout) == json.loads(ordered), err
+        assert code == 0, err
+        assert json.loads(stdout) == json.loads(ordered), err
     twice = pd.concat([p, p.iloc[[50]]])  # the same row twice: kept once
     twice.to_csv(pred / "a.avemo.csv", index=False)
     code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--json", "--metric", "all")
-    assert code == 0 and json.loads(stdout) == json.loads(ordered), err
+    assert code == 0, err
+    assert json.loads(stdout) == json.loads(ordered), err
     clash = pd.concat([p, p.iloc[[50, 120]].assign(valence=0.0)])
     clash.to_csv(pred / "a.avemo.csv", index=False)
     code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
-    assert code == 2 and "a.avemo.csv" in err and "at time 5 with different values" in err, err
+    assert code == 2, err
+    assert "a.avemo.csv" in err, err
+    assert "at time 5 with different values" in err, err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -348,14 +374,20 @@ def test_eval_says_why_a_score_is_missing_and_writes_valid_json(tmp_path):
                             "--per-sequence")
     assert code == 0, err
     out = json.loads(stdout)
-    assert "NaN" not in stdout and "Infinity" not in stdout
-    assert "valence" not in out and out["sequences"]["b"]["arousal"]["cc"] is None
+    assert "NaN" not in stdout
+    assert "Infinity" not in stdout
+    assert "valence" not in out
+    assert out["sequences"]["b"]["arousal"]["cc"] is None
     assert "valence: not scored: the predictions have only empty values for it" in err
-    assert "RuntimeWarning" not in err and "Traceback" not in err
+    assert "RuntimeWarning" not in err
+    assert "Traceback" not in err
     code, stdout, err = run("eval", "--pred", pred, "--gold", gold, "--metric", "all",
                             "--per-sequence")
-    assert code == 0 and "n/a" in stdout and "nan" not in stdout.lower().replace("n/a", "")
+    assert code == 0
+    assert "n/a" in stdout
+    assert "nan" not in stdout.lower().replace("n/a", "")
     g.assign(valence=np.inf).to_csv(pred / "a.avemo.csv", index=False)
     code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
-    assert code == 2 and "a.avemo.csv: infinite values in the valence column" in err
+    assert code == 2
+    assert "a.avemo.csv: infinite values in the valence column" in err
     assert len(err.strip().splitlines()) == 1

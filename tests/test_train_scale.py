@@ -17,7 +17,7 @@ from avemo_cli.tracking import FaceTrack
 from avemo_cli.features import Features
 from avemo_cli.testing.corpus import build_corpus
 from avemo_cli.testing.tiny_checkpoint import tiny_model
-from avemo_cli.train import (Prepared, adapt_audio, batch_loss, clip_batch, epoch_batches,
+from avemo_cli.clips import (Prepared, adapt_audio, batch_loss, clip_batch, epoch_batches,
                              training_samples, training_windows, window_batch)
 
 from conftest import shared_file
@@ -66,7 +66,8 @@ def test_shared_window_training_equals_clip_by_clip(modality):
             grads.append({n: p.grad.clone() for n, p in model.named_parameters()
                           if p.grad is not None})
         assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
-        assert grads[0].keys() == grads[1].keys() and grads[0]
+        assert grads[0].keys() == grads[1].keys()
+        assert grads[0]
         for name, g in grads[0].items():
             assert torch.allclose(g, grads[1][name], rtol=1e-4, atol=1e-6), name
         compared += 1
@@ -109,7 +110,8 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     two = avemo("--epochs", "2", "-o", str(tmp_path / "two"), procs=2)
     assert two.returncode == 0, two.stderr
     assert "2 processes (cpu), 16 clips each" in two.stderr
-    assert two.stdout.strip().endswith("best.safetensors") and two.stdout.count("\n") == 1
+    assert two.stdout.strip().endswith("best.safetensors")
+    assert two.stdout.count("\n") == 1
     assert [m["epoch"] for m in _metrics(tmp_path / "two")] == [1, 2]
     resumed = avemo("--epochs", "3", "-o", str(tmp_path / "two"), "--resume", procs=2)
     assert resumed.returncode == 0, resumed.stderr
@@ -123,7 +125,7 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
 
 
 def test_prefetched_batches_arrive_in_order_and_errors_reach_the_loop():
-    from avemo_cli.train import prefetched
+    from avemo_cli.clips import prefetched
 
     rows = [np.array([[0, k]]) for k in range(7)]
     for ahead in (0, 1, 3):
