@@ -54,6 +54,8 @@ def voiced(valid: np.ndarray, speech: np.ndarray | None) -> np.ndarray:
 
 
 SPEECH_FLOOR = -50.0  # dBFS: a step quieter than this is not speech (silence, room tone)
+STEADY = 1.5  # dB: a sound whose loudness varies less than this (5th to 95th percentile) is
+# steady, not a voice
 SPEECH_RANGE = 35.0  # dB: nor one this far below the file's loud steps (its 95th percentile)
 SPEECH_HANG = (1, 2)  # steps a loud step lends before it (0.25 s) and after it (0.5 s): an
 # onset and the pauses between words stay speech
@@ -70,15 +72,22 @@ def decibels(energy: np.ndarray, count: np.ndarray) -> np.ndarray:
 def speech_steps(loudness: np.ndarray) -> np.ndarray:
     """(K,) bool: the steps that hold speech rather than silence, from each step's own loudness
     (RMS dB of its 0.25 s): above ``SPEECH_FLOOR`` and within ``SPEECH_RANGE`` of the file's
-    loud steps, widened by ``SPEECH_HANG`` steps before and after. A file with no quiet part at all
-    (its loudness varies by less than 6 dB) is all speech: nothing here tells noise from a
-    quiet voice. (Where there is no audio at all, openSMILE's ``valid`` already says so.)"""
+    loud steps, widened by ``SPEECH_HANG`` steps before and after. A step under the floor is
+    never speech (digital silence, a muted track). A sound whose loudness never varies by
+    ``STEADY`` dB (a hum, a tone, a muted track's dither) is not speech: a voice rises and falls
+    with its syllables. A file with no quiet part but a varying loudness (by less than 6 dB) is
+    all speech: nothing here tells noise from a quiet voice. (Where there is no audio at all,
+    openSMILE's ``valid`` already says so.)"""
     finite = np.isfinite(loudness)  # (a step with no samples of its own has none: the last
     if not finite.any():  # step of a file ending on it, steps before a late audio track)
         return np.ones(len(loudness), bool)
+    heard = finite & (loudness > SPEECH_FLOOR)
     levels = loudness[finite]
-    if np.percentile(levels, 95) - np.percentile(levels, 5) < 6.0:
-        return np.ones(len(loudness), bool)
+    spread = np.percentile(levels, 95) - np.percentile(levels, 5)
+    if not heard.any() or spread < STEADY:
+        return np.zeros(len(loudness), bool)
+    if spread < 6.0:
+        return heard
     loud = finite & (loudness > max(SPEECH_FLOOR, np.percentile(levels, 95) - SPEECH_RANGE))
     widened = loud.copy()
     before, after = SPEECH_HANG

@@ -151,7 +151,7 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
         p = Path(item)
         if p.is_dir():
             pairs = [(f, out / f.relative_to(p).parent / f.stem, f.relative_to(p).as_posix())
-                     for f in find_media(p)]
+                     for f in find_media(p) if not _ours(f, out)]
             if not pairs:
                 bad.append((p, f"{p}: no media files found in this folder"))
         elif p.exists():
@@ -170,6 +170,19 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
             made = outputs.wanted(src, base, formats)
             jobs.append(Job(src, made, key, tuple(f for f in formats if f not in made)))
     return jobs, bad
+
+
+def _ours(media: Path, out: Path) -> bool:
+    """Whether a file found in a folder is avemo's own: an output (``<stem>.avemo.<format>``,
+    e.g. an overlay video) or anything inside the output folder (``-o`` below the input
+    folder). A re-run must not annotate its own outputs."""
+    if outputs.TAG + "." in media.name:
+        return True
+    try:
+        media.resolve().relative_to(out.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,

@@ -11,14 +11,14 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import plural
+from .errors import plural, printable
 from .outputs import FORMATS_HELP  # (the registry's names; numpy, no torch)
 
 _START = time.perf_counter()
 
 
 def _fail(message: str, code: int = 2):
-    click.echo(f"avemo: error: {message}", err=True)
+    click.echo(f"avemo: error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -89,9 +89,24 @@ def run() -> None:
     finally:
         workers.end_all()  # a process begun for an input, if the command ended early
     _finalize_pools()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # (a stdout closed under us: said already)
+            pass
     os._exit(code)
+
+
+def _silence_stdout() -> None:
+    """stdout to /dev/null from now on (its reader has gone), so that nothing written or
+    flushed later fails."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except OSError:
+        pass
 
 
 def _finalize_pools() -> None:
@@ -211,6 +226,8 @@ def _one_line(path: str) -> str:
     holds a line break or another control character, as it is otherwise."""
     import json
 
+    if any(0xD800 <= ord(c) < 0xE000 for c in path):  # a name that is not UTF-8: escaped
+        return json.dumps(path)
     return json.dumps(path, ensure_ascii=False) if any(ord(c) < 32 for c in path) else path
 
 
@@ -252,6 +269,7 @@ class _Progress:
         self.progress = None
         self.media = 0.0
         self.loaded: float | None = None  # when the first file began (the model was loaded)
+        self.stdout_gone = False  # stdout was closed under us (say)
 
     def __enter__(self):
         self.began = time.perf_counter()
@@ -299,7 +317,7 @@ class _Progress:
         for warning in outcome.warnings:
             self.print(f"avemo: warning: {warning}")
         if outcome.status == "written":  # stdout: results only (rich keeps it apart), a line
-            print("\n".join(_one_line(p) for p in outcome.record.outputs), flush=True)  # each
+            self.say("\n".join(_one_line(p) for p in outcome.record.outputs))  # each
         elif outcome.status == "skipped":
             if not self.quiet:
                 self.print(f"skip: {outcome.detail}")
@@ -308,9 +326,26 @@ class _Progress:
         if self.progress is not None:
             self.progress.advance(self.task)
 
+    def say(self, text: str) -> None:
+        """A result line on stdout. A stdout that is closed (``| head -n 1`` has ended, the
+        command was run with ``>&-``) stops the lines, not the work: it is said once on
+        stderr, and every input is still annotated and recorded."""
+        if self.stdout_gone:
+            return
+        try:
+            if sys.stdout is None:
+                raise BrokenPipeError("stdout is closed")
+            print(text, flush=True)
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            self.stdout_gone = True
+            _silence_stdout()
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is closed"
+            self.print(f"avemo: warning: stdout: {why}; the outputs are written, their names "
+                       f"no longer printed (see the manifest)")
+
     def print(self, text):
         (self.progress.console if self.progress is not None else self.console).print(
-            text, highlight=False, markup=False, soft_wrap=True)
+            printable(text), highlight=False, markup=False, soft_wrap=True)
 
 
 def _jobs(text: str) -> int:
@@ -427,7 +462,7 @@ def _one_line_warnings() -> None:
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        click.echo(f"avemo: warning: {message}", err=True)
+        click.echo(f"avemo: warning: {printable(str(message))}", err=True)
 
     warnings.showwarning = show
 
@@ -506,11 +541,14 @@ def extract(data, split, layout, cache, jobs, modality, faces_backend, device, q
 @DEVICE
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last epoch.")
+@click.option("--overwrite", is_flag=True,
+              help="Start afresh in an -o that holds a run (its checkpoints and metrics are "
+                   "replaced).")
 @QUIET
 def train(data, split, layout, cache, jobs, out, out_alias, modality, targets, epochs,
           batch_size, lr, loss, no_audio_attention, no_visual_attention, visual_backbone,
           clip_stride, clip_window, audio_norm, config_json, faces_backend, device, seed, resume,
-          quiet):
+          overwrite, quiet):
     """Train on a corpus with the paper's recipe; score each epoch on Devel (CCC).
 
     Under torchrun (torchrun --nproc_per_node N -m avemo_cli train ...) the processes train one
@@ -534,8 +572,8 @@ def train(data, split, layout, cache, jobs, out, out_alias, modality, targets, e
         batch_size=batch_size, lr=lr, loss=loss, audio_attention=not no_audio_attention,
         visual_attention=not no_visual_attention, visual_backbone=visual_backbone,
         clip_stride=clip_stride, window=clip_window, audio_norm=audio_norm, device=device,
-        seed=seed, resume=resume, jobs=jobs, cache=cache, faces_backend=faces_backend,
-        config=config)
+        seed=seed, resume=resume, overwrite=overwrite, jobs=jobs, cache=cache,
+        faces_backend=faces_backend, config=config)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     best = run_train(opts, log)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 answers

@@ -45,6 +45,7 @@ class ModelConfig:
     fusion_weights: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self):
+        _check_fields(self)
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, not {self.modality!r}")
         if self.visual_backbone not in ("3d", "2d"):
@@ -105,3 +106,45 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model settings: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+# What each architecture field may hold: (kind, lowest, highest). A checkpoint's header or a
+# ``train --config`` file is checked against these before anything is built, so that a field
+# asking for a 160 GB layer (or a negative one, or a word) is a one-line error, not a traceback.
+_INT, _FLOAT, _INTS = "a whole number", "a number", "a list of whole numbers"
+LIMITS: dict[str, tuple[str, float, float]] = {
+    "clip_steps": (_INT, 1, 256), "rate": (_FLOAT, 0.1, 100.0),
+    "audio_features": (_INT, 88, 88), "audio_window": (_FLOAT, 0.5, 60.0),
+    "audio_hidden": (_INT, 1, 4096), "audio_layers": (_INT, 1, 16),
+    "audio_attention_hidden": (_INT, 1, 4096), "audio_norm_prior": (_FLOAT, 0.0, 3600.0),
+    "channels": (_INT, 1, 3), "input_size": (_INT, 8, 512),
+    "encoder_channels": (_INTS, 1, 1024), "convlstm_hidden": (_INT, 1, 1024),
+    "c3d_channels": (_INTS, 1, 2048), "fc_hidden": (_INT, 1, 16384),
+    "visual_z": (_INT, 1, 16384), "dropout": (_FLOAT, 0.0, 0.99),
+}
+_FLAGS = ("audio_attention", "visual_attention", "batch_norm")
+
+
+def _check_fields(cfg: ModelConfig) -> None:
+    """Every architecture field of the type and within the range it may take (``LIMITS``)."""
+    for name, (kind, low, high) in LIMITS.items():
+        value = getattr(cfg, name)
+        items = value if kind == _INTS and isinstance(value, list) else [value]
+        whole = kind != _FLOAT
+        ok = (kind != _INTS or (isinstance(value, list) and 0 < len(value) <= 8)) and all(
+            isinstance(v, int if whole else (int, float)) and not isinstance(v, bool)
+            and low <= v <= high for v in items)
+        if not ok:
+            span = f"{low:g}" if low == high else f"from {low:g} to {high:g}"
+            raise ValueError(f"{name} must be {kind} {span}, not {value!r}")
+    for name in _FLAGS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be true or false, not {getattr(cfg, name)!r}")
+    if not isinstance(cfg.targets, list) or not cfg.targets or \
+            not all(isinstance(t, str) and t for t in cfg.targets):
+        raise ValueError(f"targets must be a list of names, not {cfg.targets!r}")
+    if not isinstance(cfg.fusion_weights, dict):
+        raise ValueError(f"fusion_weights must be an object, not {cfg.fusion_weights!r}")
+    for name in ("modality", "audio_norm", "visual_backbone", "fusion"):
+        if not isinstance(getattr(cfg, name), str):
+            raise ValueError(f"{name} must be a name, not {getattr(cfg, name)!r}")

@@ -20,7 +20,7 @@ from typing import Iterator
 import ffmpeg  # ffmpeg-python
 import numpy as np
 
-from .errors import DecoderError, MediaError
+from .errors import DecoderError, MediaError, printable
 
 # what counts as media when folders are searched (find_media)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
@@ -131,6 +131,19 @@ _AV_NOPTS = -(2 ** 63)
 DISCARD = 0x4  # AV_PKT_FLAG_DISCARD: a packet an edit list leaves out of the presentation
 
 
+def file_arg(path: str | os.PathLike) -> str:
+    """A file's name as ffmpeg must be given it: ffmpeg reads ``2024-01-05T10:30.mp4`` or
+    ``pipe:0.mp4`` as a protocol and an address; ``file:`` makes any name a file's. A name
+    that is not UTF-8 cannot be passed through ffmpeg-python: a one-line error."""
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MediaError(f"{printable(name)}: its name is not valid UTF-8 (ffmpeg cannot be "
+                         f"given it here): rename the file") from None
+    return "file:" + name
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -152,7 +165,7 @@ def packet_times(path: Path) -> np.ndarray:
     the decoded frames the analysis sees, and packets an edit list leaves out (flag ``DISCARD``)
     are dropped. NaN for a packet without a timestamp.
     """
-    proc = _run(["-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+    proc = _run(["-v", "error", "-i", file_arg(path), "-map", "0:v:0", "-c", "copy",
                  "-f", "framecrc", "-"])
     tb = None
     pts = []
@@ -186,7 +199,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise MediaError(f"{path}: not a regular file (a pipe, socket or device)")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
-    proc = _run(["-i", str(path)])
+    proc = _run(["-i", file_arg(path)])
     err = proc.stderr.decode("utf-8", "replace")
     dur = _DURATION.search(err)
     streams = [(m.group(1), m.group(2)) for m in _STREAM.finditer(err)]
@@ -316,7 +329,7 @@ def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
         deblock = max(info.width, info.height) < 2 * max_side
     fast = {} if deblock else {"skip_loop_filter": "all", "skip_frame": SKIP_FRAME}
     stream = (
-        ffmpeg.input(str(info.path), **fast)
+        ffmpeg.input(file_arg(info.path), **fast)
         .video.filter("fps", fps=rate, start_time=0)
         .filter("scale", w, h)
         .output("pipe:", format="rawvideo", pix_fmt=pix_fmt)
@@ -335,7 +348,7 @@ def sample_frames(info: MediaInfo, n: int, max_side: int = 480,
     last = info.frame_times()[-1] if info.n_frames else info.duration
     frames = []
     for t in np.linspace(0.0, max(0.0, last), n + 2)[1:-1]:
-        args = (ffmpeg.input(str(info.path), ss=f"{t:.3f}").video.filter("scale", w, h)
+        args = (ffmpeg.input(file_arg(info.path), ss=f"{t:.3f}").video.filter("scale", w, h)
                 .output("pipe:", format="rawvideo", pix_fmt=pix_fmt, vframes=1)
                 .global_args("-nostdin", "-v", "error").compile(cmd=ffmpeg_exe()))
         buf = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -355,7 +368,7 @@ def iter_audio(info: MediaInfo, sample_rate: int = AUDIO_RATE,
     if not info.has_audio:
         raise MediaError(f"{info.path}: no audio track")
     args = (
-        ffmpeg.input(str(info.path))["a:0"]  # all audio streams would not fit one raw output
+        ffmpeg.input(file_arg(info.path))["a:0"]  # all audio streams would not fit one raw output
         .output("pipe:", format="f32le", ac=1, ar=sample_rate)
         .global_args("-nostdin", "-v", "error")
         .compile(cmd=ffmpeg_exe())

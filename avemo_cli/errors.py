@@ -7,6 +7,24 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal: control characters (ESC, ``\x01``, ``\x0b``, a
+    line break inside a file's name) and bytes of a name that is not UTF-8 written as escapes
+    (``\x1b``), so that a hostile file name cannot move the cursor or recolour the screen."""
+    out = []
+    for c in text:
+        o = ord(c)
+        if o < 32 or o == 127 or 0x80 <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0xD800 <= o < 0xE000:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 class AvemoError(Exception):
     """Base class: ``str(err)`` is the one line shown to the user."""
 

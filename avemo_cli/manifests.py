@@ -8,11 +8,12 @@ each input winning (``avemo status DIR``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import AvemoError
+from .errors import AvemoError, OutputError
 from .files import append_line
 
 MANIFEST_GLOB = "avemo-manifest*.jsonl"
@@ -40,7 +41,13 @@ class Record:
     # (``Annotation.summary``: what the folder report shows)
 
     def line(self) -> str:
-        return json.dumps(self.__dict__, ensure_ascii=False)
+        """The record as one JSON line (names that are not UTF-8 written as escapes)."""
+        text = json.dumps(self.__dict__, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(self.__dict__)
+        return text
 
     @classmethod
     def from_json(cls, data: object) -> Record:
@@ -60,17 +67,19 @@ class Record:
                     values[name] = str(v)
                 elif kind == "float":
                     values[name] = float(v)
+                    if not math.isfinite(values[name]):
+                        raise ValueError
                 elif kind == "int":
                     values[name] = int(float(v))
                 elif kind == "dict":
                     if not isinstance(v, dict):
                         raise ValueError
-                    values[name] = v
+                    values[name] = _finite(v)
                 elif not isinstance(v, list):
                     raise ValueError
                 else:
                     values[name] = [str(x) for x in v]
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ValueError(f"{name} is {json.dumps(v)}") from None
         return cls(**values)
 
@@ -81,6 +90,18 @@ class Record:
         return f"avemo {self.avemo or '?'}, {self.model or '?'}{digest}"
 
 
+def _finite(value):
+    """A parsed JSON value with every non-finite number in it (``1e999``, ``NaN``) made None:
+    a report or ``--json`` must stay valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 class Manifest:
     """The manifest of a folder's runs (or of one shard's): each input's record appended as it
     finishes, one whole line per write (``files.append_line``), so re-runs and runs at the same
@@ -88,6 +109,9 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = path
+        if path.is_symlink():  # (records appended through it would land outside -o)
+            raise OutputError(f"{path}: is a symbolic link; avemo appends its records only to "
+                              f"a manifest file of its own: remove the link")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()  # there even when this run (a shard with no inputs) adds no record
 

@@ -2,7 +2,7 @@
 
 CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2), with population (1/N) moments,
 as in the AVEC baseline scripts. Pairs where either value is NaN are dropped first. Undefined
-values are NaN: no pairs at all, or a zero denominator (both series constant and equal for CCC;
+values are NaN: fewer than two pairs, or a zero denominator (both series constant and equal for CCC;
 either series constant for CC).
 
 Two aggregations over the sequences of a partition: ``concat`` (AVEC's: one value over all
@@ -28,7 +28,7 @@ def _pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
 
 def ccc(pred, gold) -> float:
     x, y = _pairs(pred, gold)
-    if x.size == 0:
+    if x.size < 2:  # (one pair has no variance to agree on)
         return float("nan")
     mx, my = x.mean(), y.mean()
     cov = ((x - mx) * (y - my)).mean()

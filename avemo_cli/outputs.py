@@ -16,6 +16,7 @@ Adding a format is one writer function and its line in ``WRITERS``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -118,6 +119,9 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else str(v)
 
 
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _write_eaf(annotation: Annotation, path: Path) -> None:
     """An ELAN document: per face and target a tier of the values at the analysis steps (each
     annotation spans its step's 1/rate seconds; steps where the face was not found and its
@@ -131,8 +135,12 @@ def _write_eaf(annotation: Annotation, path: Path) -> None:
     eaf.remove_tier("default")
     media = Path(annotation.path).resolve()
     mime = "audio/x-wav" if not annotation.info.has_video else "video/mp4"
-    eaf.add_linked_file(media.as_uri(), relpath=os.path.relpath(media, path.resolve().parent),
-                        mimetype=mime)
+    relpath = os.path.relpath(media, path.resolve().parent)
+    if _XML_ILLEGAL.search(relpath):  # (a control character in a name: XML cannot hold it)
+        from urllib.parse import quote
+
+        relpath = quote(os.fsencode(relpath))
+    eaf.add_linked_file(media.as_uri(), relpath=relpath, mimetype=mime)
     step_ms = 1000.0 / annotation.rate
     for person in annotation.people:
         evidence = annotation.evidence(person)

@@ -26,7 +26,7 @@ from pathlib import Path
 import ffmpeg  # ffmpeg-python
 import numpy as np
 
-from .demux import _short_reason, ffmpeg_exe
+from .demux import _short_reason, ffmpeg_exe, file_arg
 from .errors import MediaError
 from .tracking import box_area
 from .features import nearest_index
@@ -305,7 +305,7 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
     path = Path(path)
     n_steps = len(annotation.face)
     layers_of = _Layers(annotation)
-    main = ffmpeg.input(str(info.path))
+    main = ffmpeg.input(file_arg(info.path))
     canvas_h, canvas_w = layers_of.canvas
     layers = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgba",
                           s=f"{canvas_w}x{canvas_h}", framerate=annotation.rate)
@@ -323,8 +323,8 @@ def render_overlay(annotation, path: str | Path, crf: int = 23) -> Path:
     # encoder would otherwise be a quarter of the overlay's time)
     acodec = "copy" if info.audio_codec in COPY_AUDIO else "aac"
     with atomic_path(path, ".mp4") as tmp, tempfile.TemporaryFile() as errf:
-        args = (ffmpeg.output(*streams, str(tmp), vcodec="libx264", preset="ultrafast", crf=crf,
-                              pix_fmt="yuv420p", acodec=acodec, movflags="+faststart")
+        args = (ffmpeg.output(*streams, file_arg(tmp), vcodec="libx264", preset="ultrafast",
+                              crf=crf, pix_fmt="yuv420p", acodec=acodec, movflags="+faststart")
                 .global_args("-nostdin", "-v", "error", "-y").compile(cmd=ffmpeg_exe()))
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=errf,
                                 start_new_session=True)  # (a stop is ours: it is killed below)

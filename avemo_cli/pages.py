@@ -57,8 +57,11 @@ def _finite(values: np.ndarray, digits: int = 3) -> list[float | None]:
 
 
 def _link(target: Path, page: Path) -> str:
-    """``target`` relative to the folder of ``page`` (works wherever both are moved together)."""
-    return Path(os.path.relpath(Path(target).resolve(), page.resolve().parent)).as_posix()
+    """``target`` relative to the folder of ``page`` (works wherever both are moved together):
+    always a relative path, never read as a scheme (``javascript:x.mp4`` is ``./javascript:x.mp4``:
+    a browser would run a link that begins with ``javascript:``)."""
+    rel = Path(os.path.relpath(Path(target).resolve(), page.resolve().parent)).as_posix()
+    return rel if rel.startswith("../") or ":" not in rel.split("/")[0] else f"./{rel}"
 
 
 def file_page(annotation: Annotation, path: Path, video: Path | None = None,

@@ -70,6 +70,7 @@ class TrainOptions:
     device: str = "auto"
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # start afresh in an -o that holds a run (else refused)
     jobs: int = 1
     cache: str | None = None
     faces_backend: str = "dlib"
@@ -89,6 +90,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
     """Run the recipe; returns the best checkpoint's path. Under ``torchrun`` every process
     calls this: the clips of each global batch are split between them and DistributedDataParallel
     averages the gradients; rank 0 alone logs, scores devel and writes the run folder."""
+    check_run_folder(opts)
     group = Group.from_env(resolve_device(opts.device))
     try:
         return _train(opts, log if group.main else _warnings_only(log), group)
@@ -233,6 +235,18 @@ def _prepare(opts: TrainOptions, cfg: ModelConfig, log: Callable[[str], None], g
         f"{plural(len(devel_items), 'sequence')}; model {cfg.modality} on {where}; global "
         f"batch {opts.batch_size}")
     return train_items, devel_items, windows, window
+
+
+RUN_FILES = ("best.safetensors", "last.pt", "metrics.jsonl")
+
+
+def check_run_folder(opts: TrainOptions) -> None:
+    """Refuse, before any work, to start afresh in an -o that holds a run (its checkpoints and
+    metrics would be replaced) unless ``--resume`` or ``--overwrite`` says what to do."""
+    held = [n for n in RUN_FILES if (Path(opts.out) / n).exists()]
+    if held and not (opts.resume or opts.overwrite):
+        raise TrainError(f"{opts.out}: already holds a run ({', '.join(held)}): --resume to "
+                         f"continue it, --overwrite to start afresh, or another -o folder")
 
 
 def _start(loop: _Loop, group: Group) -> None:

@@ -88,10 +88,13 @@ def ffmpeg(*args: str) -> None:
 
 def make_synthetic_video(path: Path, seconds: float = 3.0, size: str = "160x120",
                          fps: int = 25, audio: bool = True, extra: tuple[str, ...] = ()) -> Path:
-    """A test-pattern video (no face) with an optional 440 Hz tone."""
+    """A test-pattern video (no face) with an optional 440 Hz tone whose loudness rises and
+    falls three times a second, as a voice's does with its syllables (a steady tone is not
+    speech: ``audio.speech_steps``)."""
     args = ["-f", "lavfi", "-i", f"testsrc=size={size}:rate={fps}:duration={seconds}"]
     if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+        args += ["-f", "lavfi", "-i",
+                 f"sine=frequency=440:duration={seconds},tremolo=f=3:d=0.8"]
     args += [*extra, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest"]
     if audio:
         args += ["-c:a", "aac"]

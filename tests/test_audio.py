@@ -1,4 +1,6 @@
 import numpy as np
+import pandas as pd
+import pytest
 
 from avemo_cli import audio, demux
 
@@ -214,3 +216,41 @@ def test_silence_is_not_voice(tmp_path, tiny_audio_ckpt):
     assert info.duration > 3.9
     ends = audio.speech_steps(np.array([-20.0] * 8 + [-100.0] * 8))  # 0.5 s after the end
     assert ends.tolist() == [True] * 10 + [False] * 6
+
+
+@pytest.mark.parametrize("sound", ["anullsrc=r=16000:cl=mono", "sine=frequency=100:r=16000"],
+                         ids=["digital silence", "a steady hum"])
+def test_a_muted_or_humming_track_is_not_a_voice(tmp_path, tiny_ckpt, sound):
+    """A talking face whose audio track holds only digital silence (a muted recorder) or a
+    steady hum: no step has a voice, nobody speaks, and the values are the face's alone,
+    exactly those of the same video without an audio track."""
+    from conftest import cli, ffmpeg
+
+    src = shared_file("videos", "WDA_KatieHill_000.mp4")
+    muted, silent = tmp_path / "muted.mp4", tmp_path / "silent.mp4"
+    ffmpeg("-i", str(src), "-f", "lavfi", "-i", sound, "-map", "0:v", "-map", "1:a", "-c:v",
+           "copy", "-c:a", "aac", "-shortest", str(muted))
+    ffmpeg("-i", str(src), "-map", "0:v", "-c:v", "copy", str(silent))
+    for video in (muted, silent):
+        code, _, err = cli("annotate", video, "-o", tmp_path / "out", "--weights", tiny_ckpt,
+                           "-q")
+        assert code == 0, err
+    t = pd.read_csv(tmp_path / "out" / "muted.avemo.csv")
+    alone = pd.read_csv(tmp_path / "out" / "silent.avemo.csv")
+    assert (t.voice == 0).all(), t.voice.mean()
+    assert (t.speaking == 0).all()
+    assert t.face.mean() > 0.9
+    assert np.array_equal(t.valence.to_numpy(), alone.valence.to_numpy())
+    assert np.array_equal(t.arousal.to_numpy(), alone.arousal.to_numpy())
+
+
+def test_digital_silence_and_steady_sounds_are_not_speech():
+    quiet = np.full(40, -100.0, np.float32)  # digital silence: -100 dB on every step
+    assert not audio.speech_steps(quiet).any()
+    hum = np.full(40, -30.0, np.float32) + np.random.default_rng(0).normal(0, 0.2, 40)
+    assert not audio.speech_steps(hum.astype(np.float32)).any()
+    talk = hum + 4 * np.sin(np.arange(40))  # a voice's rise and fall, no pause
+    assert audio.speech_steps(talk.astype(np.float32)).all()
+    paused = np.where(np.arange(40) < 20, talk, -100.0).astype(np.float32)
+    assert audio.speech_steps(paused)[:20].all()
+    assert not audio.speech_steps(paused)[25:].any()

@@ -1,5 +1,6 @@
 """Checkpoints (checkpoint.py): saved and loaded whole, refused when damaged, read once per run."""
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -140,3 +141,27 @@ def test_one_annotate_run_reads_the_checkpoint_once(tmp_path, tiny_ckpt, monkeyp
     assert code == 0, err
     assert native == [], "safetensors opened the checkpoint itself"
     assert [p for p in _OPENED if os.path.realpath(p) == ckpt] == [ckpt]
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("audio_hidden", 100000, "audio_hidden must be a whole number from 1 to 4096, not 100000"),
+    ("audio_layers", 3000000, "audio_layers must be a whole number from 1 to 16"),
+    ("audio_hidden", -5, "not -5"), ("audio_hidden", "64", "not '64'"),
+    ("encoder_channels", [16, "x"], "encoder_channels must be a list of whole numbers"),
+    ("dropout", 2.0, "dropout must be a number from 0 to 0.99")])
+def test_architecture_fields_are_checked_before_anything_is_built(tmp_path, field, value,
+                                                                   says):
+    """A small checkpoint whose header asks for a 160 GB layer, a million layers, a negative or
+    a text width: one line naming the file and the field, before any tensor is allocated."""
+    import json
+
+    from safetensors.torch import save_file
+
+    meta = read_metadata(save_checkpoint(tmp_path / "ok.safetensors", tiny_model("audio")))
+    meta["model"][field] = value
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad), metadata={"avemo": json.dumps(meta)})
+    assert bad.stat().st_size < 4000
+    with pytest.raises(CheckpointError, match=re.escape(says)) as err:
+        load_checkpoint(bad)
+    assert str(err.value).startswith(f"{bad}: invalid model settings")

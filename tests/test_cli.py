@@ -454,3 +454,48 @@ def test_an_unwritable_output_folder_is_found_before_torch_is_imported(tmp_path,
     assert proc.stdout.split() == ["False", "2"], (proc.stdout, proc.stderr)
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "is a file" in proc.stderr
+
+
+def test_a_folder_holding_its_own_outputs_is_not_annotated_again(tmp_path, tiny_ckpt,
+                                                                 monkeypatch):
+    """``cd d; avemo annotate . -o ./out --format csv,mp4`` twice: the overlay video and
+    everything in -o are avemo's, not inputs (no ``k3.avemo.avemo.mp4``)."""
+    make_synthetic_video(tmp_path / "k3.mp4", seconds=2.0)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        code, stdout, err = run("annotate", ".", "-o", "./out", "--weights", tiny_ckpt, "-q",
+                                "--format", "csv,mp4")
+        assert code == 0, err
+    made = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.avemo.*"))
+    assert made == ["out/k3.avemo.csv", "out/k3.avemo.mp4"], made
+    code, stdout, err = run("annotate", ".", "-o", ".", "--weights", tiny_ckpt, "-q",
+                            "--format", "csv,mp4")
+    assert "k3.avemo.avemo" not in stdout + err
+    assert not list(tmp_path.glob("*.avemo.avemo.*"))
+
+
+@pytest.mark.parametrize("shell", ["| head -n 1 > /dev/null", ">&-"],
+                         ids=["pipe ended early", "stdout closed"])
+def test_a_closed_stdout_stops_the_names_not_the_work(tmp_path, tiny_audio_ckpt, shell):
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    names = ["03a01Fa", "03a01Nc", "03a01Wa"]
+    for name in names:
+        shutil.copy(shared_file("emodb", f"{name}.wav"), tmp_path / f"{name}.wav")
+    avemo = shlex.join([sys.executable, "-m", "avemo_cli", "annotate",
+                        *(str(tmp_path / f"{n}.wav") for n in names), "-o", str(tmp_path / "o"),
+                        "--weights", str(tiny_audio_ckpt), "-q"])
+    proc = subprocess.run(["bash", "-c", f"{avemo} 2> {tmp_path / 'err'} {shell}; "
+                                         f"echo ${{PIPESTATUS[0]}}"],
+                          capture_output=True, text=True, timeout=300)
+    err = (tmp_path / "err").read_text()
+    assert proc.stdout.split()[-1] == "0", err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.avemo.csv")) == \
+        [f"{n}.avemo.csv" for n in names]
+    records = [json.loads(line) for line in
+               (tmp_path / "o" / "avemo-manifest.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["ok"] * 3

@@ -1,3 +1,4 @@
+import os
 import re
 import shutil
 import subprocess
@@ -227,3 +228,60 @@ def test_a_truncated_file_is_annotated_in_part_and_says_so(tmp_path, tiny_ckpt):
     r = CliRunner().invoke(main, ["status", str(out)])
     assert "1 annotated, 1 annotated in part" in r.stdout
     assert "partial: " in r.stdout
+
+
+@pytest.mark.parametrize("name", ["2024-01-05T10:30.mp4", "pipe:0.mp4"])
+def test_names_with_a_colon_are_files_not_protocols(tmp_path, tiny_ckpt, monkeypatch, name):
+    """ffmpeg reads ``x:y`` as protocol x; a relative name with a colon is still the file."""
+    from conftest import cli
+
+    shutil.copy(shared_file("videos", "WDA_KatieHill_000.mp4"), tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = cli("annotate", name, "-o", "out", "--weights", tiny_ckpt, "-q",
+                            "--format", "csv,mp4")
+    assert code == 0, err
+    table = np.genfromtxt(tmp_path / "out" / f"{name[:-4]}.avemo.csv", delimiter=",",
+                          names=True)
+    assert table["face"].mean() > 0.9
+    assert (tmp_path / "out" / f"{name[:-4]}.avemo.mp4").stat().st_size > 0
+
+
+def test_the_decoder_is_the_wheels_unless_one_is_chosen(tmp_path, tiny_audio_ckpt,
+                                                        monkeypatch):
+    """Whatever ffmpeg is first on PATH (a stand-in that always fails, here), avemo decodes with
+    the imageio-ffmpeg wheel's and says so in the manifest and the JSON; AVEMO_FFMPEG chooses
+    another, and one that cannot be found is one line before any work."""
+    import json
+
+    import imageio_ffmpeg
+
+    from conftest import cli
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ffmpeg").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "ffmpeg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("AVEMO_FFMPEG", raising=False)
+    assert demux.ffmpeg_exe() == imageio_ffmpeg.get_ffmpeg_exe()
+    wav = shared_file("emodb", "03a01Fa.wav")
+    code, _, err = cli("annotate", wav, "-o", tmp_path / "a", "--weights", tiny_audio_ckpt,
+                       "-q", "--format", "json")
+    assert code == 0, err
+    said = demux.decoder()
+    assert said.startswith("ffmpeg ")
+    assert said.endswith("(imageio-ffmpeg)")
+    assert json.loads((tmp_path / "a" / "03a01Fa.avemo.json").read_text())["decoder"] == said
+    record = json.loads((tmp_path / "a" / "avemo-manifest.jsonl").read_text())
+    assert record["decoder"] == said
+    monkeypatch.setenv("AVEMO_FFMPEG", str(fake / "ffmpeg"))
+    assert demux.ffmpeg_exe() == str(fake / "ffmpeg")
+    code, _, err = cli("annotate", wav, "-o", tmp_path / "b", "--weights", tiny_audio_ckpt,
+                       "-q")
+    assert code == 1, "the chosen decoder is used (this one fails)"
+    monkeypatch.setenv("AVEMO_FFMPEG", "no-such-ffmpeg")
+    code, _, err = cli("annotate", wav, "-o", tmp_path / "c", "--weights", tiny_audio_ckpt)
+    assert code == 2, err
+    assert err.strip() == "avemo: error: AVEMO_FFMPEG=no-such-ffmpeg: no such program (set " \
+        "it to an ffmpeg binary, or unset it to use the one avemo ships)"
+    assert not (tmp_path / "c").exists()

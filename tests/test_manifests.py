@@ -1,12 +1,15 @@
 """Run manifests and `avemo status` (manifests.py): every input's latest record, bad lines
 and foreign outputs."""
 import json
+import os
 import shutil
+from pathlib import Path
 
+import pytest
 
 from avemo_cli.manifests import summarise
 
-from conftest import cli as run, manifest_records
+from conftest import cli as run, manifest_records, shared_file
 
 
 def test_status_merges_manifests_and_reports_failures(folder, tmp_path, tiny_audio_ckpt):
@@ -127,3 +130,61 @@ def test_outputs_that_are_not_this_inputs_are_not_taken_for_done(folder, tmp_pat
         assert code == 1, err
         assert "a folder (or other non-file) is there" in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_non_finite_numbers_in_a_manifest_keep_the_report_valid(tmp_path):
+    """A record with ``1e999`` seconds is an unreadable line (said once); a summary value of
+    ``1e999`` becomes null: ``--json`` stays valid JSON and ``--html`` writes its page."""
+    out = tmp_path / "out"
+    out.mkdir()
+    good = {"input": "a.mp4", "status": "ok", "media_seconds": 3.0,
+            "summary": {"valence": 1e999, "arousal": 0.1, "spark": {"valence": [1e999]}}}
+    text = json.dumps(good) + "\n" + json.dumps({"input": "b.mp4", "status": "ok",
+                                                "seconds": 1e999}) + "\n"
+    assert "Infinity" in text
+    (out / "avemo-manifest.jsonl").write_text(text)
+    code, stdout, err = run("status", out, "--json")
+    assert code == 0, err
+    totals = json.loads(stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json"))
+    assert totals["inputs"] == 1
+    assert totals["unreadable_lines"] == 1
+    assert "seconds is Infinity" in err
+    code, _, err = run("status", out, "--html")
+    assert code == 0, err
+    assert "Traceback" not in err
+    page = (out / "avemo-report.html").read_text()
+    assert "Infinity" not in page
+
+
+def test_a_symlink_planted_at_the_manifest_is_refused(tmp_path, tiny_audio_ckpt):
+    wav = shared_file("emodb", "03a01Fa.wav")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere.jsonl"
+    out.mkdir()
+    elsewhere.write_text("")
+    (out / "avemo-manifest.jsonl").symlink_to(elsewhere)
+    code, stdout, err = run("annotate", wav, "-o", out, "--weights", tiny_audio_ckpt, "-q")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "avemo-manifest.jsonl: is a symbolic link" in err
+    assert elsewhere.read_text() == "", "nothing was appended through the link"
+
+
+def test_a_name_that_is_not_utf8_is_recorded_and_the_batch_goes_on(tmp_path, tiny_audio_ckpt):
+    """A file whose name is not UTF-8 (Latin-1 bytes) is one line and a record (ffmpeg-python
+    cannot be given its name); the manifest keeps it, escaped, and the batch goes on."""
+    src = tmp_path / "in"
+    src.mkdir()
+    raw = os.fsdecode(b"caf\xe9.wav")  # Latin-1 bytes: not UTF-8
+    shutil.copy(shared_file("emodb", "03a01Fa.wav"), src / raw)
+    shutil.copy(shared_file("emodb", "03a01Nc.wav"), src / "plain.wav")
+    out = tmp_path / "out"
+    code, stdout, err = run("annotate", src, "-o", out, "--weights", tiny_audio_ckpt, "-q")
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert "caf\\xe9.wav: its name is not valid UTF-8" in err
+    records = {Path(r["input"]).name: r for r in manifest_records(out / "avemo-manifest.jsonl")}
+    assert sorted(records) == sorted([raw, "plain.wav"])
+    assert records["plain.wav"]["status"] == "ok"
+    assert records[raw]["status"] == "failed"
+    code, _, err = run("status", out, "--json")
+    assert json.loads(_)["inputs"] == 2, err

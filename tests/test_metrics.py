@@ -42,3 +42,10 @@ def test_aggregations_differ_as_defined():
               ["valence"], how="mean")
     assert math.isclose(t["valence"]["ccc"], 0.0)
     assert set(t["valence"]) == {"ccc", "cc", "rmse"}
+
+
+def test_one_pair_has_no_agreement_to_score():
+    """A one-row gold file: CCC is undefined (NaN, shown as n/a and null), not 0."""
+    assert math.isnan(ccc([0.3], [0.1]))
+    assert math.isnan(cc([0.3], [0.1]))
+    assert rmse([0.3], [0.1]) == pytest.approx(0.2)

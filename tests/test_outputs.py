@@ -81,3 +81,28 @@ def test_parquet_and_json_mark_missing_values_as_null(tmp_path):
     assert rows[1]["box_x"] is None
     assert rows[0]["box_x"] == 10.0
     assert rows[0]["arousal"] is None
+
+
+def test_control_characters_in_names_keep_outputs_valid_and_the_terminal_clean(
+        tmp_path, tiny_audio_ckpt):
+    """Names holding ESC, \\x01 or \\x0b: the EAF stays well-formed XML, and what reaches
+    stderr shows them as escapes (a name cannot clear the screen or recolour it)."""
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    from conftest import cli, shared_file
+
+    src = tmp_path / "in"
+    src.mkdir()
+    good = "talk\x1b[31m\x01\x0b.wav"
+    shutil.copy(shared_file("emodb", "03a01Fa.wav"), src / good)
+    (src / "bad\x1b[2J.mp4").write_bytes(b"not a video")
+    code, stdout, err = cli("annotate", src, "-o", tmp_path / "out", "--weights",
+                            tiny_audio_ckpt, "--format", "csv,eaf")
+    assert code == 1, err
+    assert "\x1b" not in err
+    assert "bad\\x1b[2J.mp4" in err
+    eaf = tmp_path / "out" / "talk\x1b[31m\x01\x0b.avemo.eaf"
+    root = ET.parse(eaf).getroot()  # well-formed
+    assert root.find("HEADER/MEDIA_DESCRIPTOR").get("RELATIVE_MEDIA_URL").endswith(
+        "talk%1B%5B31m%01%0B.wav")

@@ -136,3 +136,25 @@ def test_the_folder_report_lists_every_input_with_its_status(tmp_path):
         b.open(links[0], "window.avemoPage && window.avemoPage.ready")  # the link opens
         assert b.eval("document.getElementById('name').textContent") in ("sample.mp4",
                                                                           "speech.wav")
+
+
+def test_report_links_are_relative_paths_never_a_scheme(tmp_path, tiny_audio_ckpt):
+    """An input named ``javascript:alert(document.domain).wav``: its page is linked as
+    ``./javascript:...``, a file beside the report, not script a click would run."""
+    src = tmp_path / "in"
+    src.mkdir()
+    name = "javascript:alert(document.domain).wav"
+    shutil.copy(shared_file("emodb", "03a01Fa.wav"), src / name)
+    out = tmp_path / "out"
+    code, _, err = run("annotate", src, "-o", out, "--weights", tiny_audio_ckpt, "-q",
+                       "--format", "csv,html")
+    assert code == 0, err
+    code, _, err = run("status", out, "--html")
+    assert code == 0, err
+    page = (out / "avemo-report.html").read_text()
+    links = re.findall(r'"page":"([^"]*)"', page)
+    assert links == ["./javascript:alert(document.domain).avemo.html"], links
+    own = (out / "javascript:alert(document.domain).avemo.html").read_text()
+    media = re.findall(r'"media":"([^"]*)"', own)
+    assert len(media) == 1
+    assert not media[0].startswith("javascript:"), media

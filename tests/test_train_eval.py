@@ -391,3 +391,33 @@ def test_eval_says_why_a_score_is_missing_and_writes_valid_json(tmp_path):
     assert code == 2
     assert "a.avemo.csv: infinite values in the valence column" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("held", ["metrics.jsonl", "best.safetensors", "last.pt"])
+def test_a_folder_holding_a_run_is_not_replaced_without_being_asked(corpus, tmp_path, held):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / held).write_text("an earlier run's\n")
+    code, stdout, err = run("train", "--data", corpus, "--modality", "audio", "--epochs", 1,
+                            "-o", run_dir, "--cache", tmp_path / "cache", "-q")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{run_dir}: already holds a run ({held})" in err
+    assert "--resume" in err
+    assert "--overwrite" in err
+    assert (run_dir / held).read_text() == "an earlier run's\n"
+    assert not (tmp_path / "cache").exists(), "refused before any work"
+
+
+@pytest.mark.parametrize("config", [{"audio_hidden": -1}, {"audio_hidden": "wide"},
+                                    {"audio_layers": 100000}, {"encoder_channels": 3},
+                                    {"dropout": [0.5]}])
+def test_train_config_values_out_of_range_are_one_line(corpus, tmp_path, config):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    code, stdout, err = run("train", "--data", corpus, "-o", tmp_path / "run", "--config",
+                            path, "--cache", tmp_path / "cache", "-q")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "invalid model settings" in err
+    assert next(iter(config)) in err
