@@ -149,6 +149,10 @@ def main():
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--detect-every", default=8, show_default=True, type=click.IntRange(min=1),
               help="Re-run the face detector at least every N steps (tracking in between).")
+@click.option("--analysis-size", "max_side", default=480, show_default=True,
+              type=click.IntRange(min=64, max=4096), metavar="PX",
+              help="Long side of the frames faces are found in (a wide shot whose faces are "
+                   "too small there is searched at up to 1920 px).")
 @click.option("--overwrite", is_flag=True, help="Redo inputs whose output already exists.")
 @QUIET
 @click.option("--profile", is_flag=True, help="Print seconds per stage and the real-time factor.")
@@ -175,7 +179,7 @@ def main():
               help="Outputs to write, a comma list: <stem>.avemo.<format> each (all: every "
                    "format but png and mp4; png is --plot, mp4 is --overlay).")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
-             overwrite, quiet, profile, plot, overlay, jobs, one_model, shard, max_faces,
+             max_side, overwrite, quiet, profile, plot, overlay, jobs, one_model, shard, max_faces,
              formats):
     """Annotate videos, audio files and folders of them (searched recursively).
 
@@ -197,7 +201,7 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
         output_dir=output_dir, formats=chosen, overwrite=overwrite, weights=weights,
         settings=AnnotatorSettings(device=device, faces_backend=faces_backend, stride=stride,
                                    batch_size=batch_size, detect_every=detect_every,
-                                   max_faces=max_faces),
+                                   max_side=max_side, max_faces=max_faces),
         jobs=_jobs(jobs), one_model=one_model, shard=part, early=_CONSOLE)
     from rich.console import Console
 

@@ -20,6 +20,7 @@ import numpy as np
 from .errors import AvemoError
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
+DETECTABLE_PX = 80  # px: about the smallest face dlib's detector finds (at no upsampling)
 
 
 class FaceBackend(Protocol):

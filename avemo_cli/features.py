@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import numpy as np
@@ -216,7 +216,6 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings,
     say = say or (lambda stage: None)
     n_steps = step_count(info, settings.rate)
     feats = Features(info, n_steps, info.frame_times() if info.has_video else None)
-    gray = settings.channels == 1
     audio_job: Future | None = None
     stop = threading.Event()
     audio_timings = dict.fromkeys(STAGES, 0.0)
@@ -231,18 +230,13 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings,
         if settings.visual and info.has_video:
             say("faces")
             t1, decode_before = time.perf_counter(), timings["demux"]
-            frames = Timed(demux.iter_frames(info, settings.rate, settings.max_side,
-                                             gray=gray), timings, "demux")
-            if settings.max_faces > 1:
-                tracks = people.track_people(frames, backend(), settings.crop_size,
-                                            settings.max_faces,
-                                            (describer or people.Describer)(),
-                                            settings.detect_every)
-                feats.track = tracks[0] if tracks else tracking.FaceTrack.empty(settings.crop_size)
-                feats.others = tracks[1:]
-            else:
-                feats.track = tracking.track_faces(frames, backend(), settings.crop_size,
-                                                settings.detect_every, expected=n_steps)
+            feats.track, feats.others = _faces(info, settings, backend, describer, n_steps,
+                                               timings)
+            if not feats.track.found.any():  # a wide shot: faces too small at this size?
+                side = wider_side(info, settings, backend())
+                if side is not None:
+                    feats.track, feats.others = _faces(info, replace(settings, max_side=side),
+                                                       backend, describer, n_steps, timings)
             timings["faces"] += time.perf_counter() - t1 - (timings["demux"] - decode_before)
         if audio_job is not None:
             feats.audio = audio_job.result()
@@ -252,6 +246,48 @@ def extract(info: demux.MediaInfo, settings: FeatureSettings,
         for k, v in audio_timings.items():
             timings[k] += v
     return feats
+
+
+def _faces(info: demux.MediaInfo, settings: FeatureSettings,
+           backend: Callable[[], faces.FaceBackend],
+           describer: Callable[[], people.Describer] | None, n_steps: int,
+           timings: dict) -> tuple[tracking.FaceTrack, list[tracking.FaceTrack]]:
+    """The face path: analysis frames at ``settings.max_side``, tracked (face 0, and the
+    others with ``max_faces`` above 1)."""
+    frames = Timed(demux.iter_frames(info, settings.rate, settings.max_side,
+                                     gray=settings.channels == 1), timings, "demux")
+    if settings.max_faces > 1:
+        tracks = people.track_people(frames, backend(), settings.crop_size, settings.max_faces,
+                                     (describer or people.Describer)(), settings.detect_every)
+        first = tracks[0] if tracks else tracking.FaceTrack.empty(settings.crop_size)
+        return first, tracks[1:]
+    return tracking.track_faces(frames, backend(), settings.crop_size, settings.detect_every,
+                                expected=n_steps), []
+
+
+FACE_PX = 110  # px: the height a face found in a wide shot is given at the analysis size
+LOOK_SIDE = 1920  # px: the largest frame side a wide shot is searched at (``wider_side``)
+
+
+def wider_side(info: demux.MediaInfo, settings: FeatureSettings,
+               backend: faces.FaceBackend, n: int = 6) -> int | None:
+    """When no face was found at the analysis size: a few frames searched at up to
+    ``LOOK_SIDE`` px (a meeting room, a lecture hall: faces of 90-180 px in a 1920 px frame are
+    40-80 px at 480, under dlib's detector). The analysis size at which the smallest face found
+    is ``FACE_PX`` high, or None when none is found there either (or the picture is no larger
+    than the analysis size)."""
+    full = max(info.width, info.height)
+    look = min(full, LOOK_SIDE)
+    if look <= settings.max_side * 1.25:
+        return None
+    heights = [box[3] - box[1]
+               for frame in demux.sample_frames(info, n, look, gray=settings.channels == 1)
+               for box in backend.detect(frame)]
+    if not heights:
+        return None
+    side = int(np.ceil(look * FACE_PX / min(heights) / 2)) * 2
+    side = min(look, side)
+    return side if side > settings.max_side else None
 
 
 def fit_length(a: np.ndarray, n: int, fill=None) -> np.ndarray:

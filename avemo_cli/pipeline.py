@@ -23,7 +23,7 @@ from . import audio as audio_stage
 from . import demux, faces, people, predict, speakers, tracking
 from .checkpoint import Checkpoint, CheckpointFile, load_checkpoint, resolve_weights
 from .errors import ModalityError, NoFaceError, OrientationError
-from .features import STAGES, Extracted, Features, extract
+from .features import LOOK_SIDE, STAGES, Extracted, Features, extract
 from .inference import predict_features, resolve_device, to_table
 from .predict import Predictor
 from .settings import AnnotatorSettings
@@ -35,6 +35,10 @@ if TYPE_CHECKING:  # pandas is imported only when a DataFrame is asked for
 
 class OrientationWarning(UserWarning):
     """No face was found as the video is displayed, but one appears when it is turned."""
+
+
+class NoFaceWarning(UserWarning):
+    """A video whose picture shows no face the detector can find: annotated from its voice."""
 
 
 class ShortfallWarning(UserWarning):
@@ -225,6 +229,10 @@ class Annotator:
                 notices.append(f"{info.path}: no face found as the video is displayed, so its "
                                f"valence and arousal come from the voice alone; {turned}")
                 warnings.warn(notices[-1], OrientationWarning, stacklevel=3)
+            else:
+                notices.append(f"{info.path}: no face found in its picture ({_smallest(info)}), "
+                               f"so its valence and arousal come from the voice alone")
+                warnings.warn(notices[-1], NoFaceWarning, stacklevel=3)
         return feats, notices
 
     def predict(self, feats: Features, timings: dict[str, float] | None = None,
@@ -280,6 +288,13 @@ class Annotator:
         return (f"a face appears when the picture is rotated {faces.TURNS[k]} (the file's "
                 f"rotation tag says {info.rotation} degrees; it may be wrong or the camera was "
                 f"held sideways): rotate the video and annotate it again")
+
+
+def _smallest(info: demux.MediaInfo) -> str:
+    """The smallest face the search could have found in ``info``'s picture, in its pixels."""
+    full = max(info.width, info.height)
+    px = int(np.ceil(faces.DETECTABLE_PX * full / max(1, min(full, LOOK_SIDE))))
+    return f"faces under about {px} px high in its {info.width}x{info.height} frame are not found"
 
 
 def _shortfall(feats: Features) -> str:

@@ -185,3 +185,35 @@ def test_an_upside_down_face_is_a_one_line_error(tmp_path, tiny_ckpt, tag):
     assert "the face is upside down as the video is displayed" in r.stderr
     assert ("rotation tag says 180 degrees" in r.stderr) == tag
     assert not (tmp_path / "out" / "over.avemo.csv").exists()
+
+
+@pytest.mark.parametrize("size", [160, 260, 320])
+def test_faces_of_ordinary_size_in_a_wide_frame_are_found(tmp_path, tiny_ckpt, size):
+    """A studio clip scaled to ``size`` px (a face of about 0.55 of it: 90-180 px high) and
+    padded into a 1920x1080 frame, as a meeting room or a lecture hall looks: at the 480 px
+    analysis size the face is 40-80 px, under dlib's detector; the wide search finds it."""
+    from conftest import cli
+
+    wide = tmp_path / f"wide{size}.mp4"
+    ffmpeg("-i", str(shared_file("videos", "WDA_KatieHill_000.mp4")), "-t", "8", "-vf",
+           f"scale={size}:{size},pad=1920:1080:{1400 - size}:{700 - size // 2}", "-c:v",
+           "libx264", "-preset", "ultrafast", "-c:a", "aac", str(wide))
+    code, _, err = cli("annotate", wide, "-o", tmp_path / "out", "--weights", tiny_ckpt, "-q")
+    assert code == 0, err
+    t = np.genfromtxt(tmp_path / "out" / f"wide{size}.avemo.csv", delimiter=",", names=True)
+    assert t["face"].mean() >= 0.9
+    assert np.nanmedian(t["box_h"]) == pytest.approx(0.53 * size, rel=0.2)
+    assert np.nanmin(t["box_x"]) > 1400 - size - 40, "the box is where the face is"
+    assert "warning" not in err
+
+
+def test_a_picture_without_a_face_says_so_once(tmp_path, tiny_ckpt):
+    video = make_synthetic_video(tmp_path / "slides.mp4", seconds=3.0, size="1280x720")
+    from conftest import cli
+
+    code, _, err = cli("annotate", video, "-o", tmp_path / "out", "--weights", tiny_ckpt, "-q")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "no face found" in line]
+    assert len(said) == 1, err
+    assert "faces under about 80 px high in its 1280x720 frame are not found" in said[0]
+    assert "from the voice alone" in said[0]
