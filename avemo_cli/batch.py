@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Iterable
 
 from . import __version__, outputs, schedule
 from .demux import decoder, find_media
-from .errors import AvemoError, OutputError
+from .errors import AvemoError, MediaError, OutputError
 from .features import STAGES
-from .files import remove_stale_temporaries
+from .files import identity, remove_stale_temporaries
 from .manifests import UNSHARDED_MANIFEST, Manifest, Record
 from .settings import AnnotatorSettings
 from .shards import Shard
@@ -74,6 +74,7 @@ class Job:
     # file given directly): what shards are chosen by
     dropped: tuple[str, ...] = ()  # formats asked for that this input does not get (mp4 for
     # an audio file)
+    identity: tuple[int, ...] = ()  # the file as planned (files.identity): replaced since?
 
     @property
     def first(self) -> Path | None:
@@ -168,7 +169,8 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
                 continue
             claimed[base] = src
             made = outputs.wanted(src, base, formats)
-            jobs.append(Job(src, made, key, tuple(f for f in formats if f not in made)))
+            jobs.append(Job(src, made, key, tuple(f for f in formats if f not in made),
+                            identity(src)))
     return jobs, bad
 
 
@@ -201,6 +203,10 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
             begun = extractors.claim(job.source, annotator.request) \
                 if extractors is not None else None
             result = annotator.annotate(job.source, stage, begun)
+            if job.identity and identity(job.source) != job.identity:
+                raise MediaError(f"{job.source}: the file changed while it was annotated "
+                                 f"(replaced, or still being written): annotate it again once "
+                                 f"it is complete")
             outputs.write(result, job.outputs, stage)
             for fmt in job.dropped:
                 warnings.warn(f"{job.source}: no {fmt} output for an audio file (it has no "

@@ -203,9 +203,12 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     err = proc.stderr.decode("utf-8", "replace")
     dur = _DURATION.search(err)
     streams = [(m.group(1), m.group(2)) for m in _STREAM.finditer(err)]
-    if dur is None or not streams:
+    if not streams or (dur is None and "Duration: N/A" not in err):
         raise MediaError(f"{path}: unreadable media ({_short_reason(err)})")
-    duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))
+    duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3)) \
+        if dur is not None else float("nan")
+    if not duration < UNSET_DURATION:  # none written (a stream recorded to a pipe, as a
+        duration = _measured_duration(path)  # browser's MediaRecorder does), or 0xFFFFFFFF
     video = next((d for kind, d in streams if kind == "Video" and "attached pic" not in d), None)
     audio = next((d for kind, d in streams if kind == "Audio"), None)
     has_audio = audio is not None
@@ -242,6 +245,21 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise MediaError(f"{path}: the video stream has no frames")
     return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames,
                      audio_codec, sar, pts, audio_start)
+
+
+UNSET_DURATION = 4294967.0  # s: 0xFFFFFFFF ms, what a writer that never knew the length leaves
+
+
+def _measured_duration(path: Path) -> float:
+    """A file's duration from its packets (a pass that copies them, no decoding), for a
+    container that does not say it."""
+    proc = _run(["-v", "error", "-i", file_arg(path), "-map", "0", "-c", "copy", "-f", "null",
+                 "-progress", "pipe:1", "-"])
+    times = re.findall(rb"out_time_us=(\d+)", proc.stdout)
+    if not times or int(times[-1]) <= 0:
+        raise MediaError(f"{path}: unreadable media (its length is not written and could not "
+                         f"be measured)")
+    return int(times[-1]) / 1e6
 
 
 def _stream_start(stream: str, listing: str) -> float:

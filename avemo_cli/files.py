@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Iterator
 
 
+def identity(path: Path) -> tuple[int, ...]:
+    """What tells one file from another at a path: device, inode, size and modification time
+    (empty when it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _temporary_prefix(path: Path) -> str:
     """How ``atomic_path``'s temporary names for ``path`` begin (the writing pid follows)."""
     return f".{path.name}.tmp"

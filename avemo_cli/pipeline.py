@@ -230,8 +230,9 @@ class Annotator:
                                f"valence and arousal come from the voice alone; {turned}")
                 warnings.warn(notices[-1], OrientationWarning, stacklevel=3)
             else:
-                notices.append(f"{info.path}: no face found in its picture ({_smallest(info)}), "
-                               f"so its valence and arousal come from the voice alone")
+                smallest = _smallest(info, self.settings.max_side)
+                notices.append(f"{info.path}: no face found in its picture ({smallest}), so its "
+                               f"valence and arousal come from the voice alone")
                 warnings.warn(notices[-1], NoFaceWarning, stacklevel=3)
         return feats, notices
 
@@ -290,10 +291,12 @@ class Annotator:
                 f"held sideways): rotate the video and annotate it again")
 
 
-def _smallest(info: demux.MediaInfo) -> str:
-    """The smallest face the search could have found in ``info``'s picture, in its pixels."""
+def _smallest(info: demux.MediaInfo, max_side: int) -> str:
+    """The smallest face the search could have found in ``info``'s picture, in its pixels: at
+    the analysis size, or at the wide search's (``features.wider_side``)."""
     full = max(info.width, info.height)
-    px = int(np.ceil(faces.DETECTABLE_PX * full / max(1, min(full, LOOK_SIDE))))
+    searched = max(max_side, min(full, LOOK_SIDE)) if full > 1.25 * max_side else max_side
+    px = int(np.ceil(faces.DETECTABLE_PX * full / searched))
     return f"faces under about {px} px high in its {info.width}x{info.height} frame are not found"
 
 

@@ -254,3 +254,21 @@ def test_digital_silence_and_steady_sounds_are_not_speech():
     paused = np.where(np.arange(40) < 20, talk, -100.0).astype(np.float32)
     assert audio.speech_steps(paused)[:20].all()
     assert not audio.speech_steps(paused)[25:].any()
+
+
+def test_audio_much_shorter_than_the_video_is_annotated(tmp_path, tiny_ckpt):
+    """A 70 s video with 3 s of audio (openSMILE refused it: "code 8"): every frame has a row,
+    the voice is heard in the first 3 s only, and the steps after the audio describe its end."""
+    from conftest import cli, ffmpeg
+
+    video = tmp_path / "short_audio.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=70", "-f", "lavfi",
+           "-i", "sine=frequency=440:duration=3,tremolo=f=3:d=0.8", "-c:v", "libx264",
+           "-preset", "ultrafast", "-c:a", "aac", str(video))
+    code, _, err = cli("annotate", video, "-o", tmp_path / "out", "--weights", tiny_ckpt, "-q")
+    assert code == 0, err
+    t = pd.read_csv(tmp_path / "out" / "short_audio.avemo.csv")
+    assert len(t) == 1750
+    assert t.voice[t.time < 2.5].mean() > 0.9
+    assert (t.voice[t.time > 3.5] == 0).all()
+    assert np.isfinite(t.valence).all()

@@ -69,3 +69,29 @@ def test_extraction_processes_feed_one_model(tmp_path, tiny_ckpt):
         twin = tmp_path / "fed" / csv.name
         assert twin.read_bytes() == csv.read_bytes()
     assert len(manifest_records(tmp_path / "fed" / "avemo-manifest.jsonl")) == 5
+
+
+def test_an_input_replaced_while_it_is_annotated_fails_and_writes_nothing(tmp_path, tiny_ckpt):
+    """A file renamed over the input while its features are being made (its first stage
+    done): that input fails with one line naming the change; no output is written for it."""
+    import os
+
+    from avemo_cli.batch import AnnotateOptions, Progress, annotate_files
+
+    from conftest import make_synthetic_video
+
+    video = make_synthetic_video(tmp_path / "talk.mp4", seconds=3.0)
+    other = make_synthetic_video(tmp_path / "other.mp4", seconds=2.0)
+
+    class ReplaceIt(Progress):
+        def stage(self, name):
+            if name == "model" and other.exists():
+                os.replace(other, video)
+
+    report = annotate_files([video], AnnotateOptions(output_dir=tmp_path / "out",
+                                                     weights=str(tiny_ckpt)),
+                            progress=ReplaceIt())
+    assert report.written == []
+    assert len(report.failed) == 1
+    assert "talk.mp4: the file changed while it was annotated" in report.failed[0][1]
+    assert not list((tmp_path / "out").glob("*.avemo.csv"))

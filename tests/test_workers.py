@@ -80,7 +80,7 @@ def _start(args: list, until: Callable[[subprocess.Popen], bool], what: str
         time.sleep(0.05)
     if proc.poll() is not None or not until(proc):
         proc.kill()
-        pytest.fail(f"never {what}: {proc.communicate()[1]}")
+        pytest.fail(f"never {what} (exit status {proc.poll()}): {proc.communicate()[1]}")
     return proc
 
 
@@ -111,7 +111,8 @@ def test_a_stop_of_annotate_jobs_is_one_line_and_keeps_finished_records(
     proc = _annotating_jobs(clips, out, tiny_ckpt, mode)
     status, err = _stopped(proc, sig)
     assert status == code, err
-    assert len(err.strip().splitlines()) == 1, err
+    said = [ln for ln in err.strip().splitlines() if "no face found" not in ln]  # (each test
+    assert len(said) == 1, err  # pattern finished says it has no face: warnings, not the stop)
     assert word in err, err
     assert "leaked" not in err, err
     records = manifest_records(out / "avemo-manifest.jsonl")
@@ -130,9 +131,9 @@ def test_a_stop_of_one_file_is_one_line_and_leaves_no_process(tmp_path, tiny_ckp
                                                               word):
     video = make_synthetic_video(tmp_path / "long.mp4", seconds=90.0, size="320x240")
     out = tmp_path / "out"  # (about 8 s of work here)
+    began = time.time()
     proc = _start(["annotate", video, "-o", out, "--weights", tiny_ckpt, "-q"],
-                  lambda p: bool(_children(p.pid)), "started its extraction process")
-    time.sleep(1.5)  # the extraction under way, the model loading
+                  lambda p: time.time() - began > 2.5, "ran for 2.5 s")  # extraction under way
     ours = _children(proc.pid)
     status, err = _stopped(proc, sig)
     assert status == code, err
