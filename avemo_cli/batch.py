@@ -110,7 +110,8 @@ class Progress:
 
 @dataclass
 class BatchReport:
-    written: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # each input written: its first output
+    files: list[Path] = field(default_factory=list)  # every file written (all its formats)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -169,6 +170,10 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
                 continue
             claimed[base] = src
             made = outputs.wanted(src, base, formats)
+            if not made:
+                bad.append((src, f"{src}: none of the outputs asked for ({', '.join(formats)}) "
+                                 f"can be made of an audio file (it has no picture)"))
+                continue
             jobs.append(Job(src, made, key, tuple(f for f in formats if f not in made),
                             identity(src)))
     return jobs, bad
@@ -259,6 +264,7 @@ class _Run:
                 report.timings[k] += v
             report.media_seconds += outcome.record.media_seconds
             report.written.append(job.first or job.source)
+            report.files.extend(job.outputs.values())
         elif outcome.status == "skipped":
             report.skipped.append(job.first or job.source)
         else:

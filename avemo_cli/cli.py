@@ -359,6 +359,11 @@ def _jobs(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise click.BadParameter(f"{text!r} is not a count of 1 or more, or auto",
                                  param_hint="'--jobs'")
+    cores = os.cpu_count() or 1
+    if int(text) > cores:  # (more processes than cores only share them, with more memory)
+        click.echo(f"avemo: --jobs {text}: {plural(cores, 'core')} here, so {cores} at once",
+                   err=True)
+        return cores
     return int(text)
 
 
@@ -430,7 +435,7 @@ def status(folder, as_json, as_html):
                    f"{plural(totals['manifests'], 'manifest')}: {totals['ok']} annotated, "
                    f"{totals['partial']} annotated in part, {totals['skipped']} skipped "
                    f"(already done), {totals['failed']} failed")
-        click.echo(f"media annotated: {totals['media_hours']:.2f} h at "
+        click.echo(f"media annotated: {_span(summary.media_hours * 3600)} at "
                    f"{totals['rate_x_real_time']:.1f}x real time per worker")
         if len(makers) > 1:  # outputs of several versions or models side by side
             for who, n in sorted(makers.items()):
@@ -656,6 +661,15 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
     else:
         _print_scores(result, metrics, per_sequence,
                       f"{title} ({plural(len(result.sequences), 'sequence')}, {how})")
+
+
+def _span(seconds: float) -> str:
+    """A length of media as people say it: 10.0 s, 4.2 min, 1.25 h."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def _finite(value):

@@ -499,3 +499,32 @@ def test_a_closed_stdout_stops_the_names_not_the_work(tmp_path, tiny_audio_ckpt,
     records = [json.loads(line) for line in
                (tmp_path / "o" / "avemo-manifest.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok"] * 3
+
+
+def test_small_things_a_newcomer_meets(tmp_path, tiny_audio_ckpt):
+    """An audio file asked only for an overlay is one error line (it said "skip: None exists"
+    and counted as skipped); the API's report lists every file written; ``--jobs`` above the
+    cores is capped, saying so; ``avemo status`` gives seconds of media in seconds."""
+    import os
+
+    from avemo_cli.batch import AnnotateOptions, annotate_files
+
+    wav = shared_file("emodb", "03a01Fa.wav")
+    code, stdout, err = run("annotate", wav, "-o", tmp_path / "a", "--weights",
+                            tiny_audio_ckpt, "--format", "mp4")
+    assert code == 1, err
+    assert "03a01Fa.wav: none of the outputs asked for (mp4) can be made of an audio file" in err
+    assert "skip" not in err
+    report = annotate_files([wav], AnnotateOptions(output_dir=tmp_path / "b",
+                                                   formats=("csv", "vtt"),
+                                                   weights=str(tiny_audio_ckpt)))
+    assert [p.name for p in report.files] == ["03a01Fa.avemo.csv", "03a01Fa.avemo.vtt"]
+    assert [p.name for p in report.written] == ["03a01Fa.avemo.csv"]
+    many = str((os.cpu_count() or 1) + 997)
+    code, _, err = run("annotate", wav, "-o", tmp_path / "c", "--weights", tiny_audio_ckpt,
+                       "--jobs", many, "-q")
+    assert code == 0, err
+    assert f"--jobs {many}: " in err
+    code, stdout, err = run("status", tmp_path / "c")
+    seconds = probe(wav).duration
+    assert f"media annotated: {seconds:.1f} s at" in stdout, stdout
