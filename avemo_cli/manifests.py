@@ -116,7 +116,12 @@ class Manifest:
         path.touch()  # there even when this run (a shard with no inputs) adds no record
 
     def add(self, record: Record) -> None:
-        append_line(self.path, record.line())
+        try:
+            append_line(self.path, record.line())
+        except OSError as exc:  # (disk full, a folder gone read-only): say which file
+            raise OutputError(f"{self.path}: the record of {record.input} could not be added "
+                              f"({exc.strerror or exc}); its outputs are written: a re-run "
+                              f"finds them") from None
 
     def close(self) -> None:
         """Nothing is held open between records (kept for callers that close)."""

@@ -343,6 +343,8 @@ def _resume(state_path: Path, loop: _Loop) -> None:
             raise ValueError("not an avemo training state")
     except Exception as exc:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc):  # (torch's advice to unpickle it is not for avemo)
+            why = "it holds pickled objects, which avemo never loads"
         raise TrainError(f"{state_path}: damaged training state ({why}); remove it to "
                          f"start afresh or use another -o folder") from None
     if state.get("config") != loop.cfg.to_dict():

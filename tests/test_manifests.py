@@ -188,3 +188,25 @@ def test_a_name_that_is_not_utf8_is_recorded_and_the_batch_goes_on(tmp_path, tin
     assert records[raw]["status"] == "failed"
     code, _, err = run("status", out, "--json")
     assert json.loads(_)["inputs"] == 2, err
+
+
+def test_a_record_that_cannot_be_added_names_the_manifest(tmp_path, tiny_audio_ckpt,
+                                                          monkeypatch):
+    """A disk full at the manifest's append: one line naming the manifest and the input (it
+    named no file), the outputs already written kept."""
+    import errno
+
+    from avemo_cli import manifests
+
+    def full(path, line):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manifests, "append_line", full)
+    out = tmp_path / "out"
+    code, _, err = run("annotate", shared_file("emodb", "03a01Fa.wav"), "-o", out,
+                       "--weights", tiny_audio_ckpt, "-q")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{out / 'avemo-manifest.jsonl'}: the record of " in err
+    assert "No space left on device" in err
+    assert (out / "03a01Fa.avemo.csv").exists()

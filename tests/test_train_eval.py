@@ -421,3 +421,17 @@ def test_train_config_values_out_of_range_are_one_line(corpus, tmp_path, config)
     assert len(err.strip().splitlines()) == 1, err
     assert "invalid model settings" in err
     assert next(iter(config)) in err
+
+
+def test_a_pickled_training_state_is_refused_without_torchs_advice(corpus, tmp_path):
+    import argparse
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"model": {}, "optim": {}, "epoch": 1, "odd": argparse.Namespace(x=1)},
+               run_dir / "last.pt")
+    code, _, err = run("train", "--data", corpus, "--modality", "audio", "--epochs", 2, "-o",
+                       run_dir, "--cache", tmp_path / "cache", "-q", "--resume")
+    assert code == 2, err
+    assert "holds pickled objects, which avemo never loads" in err
+    assert "weights_only" not in err
