@@ -85,8 +85,10 @@ class CheckpointFile:
 def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
     """Read a checkpoint file (once) and check its settings, without building the model."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint file (a folder, a device or a pipe)")
     try:
         data = path.read_bytes()
     except OSError as exc:

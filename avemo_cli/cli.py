@@ -427,7 +427,7 @@ def status(folder, as_json, as_html):
               "missing_shards": summary.missing_shards(),
               "failures": [{"input": i, "error": e} for i, e in failed],
               "partials": [{"input": i, "warning": w} for i, w in partial],
-              "made_by": makers, "unreadable_lines": len(summary.warnings)}
+              "made_by": makers, "unreadable_lines": summary.unreadable}
     if as_json:
         click.echo(json.dumps(totals, indent=2))
     else:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .cache import FeatureCache, describe_counts, extract_all
-from .datasets import Sequence
+from .datasets import LABEL_RANGE, Sequence, outside_range
 from .distributed import Group
 from .errors import AvemoError
 from .features import Features, FeatureSettings
@@ -86,7 +86,6 @@ def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: Mode
     return out
 
 
-LABEL_RANGE = (-1.0, 1.0)  # valence and arousal, as avemo writes them
 
 
 def check_label_range(seq: Sequence, targets: list[str]) -> None:
@@ -101,8 +100,8 @@ def check_label_range(seq: Sequence, targets: list[str]) -> None:
         if not np.isfinite(v).all():
             raise TrainError(f"{where}: {t} has {int((~np.isfinite(v)).sum())} missing or "
                              f"non-finite value(s); fill or drop those rows")
-        if v.min() < lo - 1e-6 or v.max() > hi + 1e-6:
-            bad = v.min() if v.min() < lo - 1e-6 else v.max()
+        bad = outside_range(v)
+        if bad is not None:
             raise TrainError(f"{where}: {t} value {bad:g} is outside [{lo:g}, {hi:g}]; "
                              f"rescale the ratings to that range")
 

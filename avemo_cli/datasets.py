@@ -230,6 +230,18 @@ def load_categorical(root: Path) -> list[Sequence]:
     return seqs
 
 
+LABEL_RANGE = (-1.0, 1.0)  # valence and arousal, as avemo writes them
+
+
+def outside_range(values: np.ndarray) -> float | None:
+    """The first finite value outside ``LABEL_RANGE`` (a rating on another scale: 0-100, 1-9),
+    or None."""
+    lo, hi = LABEL_RANGE
+    v = np.asarray(values, np.float64)
+    bad = v[np.isfinite(v) & ((v < lo - 1e-6) | (v > hi + 1e-6))]
+    return float(bad[0]) if len(bad) else None
+
+
 def load_dataset(root: str | Path, layout: str = "avec2017", split: str | Path | None = None
                  ) -> list[Sequence]:
     root = Path(root)

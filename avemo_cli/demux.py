@@ -101,6 +101,7 @@ class MediaInfo:
     audio_start: float = 0.0  # seconds on the same timeline where the audio's first sample
     # plays (a stream that starts after the video's first frame, e.g. an offset track)
     unused_video: str = ""  # why a video stream the file has is not analysed ("" if none)
+    audio_tracks: int = 0  # audio streams in the file (the first is the one annotated)
 
     def frame_times(self) -> np.ndarray:
         """Presentation time of every video frame: the container's timestamps (on ffmpeg's
@@ -128,6 +129,7 @@ _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
 _SAR = re.compile(r"SAR (\d+):(\d+)")
 _START = re.compile(r"start:? (-?\d+(?:\.\d+)?)")  # the file's (Duration line), a stream's
 _AV_NOPTS = -(2 ** 63)
+_STILL = re.compile(r"Input #0, (image2|\w+_pipe|png|bmp|webp|tiff|gif_pipe)\b")  # a picture
 DISCARD = 0x4  # AV_PKT_FLAG_DISCARD: a packet an edit list leaves out of the presentation
 
 
@@ -203,6 +205,11 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     err = proc.stderr.decode("utf-8", "replace")
     dur = _DURATION.search(err)
     streams = [(m.group(1), m.group(2)) for m in _STREAM.finditer(err)]
+    if _STILL.search(err):
+        raise MediaError(f"{path}: a still image, not a video (avemo annotates video and audio "
+                         f"files)")
+    if not streams and "Stream #" in err:
+        raise MediaError(f"{path}: no video or audio stream (only subtitles or data)")
     if not streams or (dur is None and "Duration: N/A" not in err):
         raise MediaError(f"{path}: unreadable media ({_short_reason(err)})")
     duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3)) \
@@ -211,6 +218,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         duration = _measured_duration(path)  # browser's MediaRecorder does), or 0xFFFFFFFF
     video = next((d for kind, d in streams if kind == "Video" and "attached pic" not in d), None)
     audio = next((d for kind, d in streams if kind == "Audio"), None)
+    tracks = sum(kind == "Audio" for kind, _ in streams)
     has_audio = audio is not None
     audio_codec = audio.split(maxsplit=1)[0].rstrip(",") if audio else ""
     audio_start = _stream_start(audio, err) if audio else 0.0
@@ -218,7 +226,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         if not has_audio:
             raise MediaError(f"{path}: no video or audio stream")
         return MediaInfo(path, duration, has_video=False, has_audio=True,
-                         audio_codec=audio_codec)
+                         audio_codec=audio_codec, audio_tracks=tracks)
     size = _SIZE.search(video)
     rate = _FPS.search(video) or _TBR.search(video)
     if size is None or rate is None:
@@ -228,7 +236,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     if min(width, height) < MIN_SIDE and has_audio:
         return MediaInfo(path, duration, has_video=False, has_audio=True,
                          audio_codec=audio_codec, unused_video=f"its picture is {width}x"
-                         f"{height} pixels, too small to hold a face")
+                         f"{height} pixels, too small to hold a face", audio_tracks=tracks)
     sar_m = _SAR.search(video)
     sar = int(sar_m.group(1)) / int(sar_m.group(2)) if sar_m and int(sar_m.group(2)) else 1.0
     sar = sar if sar > 0 else 1.0  # "SAR 0:1" means unknown: square
@@ -244,7 +252,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     if n_frames == 0:
         raise MediaError(f"{path}: the video stream has no frames")
     return MediaInfo(path, duration, True, has_audio, width, height, fps, rotation, n_frames,
-                     audio_codec, sar, pts, audio_start)
+                     audio_codec, sar, pts, audio_start, audio_tracks=tracks)
 
 
 UNSET_DURATION = 4294967.0  # s: 0xFFFFFFFF ms, what a writer that never knew the length leaves

@@ -23,7 +23,7 @@ import pandas as pd
 from . import metrics as M
 from . import outputs
 from .cache import FeatureCache, describe_counts, extract_all
-from .datasets import DatasetError, load_dataset, read_labels
+from .datasets import LABEL_RANGE, DatasetError, load_dataset, outside_range, read_labels
 
 TARGETS = ("valence", "arousal")
 PAST_END = 0.5  # s: gold this far past a prediction's last row is still scored, not beyond
@@ -118,7 +118,16 @@ def read_gold(folder: Path) -> dict[str, pd.DataFrame]:
              if not p.match(outputs.pattern("csv"))}
     if not found:
         raise DatasetError(f"{folder}: no label CSV files")
-    return {name: read_labels(p) for name, p in found.items()}
+    gold = {name: read_labels(p) for name, p in found.items()}
+    for name, labels in gold.items():
+        for t in TARGETS:
+            bad = outside_range(labels[t]) if t in labels else None
+            if bad is not None:
+                lo, hi = LABEL_RANGE
+                raise DatasetError(f"{found[name]}: {t} value {bad:g} is outside [{lo:g}, "
+                                   f"{hi:g}], the scale avemo writes; rescale the gold labels "
+                                   f"(a 0-100 or 1-9 rating?)")
+    return gold
 
 
 def aligned(pred: pd.DataFrame, gold: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:

@@ -127,6 +127,7 @@ class Manifest:
         """Nothing is held open between records (kept for callers that close)."""
 
 
+SHOWN_BAD_LINES = 3  # lines of a manifest that are not records, said one by one (then a count)
 DONE = ("ok", "partial")  # statuses whose outputs were written
 
 
@@ -135,7 +136,9 @@ class Summary:
     manifests: list[Path]
     records: dict[str, Record]  # by input: the latest record (see ``summarise``)
     shards: dict[int, set[int]]  # shard count -> indices whose manifest is present
-    warnings: list[str] = field(default_factory=list)  # lines that could not be read
+    warnings: list[str] = field(default_factory=list)  # lines that could not be read (the
+    # first few of a file, then how many more)
+    unreadable: int = 0  # lines that are not records, in all
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records.values())
@@ -182,17 +185,24 @@ def summarise(folder: str | os.PathLike) -> Summary:
             if i.isdigit() and n.isdigit():
                 summary.shards.setdefault(int(n), set()).add(int(i))
         text = path.read_text(encoding="utf-8", errors="replace")
+        bad = 0
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rec = Record.from_json(json.loads(line))
             except ValueError as exc:
-                summary.warnings.append(f"{path}:{number}: not a manifest record ({exc}); "
-                                        f"left out")
+                bad += 1
+                summary.unreadable += 1
+                if bad <= SHOWN_BAD_LINES:
+                    summary.warnings.append(f"{path}:{number}: not a manifest record ({exc}); "
+                                            f"left out")
                 continue
             earlier = summary.records.get(rec.input)
             if rec.status == "skipped" and earlier is not None and earlier.status in DONE:
                 continue
             summary.records[rec.input] = rec
+        if bad > SHOWN_BAD_LINES:
+            summary.warnings.append(f"{path}: {bad - SHOWN_BAD_LINES} more lines are not "
+                                    f"manifest records; left out")
     return summary

@@ -122,5 +122,5 @@ def folder_report(summary: Summary, folder: Path) -> str:
                      "page": _link(Path(page), here) if page else None})
     data = {"folder": str(folder), "root": root, "avemo": __version__, "rows": rows,
             "counts": {s: summary.count(s) for s in ("ok", "partial", "skipped", "failed")},
-            "missing": summary.missing_shards(), "unreadable": len(summary.warnings)}
+            "missing": summary.missing_shards(), "unreadable": summary.unreadable}
     return _fill("report.html", html.escape(f"{folder.name or folder} — avemo report"), data)

@@ -206,6 +206,10 @@ class Annotator:
             feats = extract(info, self.request, lambda: self.backend, timings, say,
                             describer=self.describer)
         notices = []
+        if info.audio_tracks > 1 and use_audio:
+            notices.append(f"{info.path}: it has {info.audio_tracks} audio tracks; the first is "
+                           f"annotated")
+            warnings.warn(notices[-1], UserWarning, stacklevel=3)
         if info.unused_video:
             notices.append(f"{info.path}: {info.unused_video}: annotated from its audio alone")
             warnings.warn(notices[-1], UserWarning, stacklevel=3)

@@ -165,3 +165,12 @@ def test_architecture_fields_are_checked_before_anything_is_built(tmp_path, fiel
     with pytest.raises(CheckpointError, match=re.escape(says)) as err:
         load_checkpoint(bad)
     assert str(err.value).startswith(f"{bad}: invalid model settings")
+
+
+def test_a_device_given_as_weights_is_not_called_missing():
+    from conftest import cli
+
+    code, _, err = cli("annotate", "x.mp4", "--weights", "/dev/zero")
+    assert code == 2, err
+    assert err.strip() == "avemo: error: /dev/zero: not a checkpoint file (a folder, a device " \
+        "or a pipe)"

@@ -305,3 +305,30 @@ def test_a_stream_without_a_container_duration_is_measured(tmp_path):
     assert info.duration == pytest.approx(4.0, abs=0.1)
     assert info.n_frames == decoded_frame_count(piped)
     assert info.has_audio
+
+
+def test_a_still_image_or_a_file_of_subtitles_is_named_for_what_it_is(tmp_path):
+    jpg, png, subs = tmp_path / "still.jpg", tmp_path / "still.png", tmp_path / "subs.mkv"
+    sample = shared_file("videos", "WDA_KatieHill_000.mp4")
+    ffmpeg("-i", str(sample), "-frames:v", "1", str(jpg))
+    ffmpeg("-i", str(sample), "-frames:v", "1", str(png))
+    (tmp_path / "s.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    ffmpeg("-i", str(tmp_path / "s.srt"), "-c:s", "srt", str(subs))
+    for still in (jpg, png):
+        with pytest.raises(MediaError, match="a still image, not a video"):
+            demux.probe(still)
+    with pytest.raises(MediaError, match=r"no video or audio stream \(only subtitles or data\)"):
+        demux.probe(subs)
+
+
+def test_a_second_audio_track_is_said_to_be_left_aside(tmp_path, tiny_ckpt):
+    from conftest import cli
+
+    src = shared_file("videos", "WDA_KatieHill_000.mp4")
+    two = tmp_path / "two_tracks.mp4"
+    ffmpeg("-i", str(src), "-f", "lavfi", "-i", "sine=frequency=300:duration=5", "-map", "0:v",
+           "-map", "0:a", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-shortest", str(two))
+    assert demux.probe(two).audio_tracks == 2
+    code, _, err = cli("annotate", two, "-o", tmp_path / "out", "--weights", tiny_ckpt, "-q")
+    assert code == 0, err
+    assert "two_tracks.mp4: it has 2 audio tracks; the first is annotated" in err

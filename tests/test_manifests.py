@@ -210,3 +210,17 @@ def test_a_record_that_cannot_be_added_names_the_manifest(tmp_path, tiny_audio_c
     assert f"{out / 'avemo-manifest.jsonl'}: the record of " in err
     assert "No space left on device" in err
     assert (out / "03a01Fa.avemo.csv").exists()
+
+
+def test_a_garbage_manifest_is_said_in_a_few_lines(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    good = json.dumps({"input": "a.mp4", "status": "ok", "media_seconds": 3.0})
+    (out / "avemo-manifest.jsonl").write_text(good + "\n" + "garbage\n" * 88)
+    code, stdout, err = run("status", out, "--json")
+    assert code == 0, err
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 4, err
+    assert warnings[-1].endswith("avemo-manifest.jsonl: 85 more lines are not manifest "
+                                 "records; left out")
+    assert json.loads(stdout)["unreadable_lines"] == 88

@@ -435,3 +435,20 @@ def test_a_pickled_training_state_is_refused_without_torchs_advice(corpus, tmp_p
     assert code == 2, err
     assert "holds pickled objects, which avemo never loads" in err
     assert "weights_only" not in err
+
+
+@pytest.mark.parametrize("scale", [100.0, 1e308], ids=["a 0-100 rating", "1e308"])
+def test_gold_on_another_scale_is_refused_as_train_refuses_it(tmp_path, scale):
+    pred, gold = prediction_and_gold_folders(tmp_path)
+    t = np.round(np.arange(40) * 0.1, 1)
+    g = pd.DataFrame({"time": t, "valence": (np.sin(t) + 1) / 2 * scale,
+                      "arousal": np.cos(t) * 0.5})
+    g.to_csv(gold / "a.csv", index=False)
+    pd.DataFrame({"frame": range(40), "time": t, "valence": np.sin(t), "arousal": np.cos(t),
+                  "face": 1, "voice": 1}).to_csv(pred / "a.avemo.csv", index=False)
+    code, stdout, err = run("eval", "--pred", pred, "--gold", gold)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{gold / 'a.csv'}: valence value" in err
+    assert "is outside [-1, 1]" in err
+    assert "RuntimeWarning" not in err

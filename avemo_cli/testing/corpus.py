@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +124,9 @@ def main(argv=None) -> None:
     try:
         print(build_corpus(args.out, args.layout, args.shared, args.seconds,
                            videos=args.videos))
-    except CorpusError as err:
-        raise SystemExit(f"avemo_cli.testing.corpus: error: {err}") from None
+    except CorpusError as err:  # a usage mistake, as argparse's own: status 2
+        print(f"avemo_cli.testing.corpus: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
