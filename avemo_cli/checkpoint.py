@@ -99,6 +99,11 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
         cfg = ModelConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model settings ({exc})") from None
+    from .postprocess import check_postprocess
+
+    why = check_postprocess(meta.get("postprocess", {}))
+    if why:
+        raise CheckpointError(f"{path}: invalid post-processing settings ({why})")
     return CheckpointFile(path, data, meta, cfg)
 
 

@@ -41,6 +41,29 @@ def apply_chain(x: np.ndarray, params: dict | None) -> np.ndarray:
     return shift_forward(y, params.get("shift", 0))
 
 
+def check_postprocess(params: object) -> str:
+    """Why a checkpoint's post-processing parameters cannot be applied ("" when they can): an
+    object of targets, each an object whose ``median_window`` and ``shift`` are whole numbers
+    of steps from 0 to 10000 and ``bias`` and ``scale`` finite numbers."""
+    if not isinstance(params, dict):
+        return f"not an object of targets: {params!r}"[:120]
+    for target, chain in params.items():
+        if chain is None:
+            continue
+        if not isinstance(chain, dict):
+            return f"{target}: not an object: {chain!r}"[:120]
+        for key in ("median_window", "shift"):
+            v = chain.get(key, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 10000:
+                return f"{target} {key} must be a whole number of steps from 0 to 10000, " \
+                       f"not {v!r}"[:160]
+        for key in ("bias", "scale"):
+            v = chain.get(key, 0.0)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+                return f"{target} {key} must be a finite number, not {v!r}"[:160]
+    return ""
+
+
 def apply_postprocess(values: np.ndarray, targets: list[str], params: dict) -> np.ndarray:
     """values (K, targets) -> post-processed copy, using ``params[target]`` for each column."""
     out = np.empty_like(values)

@@ -174,3 +174,15 @@ def test_a_device_given_as_weights_is_not_called_missing():
     assert code == 2, err
     assert err.strip() == "avemo: error: /dev/zero: not a checkpoint file (a folder, a device " \
         "or a pipe)"
+
+
+@pytest.mark.parametrize("post, says", [
+    ({"valence": {"median_window": "wide"}}, "valence median_window must be a whole number"),
+    ({"valence": {"scale": float("nan")}}, "valence scale must be a finite number"),
+    ({"valence": [1, 2]}, "valence: not an object"), ([3], "not an object of targets")])
+def test_bad_post_processing_settings_are_one_line(tmp_path, post, says):
+    model = tiny_model("audio")
+    path = save_checkpoint(tmp_path / "m.safetensors", model, postprocess=post)
+    with pytest.raises(CheckpointError, match=re.escape(says)) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(f"{path}: invalid post-processing settings (")
