@@ -335,6 +335,7 @@ def _stream(args: list[str], chunk: int, path: Path, what: str,
 # kept frame nearest each step (at most two frames off, 67 ms at 30 fps); 1080p decoding 3.4 ->
 # 2.5 s per minute here
 SKIP_FRAME = "noref"
+FEW_FRAMES = 2  # videos of this many frames or fewer are decoded whole, without the fps filter
 
 
 def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
@@ -354,16 +355,26 @@ def iter_frames(info: MediaInfo, rate: float, max_side: int = 480,
     if deblock is None:
         deblock = max(info.width, info.height) < 2 * max_side
     fast = {} if deblock else {"skip_loop_filter": "all", "skip_frame": SKIP_FRAME}
+    few = 0 < info.n_frames <= FEW_FRAMES  # (the fps filter emits none for a 1-frame video)
+    video = ffmpeg.input(file_arg(info.path), **({} if few else fast)).video
     stream = (
-        ffmpeg.input(file_arg(info.path), **fast)
-        .video.filter("fps", fps=rate, start_time=0)
+        (video if few else video.filter("fps", fps=rate, start_time=0))
         .filter("scale", w, h)
         .output("pipe:", format="rawvideo", pix_fmt=pix_fmt)
         .global_args("-nostdin", "-v", "error")
     )
-    for buf in _stream(stream.compile(cmd=ffmpeg_exe()), int(np.prod(shape)), info.path,
-                       "video decoding"):
-        yield np.frombuffer(buf, np.uint8).reshape(shape)
+    frames = (np.frombuffer(buf, np.uint8).reshape(shape) for buf in
+              _stream(stream.compile(cmd=ffmpeg_exe()), int(np.prod(shape)), info.path,
+                      "video decoding"))
+    if not few:
+        yield from frames
+        return
+    every = list(frames)  # a few frames, each step taking the one nearest its time
+    if every:
+        times = info.frame_times()[:len(every)]
+        steps = int(np.floor(max(0.0, times[-1]) * rate + 1e-6)) + 1
+        for k in range(steps):
+            yield every[int(np.argmin(np.abs(times - k / rate)))]
 
 
 def sample_frames(info: MediaInfo, n: int, max_side: int = 480,

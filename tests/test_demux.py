@@ -332,3 +332,20 @@ def test_a_second_audio_track_is_said_to_be_left_aside(tmp_path, tiny_ckpt):
     code, _, err = cli("annotate", two, "-o", tmp_path / "out", "--weights", tiny_ckpt, "-q")
     assert code == 0, err
     assert "two_tracks.mp4: it has 2 audio tracks; the first is annotated" in err
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_a_video_of_one_or_two_frames_is_annotated(tmp_path, tiny_video_ckpt, frames):
+    """The fps filter emits no frame for a 1-frame video: such videos are decoded whole, and
+    their face (in frame 0) is found (it said "no face found")."""
+    from conftest import cli
+
+    short = tmp_path / f"frames{frames}.mp4"
+    ffmpeg("-i", str(shared_file("videos", "WDA_KatieHill_000.mp4")), "-frames:v", str(frames),
+           "-an", "-c:v", "libx264", str(short))
+    assert demux.probe(short).n_frames == frames
+    code, _, err = cli("annotate", short, "-o", tmp_path / "out", "--weights", tiny_video_ckpt,
+                       "-q")
+    assert code == 0, err
+    t = np.genfromtxt(tmp_path / "out" / f"frames{frames}.avemo.csv", delimiter=",", names=True)
+    assert np.atleast_1d(t["face"]).tolist() == [1] * frames
