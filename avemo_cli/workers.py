@@ -87,6 +87,7 @@ def _quiet_tracker() -> None:
 def end_pool(pool: ProcessPoolExecutor) -> None:
     """End a pool at once: its processes killed (work in them dropped), waited for, and its
     queues closed, so that nothing is left running or leaked."""
+    _quiet_helpers()
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for proc in processes:
         proc.kill()  # (they ignore SIGTERM)
@@ -98,6 +99,27 @@ def end_pool(pool: ProcessPoolExecutor) -> None:
         manager.join(5)
     if pool in _LIVE:
         _LIVE.remove(pool)
+
+
+def _quiet_helpers() -> None:
+    """From now on, an error in a pool's helper threads (its manager, its queues' feeders) is
+    not printed: a pool ended at once leaves them reading pipes that are closing, and the
+    traceback one may print as the command exits is not the user's business."""
+    from concurrent.futures import process
+
+    previous = threading.excepthook
+    if getattr(previous, "_avemo_quiet", False):
+        return
+    manager = getattr(process, "_ExecutorManagerThread", ())
+
+    def hook(args):
+        if isinstance(args.thread, manager) or (
+                args.thread is not None and args.thread.name == "QueueFeederThread"):
+            return
+        previous(args)
+
+    hook._avemo_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def finish_pool(pool: ProcessPoolExecutor) -> None:
