@@ -82,8 +82,29 @@ def prepare_sequences(seqs: list[Sequence], settings: FeatureSettings, cfg: Mode
         feats = cache.load(s.media, settings)
         if feats is None:
             continue
+        told = label_mismatch(s, feats.n_steps / cfg.rate)
+        if told and group.main:
+            log(f"avemo: warning: {told}")
         out.append(Prepared(s, feats, s.step_targets(feats.n_steps, cfg.rate, cfg.targets)))
     return out
+
+
+def label_mismatch(seq: Sequence, media_seconds: float) -> str:
+    """What a user must hear when a label file's times do not fit its media ("" when they
+    do): labels that all lie past the media's end (nothing of the sequence is used), or that
+    run far past it (the wrong media, or another time unit?)."""
+    if seq.label_path is None or seq.labels is None or seq.labels.empty:
+        return ""  # (a categorical clip's constant label spans any length)
+    times = seq.labels["time"].to_numpy(np.float64)
+    first, last = float(np.nanmin(times)), float(np.nanmax(times))
+    if first > media_seconds:
+        return (f"{seq.label_path}: its labels begin at {first:.1f} s, after {seq.media} ends "
+                f"({media_seconds:.1f} s): nothing of this sequence is used")
+    if last > media_seconds + max(5.0, 0.5 * media_seconds):
+        return (f"{seq.label_path}: its labels run to {last:.1f} s but {seq.media} is "
+                f"{media_seconds:.1f} s long: labels past its end are not used (the wrong "
+                f"media, or times in another unit?)")
+    return ""
 
 
 

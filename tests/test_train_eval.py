@@ -452,3 +452,31 @@ def test_gold_on_another_scale_is_refused_as_train_refuses_it(tmp_path, scale):
     assert f"{gold / 'a.csv'}: valence value" in err
     assert "is outside [-1, 1]" in err
     assert "RuntimeWarning" not in err
+
+
+@pytest.mark.parametrize("start, end, says", [
+    (0.0, 3600.0, "its labels run to 3600.0 s but"),
+    (100.0, 200.0, "its labels begin at 100.0 s, after")])
+def test_labels_that_do_not_fit_their_media_are_said(tmp_path, start, end, says):
+    """Devel labels running 3600 s on a few seconds of media, or lying wholly past its end,
+    were taken silently (0 clips)."""
+    from avemo_cli.cache import FeatureCache
+    from avemo_cli.clips import prepare_sequences
+    from avemo_cli.datasets import Sequence
+    from avemo_cli.features import FeatureSettings
+    from avemo_cli.model import ModelConfig
+
+    from conftest import make_synthetic_video
+
+    video = make_synthetic_video(tmp_path / "s.mp4", seconds=3.0)
+    t = np.linspace(start, end, 50)
+    labels = pd.DataFrame({"time": t, "valence": np.zeros(50), "arousal": np.zeros(50)})
+    seq = Sequence("s", "devel", video, tmp_path / "s.csv", labels)
+    cfg = ModelConfig(modality="audio")
+    said: list[str] = []
+    prepare_sequences([seq], FeatureSettings.for_model(cfg), cfg, FeatureCache(tmp_path / "c"),
+                      1, said.append)
+    warnings = [line for line in said if line.startswith("avemo: warning:")]
+    assert len(warnings) == 1, said
+    assert says in warnings[0]
+    assert str(tmp_path / "s.csv") in warnings[0]
