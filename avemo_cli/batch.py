@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from . import __version__, outputs, schedule
-from .demux import decoder, find_media
+from .demux import decoder, ffmpeg_exe, find_media
 from .errors import AvemoError, MediaError, OutputError
 from .features import STAGES
 from .files import identity, remove_stale_temporaries
@@ -149,11 +149,12 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
     jobs: list[Job] = []
     bad: list[tuple[Path, str]] = []
     claimed: dict[Path, Path] = {}
+    into = out.resolve()  # (a folder's files inside it are outputs, not inputs: ``_ours``)
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             pairs = [(f, out / f.relative_to(p).parent / f.stem, f.relative_to(p).as_posix())
-                     for f in find_media(p) if not _ours(f, out)]
+                     for f in find_media(p) if not _ours(f, into)]
             if not pairs:
                 bad.append((p, f"{p}: no media files found in this folder"))
         elif p.exists():
@@ -179,14 +180,14 @@ def plan(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike = ".
     return jobs, bad
 
 
-def _ours(media: Path, out: Path) -> bool:
+def _ours(media: Path, into: Path) -> bool:
     """Whether a file found in a folder is avemo's own: an output (``<stem>.avemo.<format>``,
-    e.g. an overlay video) or anything inside the output folder (``-o`` below the input
-    folder). A re-run must not annotate its own outputs."""
+    e.g. an overlay video) or anything inside the output folder ``into`` (resolved; ``-o``
+    below the input folder). A re-run must not annotate its own outputs."""
     if outputs.TAG + "." in media.name:
         return True
     try:
-        media.resolve().relative_to(out.resolve())
+        media.resolve().relative_to(into)
     except ValueError:
         return False
     return True
@@ -339,28 +340,27 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
     from .checkpoint import open_checkpoint, resolve_weights
 
     options = options or AnnotateOptions()
-    decoder()  # (an AVEMO_FFMPEG that cannot be run: one error before any work)
+    ffmpeg_exe()  # (an AVEMO_FFMPEG that cannot be found: one error before any work)
     out = check_output_dir(options.output_dir)
     planned, bad = plan(inputs, out, options.formats)
     shard = options.shard
     if shard is not None:
         planned = [j for j in planned if shard.takes(j.key)]
     # the checkpoint, read once: its header decides the features (begun before torch loads)
-    source = annotator.checkpoint.source if annotator is not None \
-        else open_checkpoint(resolve_weights(options.weights))
+    source = None if annotator is not None else open_checkpoint(resolve_weights(options.weights))
     why_blocked = [_blocked(job) for job in planned]
     blocked = [(job, why) for job, why in zip(planned, why_blocked) if why]
     planned = [job for job, why in zip(planned, why_blocked) if not why]
     finished = [_finished(job, options.overwrite) for job in planned]
     done = [job for job, f in zip(planned, finished) if f]
     todo = [job for job, f in zip(planned, finished) if not f]
-    begun = None if annotator is not None or source is None else \
+    begun = None if source is None else \
         _begin(todo, options, options.settings.features(source.config))
     try:
         if annotator is None:  # (nothing is written if it fails)
             from .pipeline import Annotator
 
-            annotator = Annotator(source, options.settings)
+            annotator = Annotator(source, options.settings)  # (source: the file read above)
         run = _Run(Manifest(out / (shard.manifest_name if shard else UNSHARDED_MANIFEST)),
                    progress or Progress(), annotator.checkpoint)
         try:

@@ -12,6 +12,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,8 +78,9 @@ class CheckpointFile:
     meta: dict = field(repr=False)
     config: ModelConfig = field(repr=False)
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """The file's digest, computed once (every manifest record names it)."""
         return hashlib.sha256(self.data).hexdigest()
 
 

@@ -656,7 +656,9 @@ def eval_cmd(data, split, layout, cache, jobs, weights, partition, pred, gold, m
         if not quiet:
             click.echo(f"avemo: {plural(len(files), 'figure')} written to {plot_dir}", err=True)
     if as_json:  # (a score that cannot be computed is null: JSON has no NaN)
-        click.echo(json.dumps(_finite(result.to_json(per_sequence)), indent=2,
+        from .table import finite_json
+
+        click.echo(json.dumps(finite_json(result.to_json(per_sequence)), indent=2,
                               allow_nan=False))
     else:
         _print_scores(result, metrics, per_sequence,
@@ -670,17 +672,6 @@ def _span(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.2f} h"
-
-
-def _finite(value):
-    """``value`` with every NaN or infinite number replaced by None (JSON's null)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _print_scores(result, metrics, per_sequence: bool, title: str) -> None:

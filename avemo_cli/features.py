@@ -269,6 +269,14 @@ FACE_PX = 110  # px: the height a face found in a wide shot is given at the anal
 LOOK_SIDE = 1920  # px: the largest frame side a wide shot is searched at (``wider_side``)
 
 
+def search_side(info: demux.MediaInfo, max_side: int) -> int | None:
+    """The frame side a video with no face at the analysis size ``max_side`` is searched at
+    (``wider_side``): its own, up to ``LOOK_SIDE``; None when that is no larger than the
+    analysis size (by a quarter: nothing to gain)."""
+    look = min(max(info.width, info.height), LOOK_SIDE)
+    return look if look > max_side * 1.25 else None
+
+
 def wider_side(info: demux.MediaInfo, settings: FeatureSettings,
                backend: faces.FaceBackend, n: int = 6) -> int | None:
     """When no face was found at the analysis size: a few frames searched at up to
@@ -276,9 +284,8 @@ def wider_side(info: demux.MediaInfo, settings: FeatureSettings,
     40-80 px at 480, under dlib's detector). The analysis size at which the smallest face found
     is ``FACE_PX`` high, or None when none is found there either (or the picture is no larger
     than the analysis size)."""
-    full = max(info.width, info.height)
-    look = min(full, LOOK_SIDE)
-    if look <= settings.max_side * 1.25:
+    look = search_side(info, settings.max_side)
+    if look is None:
         return None
     heights = [box[3] - box[1]
                for frame in demux.sample_frames(info, n, look, gray=settings.channels == 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import AvemoError, OutputError
 from .files import append_line
+from .table import finite_json
 
 MANIFEST_GLOB = "avemo-manifest*.jsonl"
 UNSHARDED_MANIFEST = "avemo-manifest.jsonl"
@@ -74,7 +75,7 @@ class Record:
                 elif kind == "dict":
                     if not isinstance(v, dict):
                         raise ValueError
-                    values[name] = _finite(v)
+                    values[name] = finite_json(v)  # (``1e999`` in a summary: null)
                 elif not isinstance(v, list):
                     raise ValueError
                 else:
@@ -88,18 +89,6 @@ class Record:
         """The avemo version and model that made the outputs."""
         digest = f" ({self.model_sha256[:12]})" if self.model_sha256 else ""
         return f"avemo {self.avemo or '?'}, {self.model or '?'}{digest}"
-
-
-def _finite(value):
-    """A parsed JSON value with every non-finite number in it (``1e999``, ``NaN``) made None:
-    a report or ``--json`` must stay valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 class Manifest:

@@ -52,10 +52,6 @@ def _colour(face_id: int) -> str:
     return f"rgb({r},{g},{b})"
 
 
-def _finite(values: np.ndarray, digits: int = 3) -> list[float | None]:
-    return finite_list(values, digits)
-
-
 def _link(target: Path, page: Path) -> str:
     """``target`` relative to the folder of ``page`` (works wherever both are moved together):
     always a relative path, never read as a scheme (``javascript:x.mp4`` is ``./javascript:x.mp4``:
@@ -76,7 +72,7 @@ def file_page(annotation: Annotation, path: Path, video: Path | None = None,
     for person in annotation.people:
         values = np.clip(person.step_values, -1.0, 1.0)
         faces.append({"id": person.face_id, "colour": _colour(person.face_id),
-                      "values": {t: _finite(values[:, j])
+                      "values": {t: finite_list(values[:, j])
                                  for j, t in enumerate(annotation.targets)},
                       "evidence": annotation.evidence(person).astype(int).tolist()})
     data = {"name": Path(annotation.path).name, "rate": annotation.rate,

@@ -23,7 +23,7 @@ from . import audio as audio_stage
 from . import demux, faces, people, predict, speakers, tracking
 from .checkpoint import Checkpoint, CheckpointFile, load_checkpoint, resolve_weights
 from .errors import ModalityError, NoFaceError, OrientationError
-from .features import LOOK_SIDE, STAGES, Extracted, Features, extract
+from .features import STAGES, Extracted, Features, extract, search_side
 from .inference import predict_features, resolve_device, to_table
 from .predict import Predictor
 from .settings import AnnotatorSettings
@@ -299,7 +299,7 @@ def _smallest(info: demux.MediaInfo, max_side: int) -> str:
     """The smallest face the search could have found in ``info``'s picture, in its pixels: at
     the analysis size, or at the wide search's (``features.wider_side``)."""
     full = max(info.width, info.height)
-    searched = max(max_side, min(full, LOOK_SIDE)) if full > 1.25 * max_side else max_side
+    searched = search_side(info, max_side) or max_side
     px = int(np.ceil(faces.DETECTABLE_PX * full / searched))
     return f"faces under about {px} px high in its {info.width}x{info.height} frame are not found"
 

@@ -9,6 +9,7 @@ every writer in ``outputs.py`` writes (a pandas DataFrame only on request: ``as_
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -100,3 +101,15 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
 def finite_list(values: np.ndarray, digits: int = 3) -> list[float | None]:
     """Numbers rounded to ``digits``, None (JSON's null) where not finite."""
     return [None if not np.isfinite(v) else round(float(v), digits) for v in values]
+
+
+def finite_json(value):
+    """A JSON-like value (dicts, lists, tuples) with every NaN or infinite number in it
+    replaced by None (JSON's null): what is written or printed stays valid JSON."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
