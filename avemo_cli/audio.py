@@ -35,6 +35,8 @@ class AudioFeatures:
     valid: np.ndarray  # (K,) bool: the step lies inside the audio and openSMILE could describe
     # its window (not so for files of 1 s or less); the CSV's voice column
     loudness: np.ndarray | None = None  # (K,) dB RMS of each step's own span (annotate only)
+    envelope: np.ndarray | None = None  # dB RMS per 1/ENVELOPE_RATE s of the timeline
+    # (annotate only): where utterances begin and end (utterances.py)
     decoded: float | None = None  # seconds of audio decoded (annotate only)
     speech: np.ndarray | None = None  # (K,) bool: the step holds speech, not silence
     # (``speech_steps``; annotate only: features from the cache have None, taken as all)
@@ -53,6 +55,7 @@ def voiced(valid: np.ndarray, speech: np.ndarray | None) -> np.ndarray:
     return valid if speech is None else valid & speech
 
 
+ENVELOPE_RATE = 20  # loudness values per second in ``AudioFeatures.envelope`` (50 ms each)
 SPEECH_FLOOR = -50.0  # dBFS: a step quieter than this is not speech (silence, room tone)
 STEADY = 1.5  # dB: a sound whose loudness varies less than this (5th to 95th percentile) is
 # steady, not a voice
@@ -69,26 +72,43 @@ def decibels(energy: np.ndarray, count: np.ndarray) -> np.ndarray:
         return (10 * np.log10(energy / count + 1e-10)).astype(np.float32)
 
 
-def speech_steps(loudness: np.ndarray) -> np.ndarray:
-    """(K,) bool: the steps that hold speech rather than silence, from each step's own loudness
-    (RMS dB of its 0.25 s): above ``SPEECH_FLOOR`` and within ``SPEECH_RANGE`` of the file's
-    loud steps, widened by ``SPEECH_HANG`` steps before and after. A step under the floor is
-    never speech (digital silence, a muted track). A sound whose loudness never varies by
-    ``STEADY`` dB (a hum, a tone, a muted track's dither) is not speech: a voice rises and falls
-    with its syllables. A file with no quiet part but a varying loudness (by less than 6 dB) is
-    all speech: nothing here tells noise from a quiet voice. (Where there is no audio at all,
-    openSMILE's ``valid`` already says so.)"""
+def speech_level(loudness: np.ndarray) -> tuple[float | None, bool]:
+    """The loudness (dB) above which a step of this file holds speech (``speech_steps``), and
+    whether the file has quiet parts (its loudness varies by 6 dB or more). The level is
+    ``SPEECH_FLOOR``, or ``SPEECH_RANGE`` below the file's loud steps (their 95th percentile)
+    when that is higher and the file has quiet parts; None when nothing in it is speech (all
+    under the floor, or steady: ``STEADY``); ``-inf`` when no step has samples of its own
+    (then every step counts)."""
     finite = np.isfinite(loudness)  # (a step with no samples of its own has none: the last
     if not finite.any():  # step of a file ending on it, steps before a late audio track)
-        return np.ones(len(loudness), bool)
-    heard = finite & (loudness > SPEECH_FLOOR)
+        return -np.inf, False
     levels = loudness[finite]
     spread = np.percentile(levels, 95) - np.percentile(levels, 5)
-    if not heard.any() or spread < STEADY:
-        return np.zeros(len(loudness), bool)
+    if not (levels > SPEECH_FLOOR).any() or spread < STEADY:
+        return None, False
     if spread < 6.0:
-        return heard
-    loud = finite & (loudness > max(SPEECH_FLOOR, np.percentile(levels, 95) - SPEECH_RANGE))
+        return SPEECH_FLOOR, False
+    return float(max(SPEECH_FLOOR, np.percentile(levels, 95) - SPEECH_RANGE)), True
+
+
+def speech_steps(loudness: np.ndarray) -> np.ndarray:
+    """(K,) bool: the steps that hold speech rather than silence, from each step's own loudness
+    (RMS dB of its 0.25 s): above ``speech_level`` (``SPEECH_FLOOR``, and within
+    ``SPEECH_RANGE`` of the file's loud steps), widened by ``SPEECH_HANG`` steps before and
+    after when the file has quiet parts. A step under the floor is never speech (digital
+    silence, a muted track). A sound whose loudness never varies by ``STEADY`` dB (a hum, a
+    tone, a muted track's dither) is not speech: a voice rises and falls with its syllables. A
+    file with no quiet part but a varying loudness (by less than 6 dB) is all speech that is
+    above the floor: nothing here tells noise from a quiet voice. (Where there is no audio at
+    all, openSMILE's ``valid`` already says so.)"""
+    level, quiet_parts = speech_level(loudness)
+    if level is None:
+        return np.zeros(len(loudness), bool)
+    if level == -np.inf:
+        return np.ones(len(loudness), bool)
+    loud = np.isfinite(loudness) & (loudness > level)
+    if not quiet_parts:
+        return loud
     widened = loud.copy()
     before, after = SPEECH_HANG
     for k in range(1, after + 1):

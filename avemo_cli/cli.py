@@ -449,6 +449,29 @@ def status(folder, as_json, as_html):
     sys.exit(1 if failed or totals["missing_shards"] else 0)
 
 
+@main.command(short_help="One Parquet dataset of every input annotated in a folder tree.")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output-dir", "out", default=None, type=click.Path(file_okay=False),
+              help="The dataset's folder [default: FOLDER/avemo-dataset].")
+@QUIET
+def collect(folder, out, quiet):
+    """Collect every input annotated under FOLDER (each folder's manifests, every shard of a
+    job array) into one Parquet dataset: inputs.parquet (a row per input), frames/ (the
+    per-frame rows, with an input column) and segments/ (the utterances). A re-run brings it
+    up to date. Outputs that are not avemo's or are half-written are reported and left out."""
+    from .collect import collect as collect_folder
+
+    report = collect_folder(folder, out)
+    for note in report.problems:
+        click.echo(f"avemo: warning: {note}", err=True)
+    if not quiet:
+        click.echo(f"avemo: {plural(report.inputs, 'input')} in {report.dataset}: "
+                   f"{report.collected} collected ({report.updated} updated, the rest up to "
+                   f"date), {report.removed} removed, {len(report.problems)} left out with a "
+                   f"warning", err=True)
+    click.echo(str(report.dataset))
+
+
 def _data_options(f):
     f = click.option("--split", default=None, type=click.Path(exists=True),
                      help="generic layout: CSV with columns name,partition.")(f)

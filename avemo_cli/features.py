@@ -55,9 +55,13 @@ def step_count(info: demux.MediaInfo, rate: float) -> int:
 def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: int,
                    timings: dict, stop: threading.Event) -> audio_stage.AudioFeatures:
     """eGeMAPS per step (``audio.egemaps_stream`` over ``demux.iter_audio``) and each step's
-    loudness (RMS of its own 1/rate seconds, dB: who speaks, speakers.py)."""
+    loudness (RMS of its own 1/rate seconds, dB: who speaks, speakers.py), and the loudness
+    of every 50 ms (``AudioFeatures.envelope``: where utterances begin and end)."""
     energy, count = np.zeros(n_steps), np.zeros(n_steps)
     per_step = demux.AUDIO_RATE / rate
+    n_fine = int(np.ceil(n_steps / rate * audio_stage.ENVELOPE_RATE)) + audio_stage.ENVELOPE_RATE
+    fine_energy, fine_count = np.zeros(n_fine), np.zeros(n_fine)
+    per_fine = demux.AUDIO_RATE // audio_stage.ENVELOPE_RATE
     offset = info.audio_start if info.has_video else 0.0  # the audio's place on the timeline
     seen = int(round(offset * demux.AUDIO_RATE))  # samples of the timeline before this block
 
@@ -70,6 +74,11 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
                               n_steps - 1)
             np.add.at(energy, step, np.square(block, dtype=np.float64))
             np.add.at(count, step, 1)
+            fine = (seen + np.arange(len(block))) // per_fine
+            keep = fine < n_fine  # (audio running past the last step's second: not needed)
+            fine_energy[:] += np.bincount(fine[keep], np.square(block[keep], dtype=np.float64),
+                                          n_fine)[:n_fine]
+            fine_count[:] += np.bincount(fine[keep], minlength=n_fine)[:n_fine]
             seen += len(block)
             yield block
 
@@ -78,6 +87,7 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
     values = audio_stage.egemaps_stream(stream, demux.AUDIO_RATE, n_steps, rate, window,
                                         offset=offset)
     values.loudness = audio_stage.decibels(energy, count)
+    values.envelope = audio_stage.decibels(fine_energy, fine_count)
     values.decoded = seen / demux.AUDIO_RATE - offset
     values.speech = audio_stage.speech_steps(values.loudness)
     timings["audio"] += time.perf_counter() - t1 - timings["demux"]

@@ -4,6 +4,9 @@ A writer takes an annotation (``pipeline.Annotation``) and a path and writes ato
 (``files.atomic_path``). ``WRITERS`` holds them all, chosen by name (``--format``):
 
     csv, parquet, json, eaf   the table (``table.py``) in four formats
+    segments                  the utterances (``utterances.py``), a row each
+                              (``<stem>.avemo.segments.csv``; also in the JSON, the EAF, the
+                              page and, with ``--vtt-cues utterances``, the subtitles)
     png                       valence/arousal over time (``plots.plot_track``; ``--plot``)
     mp4                       the input with face box, attention and gauges (``overlay.py``;
                               ``--overlay``; not for audio-only inputs)
@@ -50,13 +53,19 @@ def stem_of(path: Path, fmt: str) -> str:
     return path.name[: -len(f"{TAG}.{WRITERS[fmt].suffix}")]
 
 
+SECONDS_COLUMNS = ("time", "start", "end")  # written to the millisecond
+
+
 def _cells(name: str, values: np.ndarray) -> list[str]:
-    """One column as the CSV's text: time to the millisecond, targets to 4 decimals, other
-    numbers as Python writes them (shortest exact form), a missing value as nothing."""
-    if name == "time":
-        return [f"{v:.3f}" for v in values]
-    if name in TARGET_COLUMNS:
+    """One column as the CSV's text: times to the millisecond, targets (and the heads' values
+    of them) to 4 decimals, a face_id as a whole number, other numbers as Python writes them
+    (shortest exact form), a missing value as nothing."""
+    if name in SECONDS_COLUMNS:
+        return ["" if v != v else f"{v:.3f}" for v in values.tolist()]
+    if name.removeprefix("voice_").removeprefix("face_") in TARGET_COLUMNS:
         return ["" if v != v else f"{v:.4f}" for v in values.tolist()]
+    if name == "face_id" and values.dtype.kind == "f":  # (an utterance no face speaks)
+        return ["" if v != v else str(int(v)) for v in values.tolist()]
     text = values.astype(str)
     if values.dtype.kind == "f":
         text[np.isnan(values)] = ""
@@ -77,6 +86,12 @@ def write_csv(table: Columns | pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def _write_csv(annotation: Annotation, path: Path) -> None:
     write_csv(annotation.columns, path)
+
+
+def _write_segments(annotation: Annotation, path: Path) -> None:
+    from .utterances import table
+
+    write_csv(table(annotation.utterances, annotation.targets), path)
 
 
 def _write_parquet(annotation: Annotation, path: Path) -> None:
@@ -110,7 +125,8 @@ def _write_json(annotation: Annotation, path: Path) -> None:
     columns = {name: [None if v != v else v for v in values.tolist()]  # NaN: null
                for name, values in annotation.columns.items()}
     rows = [dict(zip(columns, row)) for row in zip(*columns.values())]
-    doc = {**metadata(annotation), "rows": rows}
+    segments = [u.row(annotation.targets) for u in annotation.utterances]
+    doc = {**metadata(annotation), "segments": segments, "rows": rows}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, default=_plain) + "\n")
 
@@ -152,8 +168,21 @@ def _write_eaf(annotation: Annotation, path: Path) -> None:
                 if np.isfinite(v):
                     eaf.add_annotation(tier, int(round(k * step_ms)),
                                        int(round((k + 1) * step_ms)), f"{v:.3f}")
+    for face_id in sorted({u.face_id for u in annotation.utterances},
+                          key=lambda f: (f is None, f or 0)):
+        tier = "speech" if face_id is None else f"face {face_id} speech"
+        eaf.add_tier(tier)
+        for u in annotation.utterances:
+            if u.face_id == face_id:
+                eaf.add_annotation(tier, int(round(u.start * 1000)), int(round(u.end * 1000)),
+                                   _utterance_text(u, annotation.targets))
     with atomic_path(path, ".eaf") as tmp:
         Elan.to_eaf(str(tmp), eaf, pretty=True)
+
+
+def _utterance_text(u, targets: list[str]) -> str:
+    """An utterance in words: ``#0  valence +0.42  arousal -0.10  (confidence 0.93)``."""
+    return f"#{u.index}  {u.label(targets)}  (confidence {u.confidence:.2f})"
 
 
 def _write_png(annotation: Annotation, path: Path) -> None:
@@ -180,11 +209,19 @@ def _gauge(v: float, half: int = 5) -> str:
     return "[" + "".join(cells) + "]"
 
 
+def _gauges(values: dict, targets: list[str]) -> str:
+    return "  ".join(f"{t} {values[t]:+.2f} {_gauge(values[t])}" for t in targets
+                     if values.get(t) is not None)
+
+
 def vtt_text(annotation: Annotation) -> str:
     """A WebVTT track: a cue per second of the media (the mean of its analysis steps where the
     face has evidence: found, or its voice heard), a line per face, e.g.
     ``face 0  valence +0.42 [·····|··●··]  arousal -0.10 [····●|·····]``. Seconds without
-    evidence for any face have no cue."""
+    evidence for any face have no cue. With ``annotation.cues`` "utterances": a cue per
+    utterance instead (``utterance_cues``)."""
+    if annotation.cues == "utterances":
+        return utterance_cues(annotation)
     rate, duration = annotation.rate, annotation.info.duration
     lines = ["WEBVTT", "", "NOTE avemo: valence and arousal per face, a cue per second", ""]
     steps = np.arange(len(annotation.people[0].face))
@@ -201,13 +238,23 @@ def vtt_text(annotation: Annotation) -> str:
             here = np.flatnonzero(evidence[bounds[i]:bounds[i + 1]]) + bounds[i]
             if not len(here):
                 continue
-            parts = []
-            for j, target in enumerate(annotation.targets):
-                v = float(np.clip(np.nanmean(person.step_values[here, j]), -1, 1))
-                parts.append(f"{target} {v:+.2f} {_gauge(v)}")
-            text.append(f"face {person.face_id}  " + "  ".join(parts))
+            means = {target: float(np.clip(np.nanmean(person.step_values[here, j]), -1, 1))
+                     for j, target in enumerate(annotation.targets)}
+            text.append(f"face {person.face_id}  " + _gauges(means, annotation.targets))
         if text:
             lines += [f"{_vtt_time(start)} --> {_vtt_time(end)}", *text, ""]
+    return "\n".join(lines)
+
+
+def utterance_cues(annotation: Annotation) -> str:
+    """A WebVTT track with a cue per utterance, from its start to its end, identified by its
+    index: ``face 0  valence +0.42 [·····|··●··]  arousal -0.10 [····●|·····]`` (``voice``
+    where no face speaks)."""
+    lines = ["WEBVTT", "", "NOTE avemo: valence and arousal per utterance", ""]
+    for u in annotation.utterances:
+        who = "voice" if u.face_id is None else f"face {u.face_id}"
+        lines += [f"utterance {u.index}", f"{_vtt_time(u.start)} --> {_vtt_time(u.end)}",
+                  f"{who}  {_gauges(u.values, annotation.targets)}", ""]
     return "\n".join(lines)
 
 
@@ -243,6 +290,7 @@ WRITERS: dict[str, Writer] = {
     "parquet": Writer(_write_parquet, "parquet"),
     "json": Writer(_write_json, "json"),
     "eaf": Writer(_write_eaf, "eaf"),
+    "segments": Writer(_write_segments, "segments.csv"),
     "png": Writer(_write_png, "png", stage="plot", in_all=False),
     "mp4": Writer(_write_mp4, "mp4", stage="overlay", in_all=False, wants=_has_picture),
     "vtt": Writer(_write_vtt, "vtt"),

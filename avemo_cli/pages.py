@@ -75,7 +75,10 @@ def file_page(annotation: Annotation, path: Path, video: Path | None = None,
                       "values": {t: finite_list(values[:, j])
                                  for j, t in enumerate(annotation.targets)},
                       "evidence": annotation.evidence(person).astype(int).tolist()})
-    data = {"name": Path(annotation.path).name, "rate": annotation.rate,
+    segments = [{**u.row(annotation.targets),
+                 "colour": _colour(u.face_id) if u.face_id is not None else "#888888"}
+                for u in annotation.utterances]
+    data = {"name": Path(annotation.path).name, "rate": annotation.rate, "segments": segments,
             "duration": info.duration or steps / annotation.rate,
             "targets": list(annotation.targets), "faces": faces,
             "media": _link(video if video is not None else Path(annotation.path), path),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import audio as audio_stage
-from . import demux, faces, people, predict, speakers, tracking
+from . import demux, faces, people, predict, speakers, tracking, utterances
 from .checkpoint import Checkpoint, CheckpointFile, load_checkpoint, resolve_weights
 from .errors import ModalityError, NoFaceError, OrientationError
 from .features import STAGES, Extracted, Features, extract, search_side
@@ -88,6 +88,9 @@ class Annotation:
     partial: bool = False  # the media ended early: less was annotated than it says it holds
     seconds: float = 0.0  # of media annotated: its duration, or where decoding ended (partial)
     outputs: dict[str, Path] = field(default_factory=dict)  # written for it: format -> file
+    utterances: list[utterances.Utterance] = field(default_factory=list)  # its speech, by
+    # speaker (utterances.py)
+    cues: str = "seconds"  # its subtitles' cues: per second or per utterance (settings.CUES)
 
     @cached_property
     def table(self) -> pd.DataFrame:
@@ -253,7 +256,9 @@ class Annotator:
         use_visual = info.has_video and cfg.has_visual
         tracks = feats.tracks if use_visual and feats.face.any() else []
         loudness = feats.audio.loudness if feats.audio is not None else None
-        talk = speakers.speaking(tracks, loudness, feats.voice)
+        said = utterances.spans(feats, cfg.rate, self.settings.pause)
+        talk = speakers.speaking(tracks, loudness, feats.voice,
+                                 utterances.step_spans(said, cfg.rate, feats.n_steps))
         results = []
         for i in range(max(1, len(tracks))):
             one = feats.for_face(i) if tracks else feats
@@ -273,6 +278,9 @@ class Annotator:
                                   made.confidence))
             tables.append(made.columns)
         columns = merge_faces(tables)
+        spoken = utterances.find(feats, persons, said, list(cfg.targets), cfg.rate,
+                                 cfg.clip_steps,
+                                 ckpt.postprocess if self.settings.postprocess else None)
         timings["postprocess"] += time.perf_counter() - t1
         first, (_, steps, _, source, _) = persons[0], results[0]
         partial = bool(_shortfall(feats))
@@ -280,7 +288,8 @@ class Annotator:
                           first.face, feats.voice, feats.track, feats.audio, timings, cfg.rate,
                           list(cfg.targets), notices or [], persons, _model_name(ckpt),
                           partial=partial, seconds=(feats.decoded_until() or 0.0) if partial
-                          else info.duration)
+                          else info.duration, utterances=spoken,
+                          cues=self.settings.cues)
 
     def turned_face(self, info: demux.MediaInfo, n: int = 6) -> str:
         """When no face was found: a few frames tried in the other three orientations. Says
