@@ -177,14 +177,21 @@ def main():
                    "descriptors); the voice goes to the face that speaks.")
 @click.option("--format", "formats", default="csv", show_default=True, metavar=FORMATS_HELP,
               help="Outputs to write, a comma list: <stem>.avemo.<format> each (all: every "
-                   "format but png and mp4; png is --plot, mp4 is --overlay).")
+                   "format but png and mp4; png is --plot, mp4 is --overlay; segments: "
+                   "<stem>.avemo.segments.csv, the utterances).")
+@click.option("--pause", default=0.5, show_default=True, type=click.FloatRange(0, 60),
+              metavar="SECONDS", help="Speech across a shorter pause is one utterance.")
+@click.option("--vtt-cues", "cues", default="seconds", show_default=True,
+              type=click.Choice(["seconds", "utterances"]),
+              help="The subtitles (--format vtt): a cue per second, or per utterance.")
 def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_size, detect_every,
              max_side, overwrite, quiet, profile, plot, overlay, jobs, one_model, shard, max_faces,
-             formats):
+             formats, pause, cues):
     """Annotate videos, audio files and folders of them (searched recursively).
 
     Writes one table per input (one row per frame per face: frame, time, face_id, valence,
-    arousal, face, voice, speaking, confidence, box_x, box_y, box_w, box_h) in each --format.
+    arousal, face, voice, speaking, confidence, box_x, box_y, box_w, box_h) in each --format,
+    and with segments its utterances (a row per stretch of one speaker's speech).
     Prints each written file on stdout; notices, progress and errors go to stderr. Exit status
     1 if any input failed.
     """
@@ -201,7 +208,8 @@ def annotate(inputs, output_dir, weights, device, faces_backend, stride, batch_s
         output_dir=output_dir, formats=chosen, overwrite=overwrite, weights=weights,
         settings=AnnotatorSettings(device=device, faces_backend=faces_backend, stride=stride,
                                    batch_size=batch_size, detect_every=detect_every,
-                                   max_side=max_side, max_faces=max_faces),
+                                   max_side=max_side, max_faces=max_faces, pause=pause,
+                                   cues=cues),
         jobs=_jobs(jobs), one_model=one_model, shard=part, early=_CONSOLE)
     from rich.console import Console
 

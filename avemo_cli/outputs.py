@@ -210,8 +210,8 @@ def _gauge(v: float, half: int = 5) -> str:
 
 
 def _gauges(values: dict, targets: list[str]) -> str:
-    return "  ".join(f"{t} {values[t]:+.2f} {_gauge(values[t])}" for t in targets
-                     if values.get(t) is not None)
+    return "  ".join(f"{t} {v:+.2f} {_gauge(v)}" for t in targets
+                     if (v := values.get(t)) is not None)
 
 
 def vtt_text(annotation: Annotation) -> str:

@@ -47,7 +47,7 @@ class Utterance:
     start: float
     end: float
     face_id: int | None  # the speaking face (None: no face speaks)
-    values: dict[str, float]  # target -> the fused value (what the CSV holds)
+    values: dict[str, float | None]  # target -> the fused value (what the CSV holds)
     voice_values: dict[str, float | None]  # target -> the voice head alone (None: no voice head)
     face_values: dict[str, float | None]  # target -> the face head alone (None: no face seen)
     face_share: float  # share of its steps where its speaker's face (face 0's: no speaker) was
@@ -90,7 +90,7 @@ def speech_spans(envelope: np.ndarray, env_rate: float, level: float,
             spans[-1][1] = b
         else:
             spans.append([a, b])
-    return [(a, b) for a, b in spans if b - a >= SHORTEST - 1e-9]
+    return [(float(a), float(b)) for a, b in spans if b - a >= SHORTEST - 1e-9]
 
 
 def step_range(start: float, end: float, rate: float, n_steps: int) -> np.ndarray:

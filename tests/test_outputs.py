@@ -68,7 +68,7 @@ def test_parquet_and_json_mark_missing_values_as_null(tmp_path):
                             np.ones(4, bool), None, 0, None, None, boxes)
     info = demux.MediaInfo(tmp_path / "a.wav", 1.0, False, True, 0, 0, 0.0, 0, 0)
     annotation = SimpleNamespace(columns=columns, info=info, path=info.path, model="m",
-                                 source="audio", targets=["valence"], rate=4.0)
+                                 source="audio", targets=["valence"], rate=4.0, utterances=[])
     WRITERS["parquet"].write(annotation, tmp_path / "a.parquet")
     table = pq.read_table(tmp_path / "a.parquet")
     assert table.column_names == COLUMNS

@@ -100,7 +100,10 @@ def test_the_four_formats_hold_the_same_values(annotated, swap_video):
     slots = {s.get("TIME_SLOT_ID"): int(s.get("TIME_VALUE"))
              for s in root.iter("TIME_SLOT")}  # integers: milliseconds
     tiers = {t.get("TIER_ID"): t for t in root.iter("TIER")}
-    assert set(tiers) == {f"face {i} {t}" for i in (0, 1) for t in ("valence", "arousal")}
+    speakers = {u["face_id"] for u in doc["segments"]}  # a speech tier per face that speaks
+    assert speakers and None not in speakers  # (Katie's voice all through: one of the two)
+    assert set(tiers) == {f"face {i} {t}" for i in (0, 1) for t in ("valence", "arousal")} | \
+        {f"face {i} speech" for i in speakers}
     for face_id in (0, 1):
         rows = table[table["face_id"] == face_id].set_index("time")
         checked = 0
