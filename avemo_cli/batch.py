@@ -239,11 +239,14 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
 
 def _record(ckpt: Checkpoint | CheckpointFile | None, job: Job, status: str, error: str = "",
             t0: float | None = None, written: list[str] | None = None) -> Record:
+    from datetime import datetime, timezone
+
     path = ckpt.path if ckpt is not None else None
     return Record(str(job.source), status, error, written or [],
                   round(time.perf_counter() - t0, 3) if t0 is not None else 0.0,
                   avemo=__version__, model=path.name if path else "",
-                  model_sha256=ckpt.sha256 if ckpt is not None else "", decoder=decoder())
+                  model_sha256=ckpt.sha256 if ckpt is not None else "", decoder=decoder(),
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 class _Run:

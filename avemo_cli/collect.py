@@ -10,11 +10,12 @@ winning), their tables read back from the outputs the records name. The dataset
                                means, model, avemo version, decoder) and what was collected
     frames/<key>.parquet       an input's per-frame rows (``table.COLUMNS``), with ``input``
     segments/<key>.parquet     an input's utterances (``utterances.COLUMNS``), with ``input``
-    collected.json             what each part was made from (so a re-run redoes only what
-                               changed)
+    collected.json             what each part was made from, a JSON line per input (so a
+                               re-run redoes only what changed)
 
-``<key>`` is a hash of the input's path. Inputs are read one at a time (memory does not grow
-with their number but for one small row each). A re-run brings the dataset up to date: parts
+``<key>`` is a hash of the input's path. Inputs are read one at a time and every row is
+written as it is made (memory does not grow with their number but for each one's record and
+key: 2,000 inputs peaked 5.3% above 20, ``benchmarks/bench_collect.py``). A re-run brings the dataset up to date: parts
 of inputs annotated since are added, those whose outputs changed are rewritten, those of
 inputs no longer there (or failed since) removed. An output that is not avemo's (other
 columns), is half-written (rows that do not parse, fewer frames than its record says) or is
@@ -32,8 +33,9 @@ from typing import Callable
 import numpy as np
 
 from . import table, utterances
+from ._memory import trim_heap
 from .errors import AvemoError
-from .files import atomic_path, write_text
+from .files import atomic_path
 from .manifests import DONE, MANIFEST_GLOB, Record, summarise
 
 DATASET = "avemo-dataset"
@@ -190,7 +192,9 @@ def _by_format(outputs: list[str], folder: Path) -> dict[str, Path]:
 
 def _records(folder: Path, problems: list[str]) -> dict[str, tuple[Record, Path]]:
     """Every input's latest record in the manifests of ``folder``'s tree, with the folder of
-    its manifest."""
+    its manifest. In one folder the latest line wins (``summarise``); an input recorded in two
+    folders (annotated into two -o folders) is the one whose outputs were written, then the
+    one recorded last (``Record.finished``)."""
     found: dict[str, tuple[Record, Path]] = {}
     folders = sorted({p.parent for p in folder.rglob(MANIFEST_GLOB)})
     if not folders:
@@ -200,10 +204,16 @@ def _records(folder: Path, problems: list[str]) -> dict[str, tuple[Record, Path]
         summary = summarise(where)
         problems.extend(summary.warnings)
         for source, record in summary.records.items():
-            if source in found and found[source][0].status in DONE and record.status not in DONE:
-                continue  # (annotated into another folder, skipped or failed here)
+            if source in found:
+                earlier = found[source][0]
+                rank = (earlier.status in DONE, earlier.finished)
+                if rank > (record.status in DONE, record.finished):
+                    continue
             found[source] = (record, where)
     return found
+
+
+ROWS_PER_WRITE = 256  # rows of inputs.parquet held before they are written
 
 
 def collect(folder: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -221,78 +231,92 @@ def collect(folder: str | os.PathLike, out: str | os.PathLike | None = None,
     report = CollectReport(dataset)
     records = _records(folder, report.problems)
     state_path = dataset / STATE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
-    except ValueError:
-        state = {}  # (a damaged state: every part is redone)
-    if not isinstance(state, dict):
-        state = {}
-    new_state: dict[str, dict] = {}
-    rows = []
-    for done, source in enumerate(sorted(records), 1):
-        record, where = records[source]
-        key = _key(source)
-        row = _input_row(record, where)
-        paths = _by_format(record.outputs, where)
-        frames_from = paths.get("parquet") or paths.get("csv")
-        if record.status in DONE + ("skipped",) and frames_from is not None:
-            parts = [p for p in (frames_from, paths.get("segments") or paths.get("json"))
-                     if p is not None]
-            try:
-                stamp = _fingerprint(parts, record)
-            except OSError:
-                stamp = ""
-            old = state.get(key, {})
-            fresh = bool(stamp) and old.get("fingerprint") == stamp and \
-                (dataset / FRAMES / f"{key}.parquet").exists()
-            try:
-                if not fresh:
-                    _collect_one(dataset, key, source, record, paths, frames_from)
-                    report.updated += 1
-                    old = {"fingerprint": stamp,
-                           "segments": (dataset / SEGMENTS / f"{key}.parquet").exists(),
-                           "utterances": _count(dataset / SEGMENTS / f"{key}.parquet")}
-                new_state[key] = {**old, "input": source}
-                row.update(collected=True, utterances=old.get("utterances"),
-                           frames_file=str(frames_from))
-                report.collected += 1
-            except NotOurs as exc:
-                report.problems.append(f"{exc}; {source} left out of the dataset")
-                row["problem"] = str(exc)
-        rows.append(row)
-        if progress:
-            progress(done, len(records))
-    for key in set(state) - set(new_state):  # inputs gone, failed since, or unreadable now
+    before = _read_state(state_path)
+    kept: set[str] = set()
+    schema = _input_schema()
+    with atomic_path(dataset / "inputs.parquet") as inputs_tmp, \
+            atomic_path(state_path) as state_tmp, open(state_tmp, "w", encoding="utf-8") as log:
+        writer = pq.ParquetWriter(inputs_tmp, schema)
+        rows: list[dict] = []
+        for done, source in enumerate(sorted(records), 1):
+            record, where = records[source]
+            row, entry = _input(dataset, source, record, where, before, report)
+            if entry is not None:
+                kept.add(entry["key"])
+                log.write(json.dumps(entry) + "\n")
+            rows.append(row)
+            if len(rows) >= ROWS_PER_WRITE:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                rows = []
+            trim_heap()  # (each input's parsing buffers, back to the system: a flat peak)
+            if progress:
+                progress(done, len(records))
+        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        writer.close()
+        report.inputs = len(records)
+    for key in set(before) - kept:  # inputs gone, failed since, or unreadable now
         for part in (FRAMES, SEGMENTS):
             f = dataset / part / f"{key}.parquet"
             if f.exists():
                 f.unlink()
                 report.removed += part == FRAMES
-    for key in new_state:  # (a segments part of an input whose outputs no longer hold one)
-        if not new_state[key].get("segments"):
-            stale = dataset / SEGMENTS / f"{key}.parquet"
-            if stale.exists():
-                stale.unlink()
-    dataset.mkdir(parents=True, exist_ok=True)
-    inputs = pa.Table.from_pylist(rows, schema=_input_schema())
-    with atomic_path(dataset / "inputs.parquet") as tmp:
-        pq.write_table(inputs, tmp)
-    write_text(state_path, json.dumps(new_state, indent=1) + "\n")
-    report.inputs = len(rows)
     return report
 
 
-def _count(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    import pyarrow.parquet as pq
+def _read_state(path: Path) -> dict[str, dict]:
+    """The parts a previous run made (``collected.json``, a JSON line per input), by key; a
+    damaged line is forgotten (its input is collected again)."""
+    state: dict[str, dict] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return state
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+            state[entry["key"]] = entry
+    return state
 
-    return pq.ParquetFile(path).metadata.num_rows
+
+def _input(dataset: Path, source: str, record: Record, where: Path, before: dict[str, dict],
+           report: CollectReport) -> tuple[dict, dict | None]:
+    """One input: its row of inputs.parquet, and its state entry when its parts are in the
+    dataset (written now, or up to date from before)."""
+    key = _key(source)
+    row = _input_row(record, where)
+    paths = _by_format(record.outputs, where)
+    frames_from = paths.get("parquet") or paths.get("csv")
+    if record.status not in DONE + ("skipped",) or frames_from is None:
+        return row, None
+    parts = [p for p in (frames_from, paths.get("segments") or paths.get("json")) if p]
+    try:
+        stamp = _fingerprint(parts, record)
+    except OSError:
+        stamp = ""
+    entry = before.get(key, {})
+    fresh = bool(stamp) and entry.get("fingerprint") == stamp and \
+        (dataset / FRAMES / f"{key}.parquet").exists()
+    if not fresh:
+        try:
+            said = _collect_one(dataset, key, source, record, paths, frames_from)
+        except NotOurs as exc:
+            report.problems.append(f"{exc}; {source} left out of the dataset")
+            row["problem"] = str(exc)
+            return row, None
+        report.updated += 1
+        entry = {"key": key, "input": source, "fingerprint": stamp, "utterances": said}
+    row.update(collected=True, utterances=entry.get("utterances"), frames_file=str(frames_from))
+    report.collected += 1
+    return row, entry
 
 
 def _collect_one(dataset: Path, key: str, source: str, record: Record,
-                 paths: dict[str, Path], frames_from: Path) -> None:
-    """One input's parts: its frames (checked against its record) and its utterances."""
+                 paths: dict[str, Path], frames_from: Path) -> int | None:
+    """One input's parts: its frames (checked against its record) and its utterances; the
+    number of utterances (None: its outputs hold none)."""
     frames = _columns_of(frames_from, FRAMES)
     n_frames = int(frames["frame"].max()) + 1 if len(frames["frame"]) else 0
     if record.frames and n_frames != record.frames:
@@ -303,8 +327,9 @@ def _collect_one(dataset: Path, key: str, source: str, record: Record,
     seg_path = dataset / SEGMENTS / f"{key}.parquet"
     if segments is not None:
         _write_part(dataset, SEGMENTS, key, source, segments)
-    elif seg_path.exists():
-        seg_path.unlink()
+        return len(segments["utterance"])
+    seg_path.unlink(missing_ok=True)
+    return None
 
 
 def _input_row(record: Record, where: Path) -> dict:

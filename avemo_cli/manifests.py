@@ -40,6 +40,8 @@ class Record:
     warning: str = ""  # what the user was warned of (e.g. a file that ends early)
     summary: dict = field(default_factory=dict)  # mean values, coverage and a sparkline
     # (``Annotation.summary``: what the folder report shows)
+    finished: str = ""  # when it was recorded: UTC, ISO 8601 to the second ("" in the records
+    # of runs made before it was kept)
 
     def line(self) -> str:
         """The record as one JSON line (names that are not UTF-8 written as escapes)."""
