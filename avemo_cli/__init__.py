@@ -5,15 +5,15 @@ Read a video's way from demux to CSV in stage order: demux.py (probe, decode), a
 speakers.py (whose voice), features.py (one file's features, for one ``FeatureSettings``),
 config.py (a model's settings), model.py, checkpoint.py, predict.py (the model over clips),
 postprocess.py, inference.py (features to step values to a table), utterances.py (speech by
-speaker), table.py (the per-frame rows), outputs.py (every output format) and files.py (atomic writes). pipeline.py's
-``Annotator`` runs one file through them (settings.py: ``AnnotatorSettings``); batch.py runs
-many (``AnnotateOptions``, planning, records) with schedule.py (one by one, extraction
-processes feeding one model, or a model per worker), extractors.py (extraction processes),
-workers.py (every process pool: start, stop, Ctrl-C, SIGTERM, a killed parent), manifests.py
-(a run's records), shards.py (job arrays) and collect.py (a folder tree's outputs as one
-Parquet dataset); cli.py parses the command line. Training and
-scoring: datasets.py, cache.py, clips.py (clips, batches, losses), train.py (the loop;
-distributed.py), evaluate.py, metrics.py; the default model's recipes are in recipes/.
+speaker), table.py (the per-frame rows), outputs.py (every output format) and files.py (atomic
+writes). pipeline.py's ``Annotator`` runs one file through them (settings.py:
+``AnnotatorSettings``); batch.py runs many (``AnnotateOptions``, planning, records) with
+schedule.py (one by one, extraction processes feeding one model, or a model per worker),
+extractors.py (extraction processes), workers.py (every process pool: start, stop, Ctrl-C,
+SIGTERM, a killed parent), manifests.py (a run's records), shards.py (job arrays) and
+collect.py (a folder tree's outputs as one Parquet dataset); cli.py parses the command line.
+Training and scoring: datasets.py, cache.py, clips.py (clips, batches, losses), train.py (the
+loop; distributed.py), evaluate.py, metrics.py; the default model's recipes are in recipes/.
 Typical use::
 
     import avemo_cli

@@ -123,6 +123,10 @@ HISTORY = 2.0  # seconds of audio before a pass's first window (filters and pitc
 # settle there, as they had in a pass over the whole file: 0.5 s was already exact)
 LOOKAHEAD = 1.0  # seconds of audio after a pass's last step before it runs while streaming
 HOP = 0.01  # eGeMAPS low-level frame step: passes start on this grid, as whole-file frames do
+SHORTEST_DESCRIBED = 1.0  # seconds: audio this short (a single word) is given to openSMILE
+# with silence after it, so that its one window, all of it, is described
+SHORTEST_AUDIO = 0.1  # seconds: shorter audio (a click: under two of eGeMAPS' 60 ms frames)
+# is not described at all
 
 
 def step_windows(steps: int | np.ndarray, rate: float, duration: float, window: float,
@@ -302,8 +306,11 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
         first = int(round(t0 * sample_rate))
         end = int(np.ceil((wins[:, 1].max() + LOOKAHEAD) * sample_rate))  # no audio past it
         data = np.concatenate(held) if len(held) > 1 else held[0]
-        values[done:stop] = extract(data[first - held_from:end - held_from], sample_rate,
-                                    wins - t0)
+        chunk = data[first - held_from:end - held_from]
+        if duration <= SHORTEST_DESCRIBED:  # a word: its windows end where the audio does, and
+            # openSMILE describes no window ending at its input's last sample: silence after it
+            chunk = np.concatenate([chunk, np.zeros(int(LOOKAHEAD * sample_rate), chunk.dtype)])
+        values[done:stop] = extract(chunk, sample_rate, wins - t0)
         trim_heap()  # openSMILE's buffers of this pass, freed: back to the system
         done = stop
         # later windows start at or after (stop / rate - window): keep from HISTORY before it
@@ -335,7 +342,8 @@ def egemaps_stream(blocks: Iterable[np.ndarray], sample_rate: int, n_steps: int,
     degenerate = np.isnan(values).all(axis=1)  # e.g. a file of 1 s or less: nothing measured
     values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     t = np.arange(n_steps) / rate - offset  # each step on the audio's clock
-    valid = (np.arange(n_steps) >= first_step) & (t < duration) & ~degenerate
+    valid = (np.arange(n_steps) >= first_step) & (t < duration) & ~degenerate & \
+        (duration >= SHORTEST_AUDIO)
     return AudioFeatures(values, valid)
 
 

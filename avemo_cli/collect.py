@@ -13,11 +13,11 @@ winning), their tables read back from the outputs the records name. The dataset
     collected.json             what each part was made from, a JSON line per input (so a
                                re-run redoes only what changed)
 
-``<key>`` is a hash of the input's path. Inputs are read one at a time and every row is
-written as it is made (memory does not grow with their number but for each one's record and
-key: 2,000 inputs peaked 5.3% above 20, ``benchmarks/bench_collect.py``). A re-run brings the dataset up to date: parts
-of inputs annotated since are added, those whose outputs changed are rewritten, those of
-inputs no longer there (or failed since) removed. An output that is not avemo's (other
+``<key>`` is a hash of the input's path. Inputs are read one at a time and every row is written
+as it is made (memory does not grow with their number but for each one's record and key: 2,000
+inputs peaked 5.3% above 20, ``benchmarks/bench_collect.py``). A re-run brings the dataset up
+to date: parts of inputs annotated since are added, those whose outputs changed are rewritten,
+those of inputs no longer there (or failed since) removed. An output that is not avemo's (other
 columns), is half-written (rows that do not parse, fewer frames than its record says) or is
 gone is reported and left out, never merged.
 """

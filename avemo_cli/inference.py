@@ -13,6 +13,7 @@ import torch
 from . import postprocess, predict, table
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
+from .audio import SHORTEST_AUDIO, SHORTEST_DESCRIBED
 from .features import Features, nearest_index
 
 
@@ -63,8 +64,9 @@ def predict_features(predictor: predict.Predictor, feats: Features,
     use_visual = cfg.has_visual and feats.track is not None and feats.face.any()
     if not (use_audio or use_visual):
         if cfg.has_audio and feats.audio is not None:
-            raise ModalityError(f"{feats.info.path}: the audio is too short to describe "
-                                f"(openSMILE needs more than 1 s)"
+            raise ModalityError(f"{feats.info.path}: its audio "
+                                f"({_audio_seconds(feats):.2f} s) is too short to describe "
+                                f"(under {SHORTEST_AUDIO} s)"
                                 f"{' and no face was found' if cfg.has_visual else ''}")
         raise NoFaceError(f"{feats.info.path}: nothing this model can use (no face found"
                           f"{'' if cfg.has_audio else ' and no audio branch'})")
@@ -84,6 +86,12 @@ def predict_features(predictor: predict.Predictor, feats: Features,
     values = fill_gaps(values, feats.face) if use_visual else values
     source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
     return steps, values, source
+
+
+def _audio_seconds(feats: Features) -> float:
+    """Seconds of audio the file holds (as decoded, else as its container says)."""
+    decoded = feats.audio.decoded if feats.audio is not None else None
+    return decoded if decoded is not None else feats.info.duration
 
 
 class TableParts(NamedTuple):
@@ -109,6 +117,8 @@ def to_table(ckpt: Checkpoint, feats: Features, values: np.ndarray, source: str,
     voice = feats.voice
     speaking = (voice & face if face.any() else voice) if speaking is None else speaking & voice
     confidence = table.clip_share(face if face.any() else voice, cfg.clip_steps)
+    if not face.any():  # the voice alone: a word under a second is little to go on
+        confidence = confidence * min(1.0, _audio_seconds(feats) / SHORTEST_DESCRIBED)
     columns = table.frame_columns(values, cfg.targets, cfg.rate, face, voice,
                                   feats.frame_times, face_id, speaking, confidence,
                                   feats.source_boxes() if face.any() else None)

@@ -56,17 +56,50 @@ def test_ctrl_c_during_opensmile_is_not_swallowed():
     timer.join()
 
 
-def test_audio_of_one_second_or_less_is_not_voice_and_warns_nobody(recwarn):
-    """openSMILE cannot describe the windows of a file of 1 s or less (it fills them with NaN
-    and warns): those steps are not valid, and its warning does not reach the user."""
-    t = np.arange(16000) / 16000
-    tone = (0.1 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
-    short = audio.egemaps(tone, 16000, n_steps=4, rate=4, window=6.0)
-    assert not short.valid.any()
-    assert np.isfinite(short.values).all()
-    longer = audio.egemaps(np.tile(tone, 2)[:24000], 16000, n_steps=6, rate=4, window=6.0)
-    assert longer.valid.all()
+def _word(tmp_path):
+    """A real word of 0.6 s: EMOVO m1's 'disgust' line, 1.45-2.05 s (a word between pauses)."""
+    import soundfile as sf
+
+    samples, rate = sf.read(shared_file("emovo", "m1", "dis-m1-n5.flac"), dtype="float32")
+    path = tmp_path / "word.wav"
+    sf.write(path, samples[int(1.45 * rate):int(2.05 * rate)], rate)
+    return path
+
+
+def test_a_word_under_a_second_is_described_and_a_blip_is_not(tmp_path, recwarn):
+    """openSMILE describes no window that ends at its input's last sample, so the one window of
+    a file under a second (all of it) used to be empty; it is given silence after it."""
+    import soundfile as sf
+
+    word, rate = sf.read(_word(tmp_path), dtype="float32")
+    feats = audio.egemaps(word, rate, n_steps=3, rate=4, window=6.0)
+    assert feats.valid.all()  # steps 0, 0.25, 0.5 s: inside the word
+    assert np.isfinite(feats.values).all()
+    assert np.abs(feats.values).sum() > 0
+    assert (feats.values == feats.values[0]).all()  # every step's window: the whole word
+    t = np.arange(480) / 16000  # 30 ms: less than one of eGeMAPS' 60 ms frames
+    blip = audio.egemaps((0.1 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000,
+                         n_steps=1, rate=4, window=6.0)
+    assert not blip.valid.any()
     assert not [w for w in recwarn if "Segment too short" in str(w.message)]
+
+
+def test_a_word_under_a_second_gives_a_csv_whose_confidence_says_how_little(tmp_path,
+                                                                           tiny_audio_ckpt):
+    from conftest import cli as run
+
+    word = _word(tmp_path)
+    code, stdout, err = run("annotate", word, "-o", tmp_path, "--weights", tiny_audio_ckpt,
+                            "--format", "csv,segments", "-q")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "word.avemo.csv")
+    assert len(table) == 3  # 0.6 s at 4 steps per second
+    assert table.voice.all()
+    assert table.valence.notna().all()
+    assert table.confidence.max() == pytest.approx(0.6, abs=0.02)  # 0.6 s of the 1 s it needs
+    (utterance,) = pd.read_csv(tmp_path / "word.avemo.segments.csv").itertuples()
+    assert utterance.start < 0.15
+    assert utterance.end > 0.45
 
 
 def test_steps_without_voice_use_the_visual_head_alone(tmp_path):

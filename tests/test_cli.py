@@ -267,17 +267,24 @@ def test_unusable_output_folder_fails_before_any_work(tmp_path, tiny_ckpt, monke
 
 
 def test_audio_too_short_to_describe_is_a_one_line_error(tmp_path, tiny_audio_ckpt):
+    """A blip of 30 ms (less than one of eGeMAPS' 60 ms frames: a click) is refused; a 0.8 s tone
+    is annotated (a word's length: tests/test_audio.py has a real word)."""
     from conftest import ffmpeg
 
     wav = tmp_path / "blip.wav"
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=0.8", "-ar", "16000", str(wav))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=0.03", "-ar", "16000", str(wav))
     code, stdout, err = run("annotate", wav, "-o", tmp_path, "--weights", tiny_audio_ckpt, "-q")
     assert code == 1
     assert not stdout
-    assert "blip.wav: the audio is too short to describe" in err
+    assert "blip.wav: its audio (0.03 s) is too short to describe (under 0.1 s)" in err
     assert "Segment too short" not in err
     assert "Traceback" not in err
     assert not (tmp_path / "blip.avemo.csv").exists()
+    tone = tmp_path / "tone.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=0.8", "-ar", "16000", str(tone))
+    code, stdout, err = run("annotate", tone, "-o", tmp_path, "--weights", tiny_audio_ckpt, "-q")
+    assert code == 0, err
+    assert (tmp_path / "tone.avemo.csv").exists()
 
 
 def test_a_rerun_cleans_what_a_killed_run_left(tmp_path, tiny_ckpt):
