@@ -27,6 +27,10 @@ class ModelConfig:
     # "recording" also removes each recording's own level and range (see AudioBranch.adapt)
     audio_norm: str = "global"
     audio_norm_prior: float = 30.0  # seconds of evidence the training statistics count for
+    # annotation looks ahead (a file is not a live stream): inside an utterance a step's audio
+    # clip ends this many steps later, not past the utterance's end, so that every step of a
+    # short utterance has heard all of it (0: the clip ends at the step, the paper's reading)
+    audio_lookahead: int = 0
     # visual branch
     channels: int = 1  # 1 greyscale or 3 RGB
     input_size: int = 64
@@ -117,6 +121,7 @@ LIMITS: dict[str, tuple[str, float, float]] = {
     "audio_features": (_INT, 88, 88), "audio_window": (_FLOAT, 0.5, 60.0),
     "audio_hidden": (_INT, 1, 4096), "audio_layers": (_INT, 1, 16),
     "audio_attention_hidden": (_INT, 1, 4096), "audio_norm_prior": (_FLOAT, 0.0, 3600.0),
+    "audio_lookahead": (_INT, 0, 256),
     "channels": (_INT, 1, 3), "input_size": (_INT, 8, 512),
     "encoder_channels": (_INTS, 1, 1024), "convlstm_hidden": (_INT, 1, 1024),
     "c3d_channels": (_INTS, 1, 2048), "fc_hidden": (_INT, 1, 16384),

@@ -50,14 +50,16 @@ def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 
 def predict_features(predictor: predict.Predictor, feats: Features,
-                     speaking: np.ndarray | None = None
+                     speaking: np.ndarray | None = None,
+                     utterances: list[tuple[int, int]] | None = None
                      ) -> tuple[predict.StepPredictions, np.ndarray, str]:
     """``predictor``'s output for one file's features: fusion when the model and the file have
     both modalities and a face was found somewhere, else the available branch. Steps without a face
     are interpolated from neighbouring face steps (the paper's rule). ``speaking`` (K,), when
     given (several faces), limits fusion to the steps where this face speaks: elsewhere the
     visual head alone. Returns the raw step predictions, the gap-filled values (before
-    post-processing) and the source used."""
+    post-processing) and the source used. ``utterances`` ((first, last) steps): where a model
+    with ``audio_lookahead`` looks ahead (none given: runs of the voice's steps)."""
     cfg = predictor.model.cfg
     heard = feats.audio is not None and feats.audio.valid.any()
     use_audio = cfg.has_audio and heard
@@ -72,10 +74,14 @@ def predict_features(predictor: predict.Predictor, feats: Features,
                           f"{'' if cfg.has_audio else ' and no audio branch'})")
     heard_audio = feats.audio if use_audio else None
     seen = feats.track if use_visual else None
+    audio_from = None
+    if heard_audio is not None and cfg.audio_lookahead:
+        said = utterances if utterances is not None else predict.runs(feats.voice, 2)
+        audio_from = predict.audio_sources(feats.n_steps, said, cfg.audio_lookahead)
     steps = predictor.steps(heard_audio.values if heard_audio else None,
                             seen.crops if seen else None,
                             heard_audio.heard if heard_audio else None,
-                            nearest_index(feats.face) if seen else None)
+                            nearest_index(feats.face) if seen else None, audio_from)
     if not np.isfinite(steps.values).all():
         raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
                               f"or infinite): a damaged or diverged checkpoint")

@@ -257,14 +257,15 @@ class Annotator:
         tracks = feats.tracks if use_visual and feats.face.any() else []
         loudness = feats.audio.loudness if feats.audio is not None else None
         said = utterances.spans(feats, cfg.rate, self.settings.pause)
-        talk = speakers.speaking(tracks, loudness, feats.voice,
-                                 utterances.step_spans(said, cfg.rate, feats.n_steps))
+        said_steps = utterances.step_spans(said, cfg.rate, feats.n_steps)
+        talk = speakers.speaking(tracks, loudness, feats.voice, said_steps)
         results = []
         for i in range(max(1, len(tracks))):
             one = feats.for_face(i) if tracks else feats
             speaking = talk[i] if tracks else feats.voice
             steps, values, source = predict_features(
-                self.predictor, one, speaking=speaking if len(tracks) > 1 else None)
+                self.predictor, one, speaking=speaking if len(tracks) > 1 else None,
+                utterances=said_steps)
             results.append((one, steps, values, source, speaking))
         timings["model"] += time.perf_counter() - t1
 

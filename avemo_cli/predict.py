@@ -98,6 +98,29 @@ def clip_steps(ends: np.ndarray, t: int) -> np.ndarray:
     return np.maximum(ends[:, None] - (t - 1) + np.arange(t)[None, :], 0)
 
 
+def audio_sources(n_steps: int, spans: list[tuple[int, int]], ahead: int) -> np.ndarray:
+    """(K,) the step at which each step's audio clip ends: inside each utterance of ``spans``
+    ((first, last) steps, the last having heard all of it) the step ``ahead`` steps later, not
+    past the utterance's last; elsewhere the step itself (``ModelConfig.audio_lookahead``)."""
+    out = np.arange(n_steps)
+    if ahead > 0:
+        for first, last in spans:
+            k = np.arange(max(0, first), min(last, n_steps - 1) + 1)
+            out[k] = np.minimum(k + ahead, min(last, n_steps - 1))
+    return out
+
+
+def runs(mask: np.ndarray, join: int = 1) -> list[tuple[int, int]]:
+    """(first, last) steps of the runs of ``mask``, runs less than ``join`` steps apart joined:
+    utterances at the analysis steps' resolution (what the recipes have; annotation finds them
+    in the audio's 50 ms loudness, utterances.py)."""
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return []
+    cut = np.flatnonzero(np.diff(idx) > join) + 1
+    return [(int(g[0]), int(g[-1])) for g in np.split(idx, cut)]
+
+
 def _spans(ends: np.ndarray, t: int):
     """Group consecutive clip ends so that each group's frames form one bounded span."""
     i = 0
@@ -129,15 +152,17 @@ class Predictor:
 
     @torch.inference_mode()
     def steps(self, audio: np.ndarray | None = None, crops: np.ndarray | None = None,
-              audio_valid: np.ndarray | None = None,
-              crop_index: np.ndarray | None = None) -> StepPredictions:
+              audio_valid: np.ndarray | None = None, crop_index: np.ndarray | None = None,
+              audio_from: np.ndarray | None = None) -> StepPredictions:
         """Predict every step of one recording from its raw per-step eGeMAPS ``audio`` (K, 88)
         and/or aligned face ``crops`` (K, S, S[, 3]) uint8. The fusion head is used when both
         are given. The audio is first adapted to the recording (``AudioBranch.adapt``, by the
         checkpoint's ``audio_norm``) from its steps with a voice (``audio_valid``: annotation
         passes ``AudioFeatures.heard``, speech inside the audio; all steps if None).
         ``crop_index`` (K,), when given, says which of ``crops`` each step sees (steps without
-        a face see the nearest face's crop: no second copy of the crops is made for that)."""
+        a face see the nearest face's crop: no second copy of the crops is made for that).
+        ``audio_from`` (K,), when given, is the step at which each step's audio clip ends
+        (``audio_sources``: a look-ahead inside utterances); else the step itself."""
         if crops is not None and crop_index is None:
             crop_index = np.arange(len(crops))
         if audio is not None:
@@ -149,14 +174,15 @@ class Predictor:
         on_cpu = torch.device(self.device).type == "cpu"
         threads = ThreadChoice.for_threads() if on_cpu else None
         try:
-            return self._predict(audio, crops, audio_valid, crop_index, n, threads)
+            return self._predict(audio, crops, audio_valid, crop_index, n, threads, audio_from)
         finally:
             if threads is not None:
                 threads.restore()
 
     def _predict(self, audio: np.ndarray | None, crops: np.ndarray | None,
                  audio_valid: np.ndarray | None, crop_index: np.ndarray | None, n: int,
-                 threads: ThreadChoice | None) -> StepPredictions:
+                 threads: ThreadChoice | None, audio_from: np.ndarray | None = None
+                 ) -> StepPredictions:
         model, device, batch_size = self.model, self.device, self.batch_size
 
         def run(work: Callable[[], R], size: int) -> R:
@@ -174,9 +200,10 @@ class Predictor:
             if threads is not None:
                 threads.apply()
             zs, ws = [], []
+            audio_ends = ends if audio_from is None else audio_from[ends]
             for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
                 trim_heap()
-                idx = torch.from_numpy(clip_steps(ends[b:b + batch_size * 8], t)).to(device)
+                idx = torch.from_numpy(clip_steps(audio_ends[b:b + batch_size * 8], t)).to(device)
                 z, w = branch(branch.normalise(feats[idx]))
                 zs.append(z)
                 ws.append(w)
@@ -230,8 +257,9 @@ class Predictor:
 def predict_steps(model: AVModel, audio: np.ndarray | None = None,
                   crops: np.ndarray | None = None, stride: int = 1, batch_size: int = 32,
                   device: str | torch.device = "cpu", audio_valid: np.ndarray | None = None,
-                  crop_index: np.ndarray | None = None) -> StepPredictions:
+                  crop_index: np.ndarray | None = None,
+                  audio_from: np.ndarray | None = None) -> StepPredictions:
     """``Predictor(model, stride, batch_size, device).steps(...)`` in one call (training's
     recipes and scripts)."""
     return Predictor(model, stride, batch_size, device).steps(audio, crops, audio_valid,
-                                                             crop_index)
+                                                             crop_index, audio_from)

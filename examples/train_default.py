@@ -1,7 +1,7 @@
 """Train avemo's default model from the open data in ../shared/data (the exact recipe).
 
     python examples/train_default.py --phase visual   # FER+ faces -> visual branch (slow)
-    python examples/train_default.py --phase audio    # EmoDB+RAVDESS+EMOVO -> audio branch,
+    python examples/train_default.py --phase audio    # EmoDB+RAVDESS+EMOVO+nEMO -> audio,
                                                       # speaker- and corpus-held-out scores
     python examples/train_default.py --phase assemble # both + fixed fusion -> weights/default
     python examples/train_default.py                  # all three
@@ -158,7 +158,8 @@ def train_visual(work: Path, clips: int, jobs: int, seed: int = 0,
 # ---------------------------------------------------------------- audio branch (3 corpora)
 
 def speech_recordings(work: Path, jobs: int, limit: int | None = None):
-    """EmoDB + RAVDESS 01-18 + EMOVO: clips alone and joined per speaker, clean and augmented;
+    """EmoDB + RAVDESS 01-18 + EMOVO + nEMO: clips alone and joined per speaker, clean and
+    augmented;
     ``limit``: only the first that many clips of each speaker (a smoke run)."""
     cfg = ModelConfig(modality="audio", **AUDIO)
     clips = recordings.load_clips(SHARED)
@@ -202,7 +203,7 @@ def cremad_joined(model: AVModel) -> list[dict]:
     reads audio: 16 kHz mono), each clip scored by its steps' mean, ranked by valence."""
     from avemo_cli.audio import egemaps, speech_steps, voiced
     from avemo_cli.demux import AUDIO_RATE, probe, read_audio
-    from avemo_cli.predict import predict_steps
+    from avemo_cli.predict import audio_sources, predict_steps, runs
 
     clips = C.cremad(SHARED / "crema-d")
     audio = [read_audio(probe(c.path)) for c, _ in clips]
@@ -211,7 +212,8 @@ def cremad_joined(model: AVModel) -> list[dict]:
     n = int(np.ceil(len(x) / AUDIO_RATE * rate))
     f = egemaps(x, AUDIO_RATE, n, rate, model.cfg.audio_window)
     heard = voiced(f.valid, speech_steps(recordings.step_loudness(x, n, rate)))  # as annotate
-    pred = predict_steps(model, f.values, audio_valid=heard).values
+    source = audio_sources(n, runs(heard, 2), model.cfg.audio_lookahead)
+    pred = predict_steps(model, f.values, audio_valid=heard, audio_from=source).values
     ends = np.cumsum([len(a) / AUDIO_RATE for a in audio])
     which = np.searchsorted(ends, np.arange(n) / rate, side="right")
     rows = [{"file": c.path.name, "emotion": c.emotion,
@@ -241,7 +243,8 @@ def train_audio(work: Path, updates: int, jobs: int, limit: int | None = None) -
               "final_minutes": round((time.time() - t0) / 60, 1),
               "label_mapping": EMOTION_VA}
     save_checkpoint(path, final, provenance={"speech": {
-        "corpora": "EmoDB (8 speakers), RAVDESS actors 01-18, EMOVO (4 speakers)",
+        "corpora": "EmoDB (8 speakers), RAVDESS actors 01-18, EMOVO (4 speakers), nEMO (9 "
+                   "speakers)",
         "updates": updates, "augmented_copies": AUDIO_COPIES}})
     (work / "audio_metrics.json").write_text(json.dumps(result, indent=1))
     cv = held["speaker_cv"]["network"]

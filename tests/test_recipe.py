@@ -28,7 +28,7 @@ def run_recipe(where: Path) -> Path:
 
 
 def test_the_default_recipe_runs_end_to_end_on_a_tiny_budget_and_repeats_exactly(tmp_path):
-    for need in (("ferplus", "ferplus.npz"), ("emodb",), ("ravdess",), ("emovo",),
+    for need in (("ferplus", "ferplus.npz"), ("emodb",), ("ravdess",), ("emovo",), ("nemo",),
                  ("crema-d",), ("videos", "WDA_KatieHill_000.mp4")):
         shared_file(*need)  # (skips, saying what is missing, without ../shared/data)
     out = run_recipe(tmp_path / "first")
@@ -44,8 +44,10 @@ def test_the_default_recipe_runs_end_to_end_on_a_tiny_budget_and_repeats_exactly
         assert min(weights) >= 0
     metrics = json.loads(out.with_name("model_metrics.json").read_text())
     assert {"visual_ferplus", "audio_speech", "fusion", "videos"} <= set(metrics)
-    assert {"speaker_cv", "loco_emodb", "loco_emovo", "loco_ravdess"} <= \
-        set(metrics["audio_speech"]["held_out"])
+    held = metrics["audio_speech"]["held_out"]
+    assert {"speaker_cv", "loco_emodb", "loco_emovo", "loco_ravdess", "loco_nemo"} <= set(held)
+    assert {"network", "network_causal", "svr"} <= set(held["speaker_cv"])  # both designs
+    assert cfg.audio_lookahead == 15
     assert metrics["visual_ferplus"]["test"]["n_test"] == 2
     assert [v["file"] for v in metrics["videos"]][0] == "sample.mp4"
     assert all(v["source"] == "av" for v in metrics["videos"])
@@ -64,3 +66,19 @@ def test_the_default_recipe_runs_end_to_end_on_a_tiny_budget_and_repeats_exactly
         sys.path.remove(str(ROOT / "examples"))
     assert differences(metrics_again, metrics, tolerance=0.0) == []
     assert differences({**metrics, "x": 1.0}, metrics) == ["/x: only in one"]
+
+
+def test_the_nemo_reader_takes_speaker_and_emotion_from_the_names():
+    from avemo_cli.recipes import corpora as C
+
+    clips = C.nemo(shared_file("nemo"))
+    assert len(clips) == 4481  # the data README's count
+    assert len({c.speaker for c in clips}) == 9
+    assert {c.emotion for c in clips} == {"anger", "fear", "happiness", "neutral", "sadness",
+                                          "surprise"}
+    assert all(c.corpus == "nemo" and c.speaker == f"nemo:{c.path.parent.name}" for c in clips)
+    assert sum(c.speaker == "nemo:MP0" for c in clips) == 256
+    rows = {line.split("\t")[0].rsplit(".", 1)[0]: line.split("\t")[1]
+            for line in (shared_file("nemo") / "data.tsv").read_text().splitlines()[1:]}
+    for c in clips[::97]:  # the file name's label is data.tsv's
+        assert C.NEMO_EMOTIONS[rows[c.path.stem]] == c.emotion

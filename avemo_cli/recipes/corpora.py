@@ -6,8 +6,8 @@ the one in the data README). Where a crowd vote distribution exists (FER+), the 
 expected (valence, arousal) under the votes. Any such mapping is an assumption; numbers that
 depend on it say so.
 
-Readers: EmoDB (German), RAVDESS speech (English) and EMOVO (Italian), speaker and emotion from
-the file names; CREMA-D (class from the file name,
+Readers: EmoDB (German), RAVDESS speech (English), EMOVO (Italian) and nEMO (Polish), speaker
+and emotion from the file names; CREMA-D (class from the file name,
 crowd-rated class from its summary table), FER+ (``ferplus.npz``: its own train/valid/test
 splits; faces whose votes are mostly "unknown" or "not a face" dropped).
 """
@@ -26,6 +26,8 @@ RAVDESS_CODES = {"01": "neutral", "02": "calm", "03": "happiness", "04": "sadnes
                  "06": "fear", "07": "disgust", "08": "surprise"}
 EMOVO_CODES = {"dis": "disgust", "gio": "happiness", "neu": "neutral", "pau": "fear",
                "rab": "anger", "sor": "surprise", "tri": "sadness"}
+NEMO_EMOTIONS = {"anger": "anger", "fear": "fear", "happiness": "happiness", "neutral": "neutral",
+                 "sadness": "sadness", "surprised": "surprise"}
 CREMAD_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happiness",
                 "NEU": "neutral", "SAD": "sadness"}
 CREMAD_VOTES = {"A": "anger", "D": "disgust", "F": "fear", "H": "happiness", "N": "neutral",
@@ -81,7 +83,19 @@ def emovo(folder: str | Path) -> list[Clip]:
     return out
 
 
-SPEECH_CORPORA = {"emodb": emodb, "ravdess": ravdess, "emovo": emovo}
+def nemo(folder: str | Path) -> list[Clip]:
+    """nEMO ``<spk>/<spk>_<emotion>_<n>.*`` (Polish): the file name's emotion is the label
+    (``surprised`` is surprise), the folder the speaker."""
+    out = []
+    for p in sorted(Path(folder).glob("*/*_*_*.*")):
+        f = p.stem.split("_")
+        emotion = NEMO_EMOTIONS.get(f[1]) if len(f) == 3 else None
+        if emotion is not None and f[0] == p.parent.name:
+            out.append(_clip(p, "nemo", f[0], emotion))
+    return out
+
+
+SPEECH_CORPORA = {"emodb": emodb, "ravdess": ravdess, "emovo": emovo, "nemo": nemo}
 
 
 def cremad(folder: str | Path) -> list[tuple[Clip, str]]:

@@ -12,7 +12,7 @@ import torch
 
 from ..clips import audio_statistics
 from ..model import AVModel, ModelConfig
-from ..predict import clip_steps, predict_steps
+from ..predict import audio_sources, clip_steps, predict_steps, runs
 from .recordings import Recording
 
 
@@ -78,9 +78,20 @@ def fit(recs: list[Recording], cfg: ModelConfig, updates: int = 3000, batch: int
     return model.eval()
 
 
-def predict(model: AVModel, recs: list[Recording]) -> list[np.ndarray]:
-    """Per-step predictions of each recording through annotation's own inference path."""
-    return [predict_steps(model, audio=r.values, audio_valid=r.heard).values for r in recs]
+def predict(model: AVModel, recs: list[Recording], ahead: int | None = None
+            ) -> list[np.ndarray]:
+    """Per-step predictions of each recording through annotation's own inference path, each
+    step's audio clip ending ``ahead`` steps later inside its utterance (default: the model's
+    ``audio_lookahead``; 0: at the step). The recordings' utterances are the runs of their
+    steps with a voice, joined across a gap of a step (annotation finds them in the audio's
+    50 ms loudness, which the recipe's cached features do not keep)."""
+    ahead = model.cfg.audio_lookahead if ahead is None else ahead
+    out = []
+    for r in recs:
+        source = audio_sources(len(r.values), runs(r.heard, 2), ahead) if ahead else None
+        out.append(predict_steps(model, audio=r.values, audio_valid=r.heard,
+                                 audio_from=source).values)
+    return out
 
 
 def svr_probe(model: AVModel, train: list[Recording], test: list[Recording], n: int = 6000,

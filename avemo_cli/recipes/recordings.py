@@ -28,7 +28,7 @@ from ..workers import spawn_map
 from . import corpora as C
 
 
-def load_clips(shared: Path, corpora=("emodb", "ravdess", "emovo")) -> list[C.Clip]:
+def load_clips(shared: Path, corpora=("emodb", "ravdess", "emovo", "nemo")) -> list[C.Clip]:
     """The labelled speech clips of the named corpora under ``shared`` (../shared/data)."""
     out: list[C.Clip] = []
     for name in corpora:  # each corpus in the folder of its name

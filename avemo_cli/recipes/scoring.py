@@ -85,19 +85,40 @@ def happy_above_negatives(us: list[Unit]) -> dict[str, bool]:
     return out
 
 
+def arousal_gaps(us: list[Unit]) -> dict[str, list[float]]:
+    """Per speaker with all three: [anger - neutral, neutral - sadness] of the mean predicted
+    arousal (both above 0: the order a listener expects holds; a rank check that needs no
+    mapping of categories onto numbers)."""
+    out = {}
+    for spk in sorted({u.speaker for u in us}):
+        mean: dict[str, list[float]] = {}
+        for u in us:
+            if u.speaker == spk:
+                mean.setdefault(u.emotion, []).append(float(u.pred[1]))
+        if all(e in mean for e in ("anger", "neutral", "sadness")):
+            a, n, s = (float(np.mean(mean[e])) for e in ("anger", "neutral", "sadness"))
+            out[spk] = [round(a - n, 4), round(n - s, 4)]
+    return out
+
+
 def summary(us: list[Unit]) -> dict:
-    """CCCs, happy-above-negatives share of speakers and per-clip valence spread of units."""
+    """CCCs, happy-above-negatives share of speakers, the share whose arousal orders anger >
+    neutral > sadness (with each speaker's gaps) and per-clip valence spread of units."""
     if not us:
         return {}
     p = np.stack([u.pred for u in us])
     g = np.stack([u.target for u in us])
     happy = happy_above_negatives(us)
+    gaps = arousal_gaps(us)
     return {"n": len(us), "speakers": len({u.speaker for u in us}),
             "valence_ccc": round(ccc(p[:, 0], g[:, 0]), 4),
             "arousal_ccc": round(ccc(p[:, 1], g[:, 1]), 4),
             "happy_above_negatives": round(float(np.mean(list(happy.values()))), 4)
             if happy else None,
             "happy_by_speaker": happy,
+            "arousal_order": round(float(np.mean([min(v) > 0 for v in gaps.values()])), 4)
+            if gaps else None,
+            "arousal_gaps": gaps,
             "valence_std": round(float(p[:, 0].std()), 4),
             "valence_mean": round(float(p[:, 0].mean()), 4)}
 

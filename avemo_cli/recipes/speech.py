@@ -15,9 +15,11 @@ from .scoring import report
 
 # The default model's audio recipe (examples/train_default.py; benchmarks/bench_crosscorpus.py
 # defaults to the same): the paper's audio branch with recording-level normalisation (a 30 s
-# prior), 4,000 batches of 64 steps, six augmented copies of every recording.
+# prior), 4,000 batches of 64 steps, six augmented copies of every recording; annotated with a
+# look-ahead of 15 steps inside utterances (ModelConfig.audio_lookahead: every step of an
+# utterance of up to 4 s takes the clip that has heard all of it).
 AUDIO_CONFIG = {"modality": "audio", "audio_hidden": 64, "audio_layers": 4,
-                "audio_norm": "recording", "audio_norm_prior": 30.0}
+                "audio_norm": "recording", "audio_norm_prior": 30.0, "audio_lookahead": 15}
 UPDATES = 4000
 COPIES = 6
 
@@ -41,6 +43,8 @@ def held_out(recs: list[Recording], test_speakers: set[str], cfg: ModelConfig,
     test = [r for r in recs if r.speaker in test_speakers and r.name.endswith("#0")]
     model = fit(train, cfg, updates, seed=seed, loss=loss, balance=balance, log=log)
     out = {"test": test, "network": predict(model, test)}
+    if cfg.audio_lookahead:  # the same model read the paper's way: each clip ends at its step
+        out["network_causal"] = predict(model, test, ahead=0)
     if svr:
         out["svr"] = svr_probe(model, train, test, seed=seed)
     return out
@@ -51,8 +55,8 @@ def cross_validate(recs: list[Recording], cfg: ModelConfig, updates: int, folds:
                    loss: str = "mse", balance: str = "corpus",
                    log: Callable[[str], None] = print) -> dict:
     """Speaker-held-out cross-validation over all corpora pooled (``speaker_cv``), and
-    leave-one-corpus-out (``loco``): per scheme and model (network, svr), ``report`` of the
-    held-out predictions."""
+    leave-one-corpus-out (``loco``): per scheme and model (network, the same network without its
+    look-ahead as ``network_causal``, svr), ``report`` of the held-out predictions."""
     results = {}
     plan = {}
     if "speaker_cv" in schemes:
@@ -62,7 +66,7 @@ def cross_validate(recs: list[Recording], cfg: ModelConfig, updates: int, folds:
                      for c in sorted({r.corpus for r in recs})})
     for name, groups in plan.items():
         test: list = []
-        preds: dict[str, list] = {"network": [], "svr": []}
+        preds: dict[str, list] = {"network": [], "network_causal": [], "svr": []}
         for g in groups:
             log(f"{name}: holding out {len(g)} speakers")
             res = held_out(recs, g, cfg, updates, seed, svr, loss, balance, log)
