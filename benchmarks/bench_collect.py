@@ -51,7 +51,7 @@ def make_folder(n: int, root: Path) -> None:
         folder = root / f"group{i % 50:02d}"
         folder.mkdir(exist_ok=True)
         frames = write_csv(cols, folder / f"clip{i:05d}.avemo.csv")
-        seg = {name: np.zeros(3) for name in SEGMENT_COLUMNS}
+        seg: dict[str, np.ndarray] = {name: np.zeros(3) for name in SEGMENT_COLUMNS}
         seg.update(utterance=np.arange(3), start=np.array([0.5, 3.0, 6.5]),
                    end=np.array([2.5, 6.0, 9.5]), face_id=np.zeros(3), steps=np.full(3, 9),
                    valence=values[[9, 23, 37], 0], arousal=values[[9, 23, 37], 1])

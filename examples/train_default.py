@@ -285,7 +285,7 @@ def environment() -> dict:
 
 def loco_ccc(audio_metrics: dict) -> dict[str, float]:
     """The audio head's cross-corpus CCC per target: each corpus scored by the model trained on
-    the other two, averaged over the three held-out corpora and over the two ways a voice is
+    the others, averaged over the held-out corpora and over the two ways a voice is
     annotated (each clip alone, the mean of its steps; and clips inside a joined recording of
     their speaker)."""
     held = audio_metrics["held_out"]
