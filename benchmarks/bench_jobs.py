@@ -50,7 +50,12 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", nargs="+", default=["1", "2", "2:one-model"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weights", default="default")
+    ap.add_argument("--make-only", type=Path, default=None, metavar="DIR",
+                    help="only build the folder of videos in DIR (gpu_check.sh uses it)")
     args = ap.parse_args(argv)
+    if args.make_only is not None:
+        build_folder(args.shared, args.videos, args.seconds, args.make_only)
+        return
     print(f"avemo {__version__}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; "
           f"{args.videos} videos of {args.seconds:g} s")
