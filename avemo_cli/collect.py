@@ -27,12 +27,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import table, utterances
+from . import outputs, table, utterances
 from ._memory import trim_heap
 from .errors import AvemoError
 from .files import atomic_path
@@ -154,7 +155,7 @@ def _write_part(dataset: Path, part: str, key: str, source: str,
         pq.write_table(t, tmp)
 
 
-def _segments_of(record: Record, paths: dict[str, Path]) -> dict[str, np.ndarray] | None:
+def _segments_of(paths: dict[str, Path]) -> dict[str, np.ndarray] | None:
     """An input's utterances: its segments CSV, else its JSON's list, else None (not
     written)."""
     if "segments" in paths:
@@ -172,21 +173,18 @@ def _segments_of(record: Record, paths: dict[str, Path]) -> dict[str, np.ndarray
     return None
 
 
-def _by_format(outputs: list[str], folder: Path) -> dict[str, Path]:
-    """A record's outputs by format (the name's ending: ``.avemo.segments.csv`` is the
-    segments', ``.avemo.csv`` the frames')."""
+COLLECTED = ("segments", "csv", "parquet", "json")  # the outputs collect reads, by format
+
+
+def _by_format(written: list[str], folder: Path) -> dict[str, Path]:
+    """A record's outputs by format, known by their names' endings (``outputs.pattern``:
+    ``*.avemo.segments.csv`` is the segments', ``*.avemo.csv`` the frames')."""
     out: dict[str, Path] = {}
-    for text in outputs:
+    for text in written:
         p = _resolve(text, folder)
-        name = p.name
-        if name.endswith(".avemo.segments.csv"):
-            out["segments"] = p
-        elif name.endswith(".avemo.csv"):
-            out["csv"] = p
-        elif name.endswith(".avemo.parquet"):
-            out["parquet"] = p
-        elif name.endswith(".avemo.json"):
-            out["json"] = p
+        fmt = next((f for f in COLLECTED if fnmatch(p.name, outputs.pattern(f))), None)
+        if fmt is not None:
+            out[fmt] = p
     return out
 
 
@@ -322,7 +320,7 @@ def _collect_one(dataset: Path, key: str, source: str, record: Record,
     if record.frames and n_frames != record.frames:
         raise NotOurs(f"{frames_from}: holds {n_frames} frames but its manifest record says "
                       f"{record.frames} (half-written, or changed since)")
-    segments = _segments_of(record, paths)
+    segments = _segments_of(paths)
     _write_part(dataset, FRAMES, key, source, frames)
     seg_path = dataset / SEGMENTS / f"{key}.parquet"
     if segments is not None:

@@ -77,8 +77,8 @@ def audio_features(info: demux.MediaInfo, rate: float, window: float, n_steps: i
             fine = (seen + np.arange(len(block))) // per_fine
             keep = fine < n_fine  # (audio running past the last step's second: not needed)
             fine_energy[:] += np.bincount(fine[keep], np.square(block[keep], dtype=np.float64),
-                                          n_fine)[:n_fine]
-            fine_count[:] += np.bincount(fine[keep], minlength=n_fine)[:n_fine]
+                                          n_fine)  # (indices under n_fine: exactly n_fine)
+            fine_count[:] += np.bincount(fine[keep], minlength=n_fine)
             seen += len(block)
             yield block
 

@@ -76,7 +76,7 @@ def predict_features(predictor: predict.Predictor, feats: Features,
     seen = feats.track if use_visual else None
     audio_from = None
     if heard_audio is not None and cfg.audio_lookahead:
-        said = utterances if utterances is not None else predict.runs(feats.voice, 2)
+        said = utterances if utterances is not None else predict.runs(feats.voice)
         audio_from = predict.audio_sources(feats.n_steps, said, cfg.audio_lookahead)
     steps = predictor.steps(heard_audio.values if heard_audio else None,
                             seen.crops if seen else None,

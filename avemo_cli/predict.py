@@ -110,8 +110,11 @@ def audio_sources(n_steps: int, spans: list[tuple[int, int]], ahead: int) -> np.
     return out
 
 
-def runs(mask: np.ndarray, join: int = 1) -> list[tuple[int, int]]:
-    """(first, last) steps of the runs of ``mask``, runs less than ``join`` steps apart joined:
+RUN_JOIN = 2  # steps: runs of voiced steps this close (one step missing between) are one
+
+
+def runs(mask: np.ndarray, join: int = RUN_JOIN) -> list[tuple[int, int]]:
+    """(first, last) steps of the runs of ``mask``, runs at most ``join`` steps apart joined:
     utterances at the analysis steps' resolution (what the recipes have; annotation finds them
     in the audio's 50 ms loudness, utterances.py)."""
     idx = np.flatnonzero(mask)

@@ -62,7 +62,16 @@ def _pick(faces_here: np.ndarray, movement: list[np.ndarray], loud: np.ndarray,
     return int(faces_here[int(np.argmax(moving))])
 
 
-def turns(speakers: np.ndarray, shortest: int = 2) -> list[tuple[int, int, int]]:
+def speaker_index(speaking: np.ndarray) -> np.ndarray:
+    """(K,) the face that speaks at each step of a (faces, K) ``speaking`` (at most one per
+    step), -1 where none does."""
+    who = np.full(speaking.shape[1], -1)
+    for i in range(len(speaking)):
+        who[speaking[i]] = i
+    return who
+
+
+def turns(speakers: np.ndarray, shortest: int = TURN_STEPS) -> list[tuple[int, int, int]]:
     """(first, last, who) runs of one speaker over consecutive steps (``speakers``: a face
     index per step, -1 where no face speaks). Steps where no face speaks join the run before
     them (the first ones, the run after), and runs shorter than ``shortest`` steps join the one
@@ -119,10 +128,7 @@ def speaking(tracks: list[FaceTrack], loudness: np.ndarray | None, voice: np.nda
         window = slice(max(0, k - WINDOW + 1), k + 1)
         out[_pick(np.flatnonzero(found[:, k]), movement, loud, window), k] = True
     for first, last in spans or []:
-        who = np.full(last - first + 1, -1)
-        for i in range(len(tracks)):
-            who[out[i, first:last + 1]] = i
-        for a, b, _ in turns(who, TURN_STEPS):
+        for a, b, _ in turns(speaker_index(out[:, first:last + 1])):
             steps = slice(first + a, first + b + 1)
             here = np.flatnonzero(found[:, steps].any(1))
             if not len(here) or not voice[steps].any():

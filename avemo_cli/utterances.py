@@ -26,7 +26,7 @@ import numpy as np
 
 from . import audio as audio_stage
 from .postprocess import apply_postprocess
-from .speakers import TURN_STEPS, turns
+from .speakers import speaker_index, turns
 
 if TYPE_CHECKING:
     from .features import Features
@@ -119,18 +119,26 @@ def _mean(values: np.ndarray | None, rows: np.ndarray) -> float | None:
     return round(float(np.clip(v, -1, 1).mean()), 4) if len(v) else None
 
 
+def _loudness(feats: Features, rate: float) -> tuple[np.ndarray, float, float]:
+    """What one file's speech is found in: its audio's 50 ms envelope, its rate and the file's
+    speech level (``audio.speech_level``); for features without an envelope (from the cache),
+    the steps' voice flags as a loudness of 0 or -inf, at the analysis rate, and a level of -1.
+    (The file has a voice: where its speech level is None, no step has one.)"""
+    a = feats.audio
+    level = audio_stage.speech_level(a.loudness)[0] \
+        if a is not None and a.loudness is not None else None
+    if a is not None and a.envelope is not None and level is not None:
+        # (-inf: no step had samples of its own)
+        return a.envelope, float(audio_stage.ENVELOPE_RATE), max(level, audio_stage.SPEECH_FLOOR)
+    return np.where(feats.voice, 0.0, -np.inf), rate, -1.0
+
+
 def spans(feats: Features, rate: float, pause: float = PAUSE) -> list[tuple[float, float]]:
     """(start, end) seconds of one file's stretches of speech (``speech_spans`` of its audio's
     envelope at its speech level), those that hold steps with a voice, within the media."""
-    a = feats.audio
-    if a is None or not feats.voice.any():
+    if feats.audio is None or not feats.voice.any():
         return []
-    level = audio_stage.speech_level(a.loudness)[0] if a.loudness is not None else None
-    if a.envelope is not None and level is not None:
-        envelope, env_rate = a.envelope, float(audio_stage.ENVELOPE_RATE)
-        level = max(level, audio_stage.SPEECH_FLOOR)  # (-inf: no step had samples of its own)
-    else:  # (features from the cache have no envelope: the steps' voice flags)
-        envelope, env_rate, level = np.where(feats.voice, 0.0, -np.inf), rate, -1.0
+    envelope, env_rate, level = _loudness(feats, rate)
     n = feats.n_steps
     end_of_media = feats.info.duration if feats.info.duration > 0 else n / rate
     out = []
@@ -154,22 +162,17 @@ def find(feats: Features, people: list[Person], said: list[tuple[float, float]],
     split into turns where the speaking face changes, with every face's results
     (``Annotation.people``), the model's targets, analysis rate and clip length, and the
     checkpoint's post-processing (applied to the heads' values as to the fused ones)."""
-    a = feats.audio
-    if a is None or not said:
+    if feats.audio is None or not said:
         return []
     n, voice = feats.n_steps, feats.voice
-    envelope, env_rate = (a.envelope, float(audio_stage.ENVELOPE_RATE)) \
-        if a.envelope is not None else (np.where(voice, 0.0, -np.inf), rate)
+    envelope, env_rate, _ = _loudness(feats, rate)
     speaking = np.stack([p.speaking for p in people])
     heads = [_heads(p, targets, postprocess) for p in people]
     out: list[Utterance] = []
     for start, end in said:
         steps = step_range(start, end, rate, n)
-        who = np.full(len(steps), -1)
-        for i in range(len(people)):
-            who[speaking[i, steps]] = i
-        parts = turns(who, TURN_STEPS) if len(people) > 1 else \
-            [(0, len(steps) - 1, int(who.max()))]
+        who = speaker_index(speaking[:, steps])
+        parts = turns(who) if len(people) > 1 else [(0, len(steps) - 1, int(who.max()))]
         bounds = [start] + [_quietest(envelope, env_rate, steps[b] / rate, steps[c] / rate)
                             for (_, b, _), (c, _, _) in zip(parts, parts[1:])] + [end]
         for (_, _, face), t0, t1 in zip(parts, bounds, bounds[1:]):

@@ -212,7 +212,7 @@ def cremad_joined(model: AVModel) -> list[dict]:
     n = int(np.ceil(len(x) / AUDIO_RATE * rate))
     f = egemaps(x, AUDIO_RATE, n, rate, model.cfg.audio_window)
     heard = voiced(f.valid, speech_steps(recordings.step_loudness(x, n, rate)))  # as annotate
-    source = audio_sources(n, runs(heard, 2), model.cfg.audio_lookahead)
+    source = audio_sources(n, runs(heard), model.cfg.audio_lookahead)
     pred = predict_steps(model, f.values, audio_valid=heard, audio_from=source).values
     ends = np.cumsum([len(a) / AUDIO_RATE for a in audio])
     which = np.searchsorted(ends, np.arange(n) / rate, side="right")

@@ -88,7 +88,7 @@ def predict(model: AVModel, recs: list[Recording], ahead: int | None = None
     ahead = model.cfg.audio_lookahead if ahead is None else ahead
     out = []
     for r in recs:
-        source = audio_sources(len(r.values), runs(r.heard, 2), ahead) if ahead else None
+        source = audio_sources(len(r.values), runs(r.heard), ahead) if ahead else None
         out.append(predict_steps(model, audio=r.values, audio_valid=r.heard,
                                  audio_from=source).values)
     return out

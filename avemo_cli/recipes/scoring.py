@@ -69,36 +69,30 @@ def units(recs: list[Recording], preds: list[np.ndarray], skip: float = 5.0
     return clips, spoken, lasts, blocks
 
 
+def _means(us: list[Unit], target: int) -> dict[str, dict[str, float]]:
+    """Per speaker, per emotion: the mean prediction of ``target`` (0 valence, 1 arousal)."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for u in us:
+        values.setdefault(u.speaker, {}).setdefault(u.emotion, []).append(float(u.pred[target]))
+    return {spk: {e: float(np.mean(v)) for e, v in values[spk].items()}
+            for spk in sorted(values)}
+
+
 def happy_above_negatives(us: list[Unit]) -> dict[str, bool]:
     """Per speaker: is the mean predicted valence of happiness above that of each of anger,
     fear, disgust and sadness (those the speaker has)?"""
-    out = {}
-    for spk in sorted({u.speaker for u in us}):
-        mean: dict[str, list[float]] = {}
-        for u in us:
-            if u.speaker == spk:
-                mean.setdefault(u.emotion, []).append(float(u.pred[0]))
-        if "happiness" not in mean:
-            continue
-        h = np.mean(mean["happiness"])
-        out[spk] = bool(all(h > np.mean(mean[e]) for e in NEGATIVE if e in mean))
-    return out
+    return {spk: bool(all(mean["happiness"] > mean[e] for e in NEGATIVE if e in mean))
+            for spk, mean in _means(us, 0).items() if "happiness" in mean}
 
 
 def arousal_gaps(us: list[Unit]) -> dict[str, list[float]]:
     """Per speaker with all three: [anger - neutral, neutral - sadness] of the mean predicted
     arousal (both above 0: the order a listener expects holds; a rank check that needs no
     mapping of categories onto numbers)."""
-    out = {}
-    for spk in sorted({u.speaker for u in us}):
-        mean: dict[str, list[float]] = {}
-        for u in us:
-            if u.speaker == spk:
-                mean.setdefault(u.emotion, []).append(float(u.pred[1]))
-        if all(e in mean for e in ("anger", "neutral", "sadness")):
-            a, n, s = (float(np.mean(mean[e])) for e in ("anger", "neutral", "sadness"))
-            out[spk] = [round(a - n, 4), round(n - s, 4)]
-    return out
+    return {spk: [round(mean["anger"] - mean["neutral"], 4),
+                  round(mean["neutral"] - mean["sadness"], 4)]
+            for spk, mean in _means(us, 1).items()
+            if all(e in mean for e in ("anger", "neutral", "sadness"))}
 
 
 def summary(us: list[Unit]) -> dict:
