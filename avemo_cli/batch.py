@@ -24,8 +24,9 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import __version__, outputs, schedule
 from .demux import decoder, ffmpeg_exe, find_media
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # (torch is imported only once the work is planned)
     from .checkpoint import Checkpoint, CheckpointFile
     from .extractors import Extractors
     from .features import FeatureSettings
-    from .pipeline import Annotator
+    from .pipeline import Annotation, Annotator, Pending
 
 
 @dataclass(kw_only=True)
@@ -198,43 +199,110 @@ def run_job(annotator: Annotator, job: Job, progress: Progress | None = None,
     """Annotate one job's input (with the features begun for it in ``extractors``, if any)
     and write its outputs (``job.outputs``, in order); a failure is an outcome, not raised
     (KeyboardInterrupt is)."""
+    return run_jobs(annotator, [job], progress, extractors)[0]
+
+
+def run_jobs(annotator: Annotator, jobs: list[Job], progress: Progress | None = None,
+             extractors: Extractors | None = None) -> list[Outcome]:
+    """``run_job`` for several jobs whose features are ready together (``schedule.feeding``):
+    each made (or claimed from ``extractors``), then the model over all of them at once
+    (``Annotator.predict_many``: shared batches), then each one's outputs written. Every
+    job's failure is its own outcome; the warnings of the shared model stage are every
+    job's."""
     import warnings
 
-    t0 = time.perf_counter()
     stage = progress.stage if progress is not None else None
-    ckpt = annotator.checkpoint
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # (told with the outcome: a
-            warnings.simplefilter("always")  # worker's warnings reach the user that way too)
-            begun = extractors.claim(job.source, annotator.request) \
-                if extractors is not None else None
-            result = annotator.annotate(job.source, stage, begun)
-            if job.identity and identity(job.source) != job.identity:
-                raise MediaError(f"{job.source}: the file changed while it was annotated "
-                                 f"(replaced, or still being written): annotate it again once "
-                                 f"it is complete")
-            outputs.write(result, job.outputs, stage)
-            for fmt in job.dropped:
-                warnings.warn(f"{job.source}: no {fmt} output for an audio file (it has no "
-                              f"picture)")
-    except AvemoError as err:
-        return Outcome("failed", str(err), _record(ckpt, job, "failed", str(err), t0))
-    except Exception as err:  # a bug or an unforeseen input: still one line, batch goes on
-        if os.environ.get("AVEMO_DEBUG"):
-            traceback.print_exc()
-        line = str(err).strip().splitlines()
-        reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}".rstrip(": ")
-        return Outcome("failed", reason, _record(ckpt, job, "failed", reason, t0))
-    written = [str(p) for p in job.outputs.values()]
-    record = _record(ckpt, job, "partial" if result.partial else "ok", "", t0, written)
-    record.media_seconds = round(result.seconds, 3)
-    frames = result.columns["frame"]
-    record.frames = int(frames.max()) + 1 if len(frames) else 0
-    record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
-    told = [str(w.message) for w in caught]
-    record.warning = "; ".join(told)
-    record.summary = result.summary()
-    return Outcome("written", "\n".join(written), record, result.timings, told)
+    with warnings.catch_warnings(record=True) as caught:  # (told with each outcome: a
+        warnings.simplefilter("always")  # worker's warnings reach the user that way too)
+        states = [_State(annotator, job, time.perf_counter()) for job in jobs]
+        for state in states:
+            state.attempt(caught, partial(_pending, annotator, state.job, stage, extractors))
+        waiting = [s for s in states if s.outcome is None]
+        told = len(caught)
+        made = annotator.predict_many([s.made for s in waiting]) if waiting else []
+        shared = caught[told:]
+        for state, result in zip(waiting, made):
+            state.told.extend(str(w.message) for w in shared)
+            if isinstance(result, Exception):
+                state.outcome = state.failure(result)
+            else:
+                state.attempt(caught, partial(_write, state.job, result, stage))
+                if state.outcome is None:
+                    state.outcome = state.written(result)
+    assert all(s.outcome is not None for s in states)
+    return [s.outcome for s in states]  # type: ignore[misc]
+
+
+def _pending(annotator: Annotator, job: Job, stage: Callable[[str], None] | None,
+             extractors: Extractors | None) -> Pending:
+    begun = extractors.claim(job.source, annotator.request) if extractors is not None else None
+    return annotator.pending(job.source, stage, begun)
+
+
+def _write(job: Job, result: Annotation, stage: Callable[[str], None] | None) -> None:
+    """A job's outputs, written (after checking that its input is the file that was planned)."""
+    import warnings
+
+    if job.identity and identity(job.source) != job.identity:
+        raise MediaError(f"{job.source}: the file changed while it was annotated "
+                         f"(replaced, or still being written): annotate it again once "
+                         f"it is complete")
+    outputs.write(result, job.outputs, stage)
+    for fmt in job.dropped:
+        warnings.warn(f"{job.source}: no {fmt} output for an audio file (it has no picture)")
+
+
+@dataclass
+class _State:
+    """One job on its way through ``run_jobs``."""
+
+    annotator: Annotator
+    job: Job
+    t0: float
+    made: Any = None  # its features waiting for the model (pipeline.Pending)
+    told: list[str] = field(default_factory=list)  # warnings for the user
+    outcome: Outcome | None = None
+
+    def attempt(self, caught: list, step: Callable[[], Any]) -> None:
+        """``step()`` (its result kept as ``made``), its warnings kept; a failure is the
+        job's outcome (KeyboardInterrupt is raised)."""
+        before = len(caught)
+        try:
+            self.made = step()
+        except Exception as err:
+            self.outcome = self.failure(err)
+        finally:
+            self.told.extend(str(w.message) for w in caught[before:])
+
+    def failure(self, err: Exception) -> Outcome:
+        """A failure as the job's outcome: an avemo error's line, or any other error's first
+        line with its type (a bug or an unforeseen input: still one line, the batch goes
+        on)."""
+        job = self.job
+        if isinstance(err, AvemoError):
+            reason = str(err)
+        else:
+            if os.environ.get("AVEMO_DEBUG"):
+                traceback.print_exception(err)
+            line = str(err).strip().splitlines()
+            reason = f"{job.source}: {type(err).__name__}: {line[0] if line else ''}" \
+                .rstrip(": ")
+        return Outcome("failed", reason, _record(self.annotator.checkpoint, job, "failed",
+                                                 reason, self.t0))
+
+    def written(self, result: Annotation) -> Outcome:
+        """The outcome of a job whose outputs were written."""
+        job = self.job
+        written = [str(p) for p in job.outputs.values()]
+        record = _record(self.annotator.checkpoint, job,
+                         "partial" if result.partial else "ok", "", self.t0, written)
+        record.media_seconds = round(result.seconds, 3)
+        frames = result.columns["frame"]
+        record.frames = int(frames.max()) + 1 if len(frames) else 0
+        record.faces = round(float(result.face.mean()), 4) if len(result.face) else 0.0
+        record.warning = "; ".join(self.told)
+        record.summary = result.summary()
+        return Outcome("written", "\n".join(written), record, result.timings, self.told)
 
 
 def _record(ckpt: Checkpoint | CheckpointFile | None, job: Job, status: str, error: str = "",

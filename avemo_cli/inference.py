@@ -12,6 +12,7 @@ import torch
 
 from . import postprocess, predict, table
 from .checkpoint import Checkpoint
+from .config import ModelConfig
 from .errors import CheckpointError, DeviceError, ModalityError, NoFaceError
 from .audio import SHORTEST_AUDIO, SHORTEST_DESCRIBED
 from .features import Features, nearest_index
@@ -49,18 +50,20 @@ def fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return out
 
 
-def predict_features(predictor: predict.Predictor, feats: Features,
-                     speaking: np.ndarray | None = None,
-                     utterances: list[tuple[int, int]] | None = None
-                     ) -> tuple[predict.StepPredictions, np.ndarray, str]:
-    """``predictor``'s output for one file's features: fusion when the model and the file have
-    both modalities and a face was found somewhere, else the available branch. Steps without a face
-    are interpolated from neighbouring face steps (the paper's rule). ``speaking`` (K,), when
-    given (several faces), limits fusion to the steps where this face speaks: elsewhere the
-    visual head alone. Returns the raw step predictions, the gap-filled values (before
-    post-processing) and the source used. ``utterances`` ((first, last) steps): where a model
-    with ``audio_lookahead`` looks ahead (none given: runs of the voice's steps)."""
-    cfg = predictor.model.cfg
+class Planned(NamedTuple):
+    """What the model is given of one file's features (``plan``) and which branches that is."""
+
+    inputs: predict.StepInputs
+    use_audio: bool
+    use_visual: bool
+
+
+def plan(cfg: ModelConfig, feats: Features,
+         utterances: list[tuple[int, int]] | None = None) -> Planned:
+    """The model's inputs for one file's features: both modalities when the model and the file
+    have them and a face was found somewhere, else the available one (none: a one-line
+    error). ``utterances`` ((first, last) steps): where a model with ``audio_lookahead`` looks
+    ahead (none given: runs of the voice's steps)."""
     heard = feats.audio is not None and feats.audio.valid.any()
     use_audio = cfg.has_audio and heard
     use_visual = cfg.has_visual and feats.track is not None and feats.face.any()
@@ -78,19 +81,41 @@ def predict_features(predictor: predict.Predictor, feats: Features,
     if heard_audio is not None and cfg.audio_lookahead:
         said = utterances if utterances is not None else predict.runs(feats.voice)
         audio_from = predict.audio_sources(feats.n_steps, said, cfg.audio_lookahead)
-    steps = predictor.steps(heard_audio.values if heard_audio else None,
-                            seen.crops if seen else None,
-                            heard_audio.heard if heard_audio else None,
-                            nearest_index(feats.face) if seen else None, audio_from)
+    inputs = predict.StepInputs(heard_audio.values if heard_audio else None,
+                                seen.crops if seen else None,
+                                heard_audio.heard if heard_audio else None,
+                                nearest_index(feats.face) if seen else None, audio_from)
+    return Planned(inputs, bool(use_audio), bool(use_visual))
+
+
+def from_steps(feats: Features, planned: Planned, steps: predict.StepPredictions,
+               speaking: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """The values (before post-processing) and the source of one file's step predictions:
+    the face alone where no voice is heard (``speaking`` (K,), when given for one of several
+    faces: where this face does not speak either), steps without a face interpolated from
+    neighbouring face steps (the paper's rule)."""
     if not np.isfinite(steps.values).all():
         raise CheckpointError(f"{feats.info.path}: the model's predictions are not finite (NaN "
                               f"or infinite): a damaged or diverged checkpoint")
+    use_audio, use_visual = planned.use_audio, planned.use_visual
     values = steps.values
     if steps.visual_values is not None and use_audio:  # no voice heard: the face alone
         fused = feats.voice if speaking is None else feats.voice & speaking
         values = np.where(fused[:, None], values, steps.visual_values)
     values = fill_gaps(values, feats.face) if use_visual else values
     source = "av" if use_audio and use_visual else ("audio" if use_audio else "video")
+    return values, source
+
+
+def predict_features(predictor: predict.Predictor, feats: Features,
+                     speaking: np.ndarray | None = None,
+                     utterances: list[tuple[int, int]] | None = None
+                     ) -> tuple[predict.StepPredictions, np.ndarray, str]:
+    """``predictor``'s output for one file's features (``plan``, then ``from_steps``): the raw
+    step predictions, the gap-filled values (before post-processing) and the source used."""
+    planned = plan(predictor.model.cfg, feats, utterances)
+    steps = predictor.many([planned.inputs])[0]
+    values, source = from_steps(feats, planned, steps, speaking)
     return steps, values, source
 
 

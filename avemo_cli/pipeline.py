@@ -1,7 +1,8 @@
 """The annotation of one file: a media file in, a per-frame valence/arousal table out.
 
     demux.probe -> features.extract (audio.py, faces.py, tracking.py, people.py)
-    -> inference.predict_features (predict.py) -> inference.to_table (postprocess.py, table.py)
+    -> inference.plan -> Predictor.many (predict.py) -> inference.from_steps
+    -> inference.to_table (postprocess.py, table.py)
     -> outputs.WRITERS
 
 ``Annotator`` holds the loaded model and the face backend, so a batch pays for them once;
@@ -15,17 +16,17 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
 from . import audio as audio_stage
-from . import demux, faces, people, predict, speakers, tracking, utterances
+from . import demux, faces, inference, people, predict, speakers, tracking, utterances
 from .checkpoint import Checkpoint, CheckpointFile, load_checkpoint, resolve_weights
 from .errors import ModalityError, NoFaceError, OrientationError
 from .features import STAGES, Extracted, Features, extract, search_side
-from .inference import predict_features, resolve_device, to_table
-from .predict import Predictor
+from .inference import resolve_device, to_table
+from .predict import Predictor, StepPredictions
 from .settings import AnnotatorSettings
 from .table import Columns, as_frame, finite_list, merge_faces
 
@@ -132,6 +133,34 @@ class Annotation:
         return out
 
 
+class Pending(NamedTuple):
+    """One file's features waiting for the model (``Annotator.predict_many``): its stage
+    timings, progress callback and notices so far."""
+
+    feats: Features
+    timings: dict[str, float] | None = None
+    say: Callable[[str], None] | None = None
+    notices: list[str] | None = None
+
+
+class _Face(NamedTuple):
+    feats: Features  # the file's features with this face as the one the model sees
+    speaking: np.ndarray  # (K,) bool: the voice is this face's
+    planned: inference.Planned  # its inputs to the model
+
+
+class _Plan(NamedTuple):
+    """One file on its way through the model (``Annotator._plan`` -> ``_finish``)."""
+
+    feats: Features
+    timings: dict[str, float]
+    say: Callable[[str], None]
+    notices: list[str]
+    said: list  # its utterances' spans (utterances.spans)
+    faces: list[_Face]
+    several: bool  # more than one face tracked (fusion only where each speaks)
+
+
 class Annotator:
     """Annotates media files with a loaded checkpoint.
 
@@ -176,6 +205,13 @@ class Annotator:
         """Annotate one file. ``progress(stage)`` is called as each stage starts; ``begun``:
         the file's features if they were made elsewhere (``extractors.py``), else they are
         extracted here."""
+        pending = self.pending(path, progress, begun)
+        return self.predict(*pending)
+
+    def pending(self, path: str | Path, progress: Callable[[str], None] | None = None,
+                begun: Extracted | None = None) -> Pending:
+        """The first half of ``annotate``: one file probed and its features made (or taken
+        from ``begun``), waiting for the model (``predict``, ``predict_many``)."""
         say = progress or (lambda stage: None)
         timings = dict.fromkeys(STAGES, 0.0)
         t0 = time.perf_counter()
@@ -184,7 +220,7 @@ class Annotator:
         info = begun.features.info if begun is not None else demux.probe(path)
         timings["demux"] += time.perf_counter() - t0
         feats, notices = self.features(info, timings, say, begun)
-        return self.predict(feats, timings, say, notices)
+        return Pending(feats, timings, say, notices)
 
     def features(self, info: demux.MediaInfo, timings: dict[str, float],
                  say: Callable[[str], None], begun: Extracted | None = None
@@ -248,10 +284,52 @@ class Annotator:
                 notices: list[str] | None = None) -> Annotation:
         """The model's annotation of one file's features: every tracked face's predictions
         (the voice fused where the face speaks) and the table of them all."""
-        say = say or (lambda stage: None)
-        timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
-        cfg, ckpt, info = self.cfg, self.checkpoint, feats.info
-        say("model")
+        made = self.predict_many([Pending(feats, timings, say, notices)])[0]
+        if isinstance(made, Exception):
+            raise made
+        return made
+
+    def predict_many(self, files: list[Pending]) -> list[Annotation | Exception]:
+        """``predict`` of several files' features at once, their clips sharing the model's
+        batches (``Predictor.many``: on a GPU fed by many extraction processes, a batch of
+        every file queued). Each file's result, or the error that file alone raised (no
+        usable stream, predictions that are not finite, or a bug); an error of the shared
+        model call is every file's."""
+        plans: list[_Plan | Exception] = []
+        for pending in files:
+            (pending.say or (lambda stage: None))("model")
+            try:
+                plans.append(self._plan(pending))
+            except Exception as err:  # (KeyboardInterrupt is raised)
+                plans.append(err)
+        ready = [p for p in plans if isinstance(p, _Plan)]
+        t1 = time.perf_counter()
+        inputs = [face.planned.inputs for p in ready for face in p.faces]
+        try:
+            steps = iter(self.predictor.many(inputs) if inputs else [])
+        except Exception as err:
+            return [err] * len(files)
+        seconds = time.perf_counter() - t1
+        total = sum(p.feats.n_steps for p in ready) or 1
+        out: list[Annotation | Exception] = []
+        for p in plans:
+            if isinstance(p, Exception):
+                out.append(p)
+                continue
+            p.timings["model"] += seconds * p.feats.n_steps / total  # (its share of the
+            mine = [next(steps) for _ in p.faces]  # shared batches)
+            try:
+                out.append(self._finish(p, mine))
+            except Exception as err:
+                out.append(err)
+        return out
+
+    def _plan(self, pending: Pending) -> _Plan:
+        """One file's inputs to the model: who speaks when, and each tracked face's inputs."""
+        feats = pending.feats
+        timings = pending.timings if pending.timings is not None else \
+            dict.fromkeys(STAGES, 0.0)
+        cfg, info = self.cfg, feats.info
         t1 = time.perf_counter()
         use_visual = info.has_video and cfg.has_visual
         tracks = feats.tracks if use_visual and feats.face.any() else []
@@ -259,17 +337,24 @@ class Annotator:
         said = utterances.spans(feats, cfg.rate, self.settings.pause)
         said_steps = utterances.step_spans(said, cfg.rate, feats.n_steps)
         talk = speakers.speaking(tracks, loudness, feats.voice, said_steps)
-        results = []
+        faces_in = []
         for i in range(max(1, len(tracks))):
             one = feats.for_face(i) if tracks else feats
             speaking = talk[i] if tracks else feats.voice
-            steps, values, source = predict_features(
-                self.predictor, one, speaking=speaking if len(tracks) > 1 else None,
-                utterances=said_steps)
-            results.append((one, steps, values, source, speaking))
+            faces_in.append(_Face(one, speaking, inference.plan(cfg, one, said_steps)))
         timings["model"] += time.perf_counter() - t1
+        return _Plan(feats, timings, pending.say or (lambda stage: None),
+                     pending.notices or [], said, faces_in, len(tracks) > 1)
 
-        say("postprocess")
+    def _finish(self, p: _Plan, steps_of: list[StepPredictions]) -> Annotation:
+        """A planned file's annotation from its faces' step predictions."""
+        ckpt, cfg, feats, info = self.checkpoint, self.cfg, p.feats, p.feats.info
+        results = []
+        for face, steps in zip(p.faces, steps_of):
+            values, source = inference.from_steps(
+                face.feats, face.planned, steps, face.speaking if p.several else None)
+            results.append((face.feats, steps, values, source, face.speaking))
+        p.say("postprocess")
         t1 = time.perf_counter()
         persons, tables = [], []
         for i, (one, steps, values, source, speaking) in enumerate(results):
@@ -279,15 +364,15 @@ class Annotator:
                                   made.confidence))
             tables.append(made.columns)
         columns = merge_faces(tables)
-        spoken = utterances.find(feats, persons, said, list(cfg.targets), cfg.rate,
+        spoken = utterances.find(feats, persons, p.said, list(cfg.targets), cfg.rate,
                                  cfg.clip_steps,
                                  ckpt.postprocess if self.settings.postprocess else None)
-        timings["postprocess"] += time.perf_counter() - t1
+        p.timings["postprocess"] += time.perf_counter() - t1
         first, (_, steps, _, source, _) = persons[0], results[0]
         partial = bool(_shortfall(feats))
         return Annotation(info.path, info, columns, source, steps, first.step_values,
-                          first.face, feats.voice, feats.track, feats.audio, timings, cfg.rate,
-                          list(cfg.targets), notices or [], persons, _model_name(ckpt),
+                          first.face, feats.voice, feats.track, feats.audio, p.timings,
+                          cfg.rate, list(cfg.targets), p.notices, persons, _model_name(ckpt),
                           partial=partial, seconds=(feats.decoded_until() or 0.0) if partial
                           else info.duration, utterances=spoken,
                           cues=self.settings.cues)

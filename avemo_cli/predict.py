@@ -143,17 +143,76 @@ def _fill(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
 
 
 @dataclass
+class StepInputs:
+    """One recording's inputs to ``Predictor.many`` (the arguments of ``Predictor.steps``)."""
+
+    audio: np.ndarray | None = None
+    crops: np.ndarray | None = None
+    audio_valid: np.ndarray | None = None
+    crop_index: np.ndarray | None = None
+    audio_from: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.crops is not None and self.crop_index is None:
+            self.crop_index = np.arange(len(self.crops))
+        if self.audio is None and self.crop_index is None:
+            raise ValueError("predict_steps needs audio features, face crops, or both")
+
+    @property
+    def n(self) -> int:
+        shown = self.audio if self.audio is not None else self.crop_index
+        assert shown is not None  # (checked when made)
+        return len(shown)
+
+
+class _Batches:
+    """Clips of several recordings run together: ``add`` queues one unit of clips (tensors
+    whose rows are clips) for recording ``i``; once ``cap`` rows are queued (and at ``flush``)
+    they run as one call of ``forward`` and its outputs are split back to their recordings.
+    ``cap`` 0: every unit runs alone (one recording: the batches it always had)."""
+
+    def __init__(self, forward: Callable[..., tuple], cap: int):
+        self.forward, self.cap = forward, cap
+        self.pending: list[tuple[int, tuple[torch.Tensor, ...]]] = []
+        self.rows = 0
+        self.out: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+
+    def add(self, i: int, *unit: torch.Tensor) -> None:
+        self.pending.append((i, unit))
+        self.rows += len(unit[0])
+        if self.rows >= self.cap:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        parts = [u for _, u in self.pending]
+        joined = parts[0] if len(parts) == 1 else \
+            tuple(torch.cat(column) for column in zip(*parts))
+        made = self.forward(*joined)
+        sizes = [len(u[0]) for u in parts]
+        pieces = zip(*(m.split(sizes) for m in made)) if len(parts) > 1 else [made]
+        for (i, _), piece in zip(self.pending, pieces):
+            self.out.setdefault(i, []).append(tuple(piece))
+        self.pending, self.rows = [], 0
+
+    def joined(self, i: int) -> list[torch.Tensor]:
+        """Recording ``i``'s outputs, each concatenated over its units (call after ``flush``)."""
+        return [torch.cat(column) for column in zip(*self.out[i])]
+
+
+@dataclass
 class Predictor:
     """A model and how it runs over a whole input: a clip ends at every ``stride``-th step,
     ``batch_size`` clips per forward pass, on ``device``. Built once per annotator (or per
-    scoring pass); ``steps`` predicts one recording."""
+    scoring pass); ``steps`` predicts one recording, ``many`` several at once (their clips
+    batched together: a batch of ``batch_size`` clips per recording)."""
 
     model: AVModel
     stride: int = 1
     batch_size: int = 32
     device: str | torch.device = "cpu"
 
-    @torch.inference_mode()
     def steps(self, audio: np.ndarray | None = None, crops: np.ndarray | None = None,
               audio_valid: np.ndarray | None = None, crop_index: np.ndarray | None = None,
               audio_from: np.ndarray | None = None) -> StepPredictions:
@@ -166,76 +225,94 @@ class Predictor:
         a face see the nearest face's crop: no second copy of the crops is made for that).
         ``audio_from`` (K,), when given, is the step at which each step's audio clip ends
         (``audio_sources``: a look-ahead inside utterances); else the step itself."""
-        if crops is not None and crop_index is None:
-            crop_index = np.arange(len(crops))
-        if audio is not None:
-            n = len(audio)
-        elif crop_index is not None:
-            n = len(crop_index)
-        else:
-            raise ValueError("predict_steps needs audio features, face crops, or both")
+        return self.many([StepInputs(audio, crops, audio_valid, crop_index, audio_from)])[0]
+
+    @torch.inference_mode()
+    def many(self, inputs: list[StepInputs]) -> list[StepPredictions]:
+        """``steps`` of several recordings, their clips run in shared batches (``batch_size``
+        clips per recording given: the batch grows with the recordings queued, what a GPU fed
+        by many extraction processes wants). Each recording's predictions are its own: only
+        the batches are shared."""
         on_cpu = torch.device(self.device).type == "cpu"
         threads = ThreadChoice.for_threads() if on_cpu else None
         try:
-            return self._predict(audio, crops, audio_valid, crop_index, n, threads, audio_from)
+            return self._predict(inputs, threads)
         finally:
             if threads is not None:
                 threads.restore()
 
-    def _predict(self, audio: np.ndarray | None, crops: np.ndarray | None,
-                 audio_valid: np.ndarray | None, crop_index: np.ndarray | None, n: int,
-                 threads: ThreadChoice | None, audio_from: np.ndarray | None = None
-                 ) -> StepPredictions:
+    def _predict(self, inputs: list[StepInputs], threads: ThreadChoice | None
+                 ) -> list[StepPredictions]:
         model, device, batch_size = self.model, self.device, self.batch_size
+        shared = len(inputs) > 1
 
         def run(work: Callable[[], R], size: int) -> R:
             return threads(work, size) if threads is not None else work()
 
         t = model.cfg.clip_steps
-        ends = clip_ends(n, self.stride)
-        z_audio = z_visual = None
-        att_a = att_v = None
-        if audio is not None:
-            branch = model.audio
-            if branch is None:
-                raise ValueError("this model has no audio branch")
-            feats = torch.from_numpy(branch.adapt(audio, audio_valid)).to(device)
-            if threads is not None:
-                threads.apply()
-            zs, ws = [], []
-            audio_ends = ends if audio_from is None else audio_from[ends]
-            for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger batches
-                trim_heap()
-                idx = torch.from_numpy(clip_steps(audio_ends[b:b + batch_size * 8], t)).to(device)
-                z, w = branch(branch.normalise(feats[idx]))
-                zs.append(z)
-                ws.append(w)
-            z_audio = torch.cat(zs)
-            att_a = _fill(torch.cat(ws).float().cpu().numpy(), ends, n)
-        if crops is not None and crop_index is not None:
-            vis = model.visual
-            if vis is None:
-                raise ValueError("this model has no visual branch")
-            ctx = model.cfg.shared_context
-            zs, maps = [], []
-            for group in _spans(ends, t):
-                trim_heap()  # the previous span's activations, freed: back to the system
-                q0 = int(group[0])  # padded index q = step + T - 1; clip ending at e is [e, e + T)
-                steps = np.maximum(np.arange(q0, int(group[-1]) + t) - (t - 1), 0)
-                frames = vis.prepare(torch.from_numpy(crops[crop_index[steps]]).to(device))
-                frames = frames.unsqueeze(0)
+        ends_of = [clip_ends(x.n, self.stride) for x in inputs]
+        vis, heard = model.visual, model.audio
+        ctx = model.cfg.shared_context
+
+        def audio_batch(clips: torch.Tensor) -> tuple:
+            assert heard is not None
+            return heard(heard.normalise(clips))
+
+        def visual_batch(enc: torch.Tensor, feat: torch.Tensor) -> tuple:
+            assert vis is not None
+            return run(lambda: _last_map(vis.clip_forward(enc, feat)), len(enc))
+
+        audio_runs = _Batches(audio_batch, batch_size * 8 * len(inputs) if shared else 0)
+        visual_runs = _Batches(visual_batch, batch_size * len(inputs) if shared else 0)
+        for i, (x, ends) in enumerate(zip(inputs, ends_of)):
+            if x.audio is not None:
+                branch = model.audio
+                if branch is None:
+                    raise ValueError("this model has no audio branch")
+                feats = torch.from_numpy(branch.adapt(x.audio, x.audio_valid)).to(device)
                 if threads is not None:
                     threads.apply()
-                enc, feat = vis.frame_features(frames)
-                for b in range(0, len(group), batch_size):
-                    off = torch.from_numpy(group[b:b + batch_size] - q0).to(device)
-                    win = off[:, None] + torch.arange(t, device=device)[None, :]
-                    z, att = run(lambda: vis.clip_forward(enc[0][win], feat[0][win[:, : t - ctx]]),
-                                 len(off))
-                    zs.append(z)
-                    maps.append(att[:, -1].clone())  # a view would keep all T maps alive
-            z_visual = torch.cat(zs)
-            att_v = _fill(torch.cat(maps).float().cpu().numpy(), ends, n)
+                audio_ends = ends if x.audio_from is None else x.audio_from[ends]
+                for b in range(0, len(ends), batch_size * 8):  # the LSTM is cheap: larger
+                    trim_heap()  # batches
+                    idx = torch.from_numpy(clip_steps(audio_ends[b:b + batch_size * 8], t))
+                    audio_runs.add(i, feats[idx.to(device)])
+            if x.crops is not None and x.crop_index is not None:
+                if vis is None:
+                    raise ValueError("this model has no visual branch")
+                for group in _spans(ends, t):
+                    trim_heap()  # the previous span's activations, freed: back to the system
+                    q0 = int(group[0])  # padded index q = step + T - 1; clip ending at e is
+                    # [e, e + T)
+                    steps = np.maximum(np.arange(q0, int(group[-1]) + t) - (t - 1), 0)
+                    frames = vis.prepare(torch.from_numpy(x.crops[x.crop_index[steps]])
+                                         .to(device)).unsqueeze(0)
+                    if threads is not None:
+                        threads.apply()
+                    enc, feat = vis.frame_features(frames)
+                    for b in range(0, len(group), batch_size):
+                        off = torch.from_numpy(group[b:b + batch_size] - q0).to(device)
+                        win = off[:, None] + torch.arange(t, device=device)[None, :]
+                        visual_runs.add(i, enc[0][win], feat[0][win[:, : t - ctx]])
+        audio_runs.flush()
+        visual_runs.flush()
+        out = []
+        for i, (x, ends) in enumerate(zip(inputs, ends_of)):
+            z_audio = z_visual = att_a = att_v = None
+            if i in audio_runs.out:
+                z_audio, w = audio_runs.joined(i)
+                att_a = _fill(w.float().cpu().numpy(), ends, x.n)
+            if i in visual_runs.out:
+                z_visual, maps = visual_runs.joined(i)
+                att_v = _fill(maps.float().cpu().numpy(), ends, x.n)
+            out.append(self._heads(z_audio, z_visual, att_a, att_v, ends, x.n))
+        return out
+
+    def _heads(self, z_audio: torch.Tensor | None, z_visual: torch.Tensor | None,
+               att_a: np.ndarray | None, att_v: np.ndarray | None, ends: np.ndarray,
+               n: int) -> StepPredictions:
+        """One recording's heads over its clip embeddings, every step interpolated."""
+        model = self.model
         steps = np.arange(n)
 
         def every_step(za, zv) -> np.ndarray:
@@ -255,6 +332,13 @@ class Predictor:
             assert v_only is not None  # one of the two ran
             values = v_only
         return StepPredictions(values, predicted, att_a, att_v, a_only, v_only)
+
+
+def _last_map(out: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip's embedding and its spatial map at the newest step (a copy: a view would keep
+    all T maps alive)."""
+    z, att = out
+    return z, att[:, -1].clone()
 
 
 def predict_steps(model: AVModel, audio: np.ndarray | None = None,
