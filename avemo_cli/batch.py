@@ -9,11 +9,13 @@ run by schedule.py:
 
 - one file to do: its features begin in an extraction process before torch is imported
   (``extractors.begin_file``; only where ``options.early`` allows it, as the console entry does);
-- ``--jobs N`` with one model (the default on CUDA): N extraction processes feed this process's
-  model (``schedule.feeding``);
+- a folder with one model (``--one-model``; the default on CUDA, and with ``--jobs 1`` from the
+  console): extraction processes (as many as ``--jobs``, the cores and the memory allow:
+  ``schedule.extraction_processes``) feed this process's model, the first files begun before
+  torch is imported (``extractors.begin_files``) (``schedule.feeding``);
 - ``--jobs N`` otherwise: this process and N - 1 workers each run the whole pipeline with a
   model of their own (``schedule.model_per_worker``);
-- else one file after the other here (``schedule.one_by_one``).
+- else one file after the other here (``schedule.one_by_one``: the Python API's ``--jobs 1``).
 
 Each input's outcome is a manifest record (``manifests.Manifest``) and a ``Progress.done``
 call.
@@ -60,11 +62,21 @@ class AnnotateOptions:
     early: bool = False  # a single input may begin before torch is imported (the console
     # entry only: a spawned process re-imports the main module, which must not run again)
 
-    def feeds(self, device: str) -> bool:
-        """Whether one model on ``device`` is fed by extraction processes (``--one-model``,
-        the default on CUDA) rather than a model in every worker."""
-        one = self.one_model if self.one_model is not None else device.startswith("cuda")
-        return self.jobs > 1 and one
+    def feeds(self, device: str, files: int = 2) -> bool:
+        """Whether ``files`` inputs are annotated by one model on ``device`` fed by extraction
+        processes (``schedule.feeding``): with ``--one-model``; by default on CUDA, and for a
+        folder with ``--jobs 1`` from the console (a pipeline: the next files are extracted
+        while the model predicts and writes one; the Python API spawns no processes unless
+        asked). Never for a single input, nor with ``--model-per-job``."""
+        if files < 2 or self.one_model is False:
+            return False
+        return bool(self.one_model) or device.startswith("cuda") or \
+            (self.jobs == 1 and self.early)
+
+    def extraction_processes(self, files: int) -> int:
+        """The extraction processes feeding the model for ``files`` inputs (the cores and the
+        memory permitting: ``schedule.extraction_processes``)."""
+        return schedule.extraction_processes(min(self.jobs, files))
 
 
 @dataclass
@@ -322,6 +334,7 @@ class _Run:
     caller's ``Progress``."""
 
     runner = staticmethod(run_job)
+    batch_runner = staticmethod(run_jobs)
 
     def __init__(self, manifest: Manifest, progress: Progress,
                  model: Checkpoint | CheckpointFile):
@@ -437,8 +450,9 @@ def annotate_files(inputs: Iterable[str | os.PathLike], options: AnnotateOptions
         try:
             _report_known(run, bad, done, blocked, out)
             jobs = min(options.jobs, len(todo))
-            if len(todo) > 1 and options.feeds(str(annotator.device)):
-                schedule.feeding(todo, annotator, jobs, run)
+            if options.feeds(str(annotator.device), len(todo)):
+                schedule.feeding(todo, annotator, options.extraction_processes(len(todo)), run,
+                                 begun)
             elif len(todo) > 1 and options.jobs > 1:
                 schedule.model_per_worker(todo, annotator, jobs, run)
             else:
@@ -470,18 +484,26 @@ def _report_known(run: _Run, bad: list[tuple[Path, str]], done: list[Job],
 
 def _begin(todo: list[Job], options: AnnotateOptions,
            request: FeatureSettings) -> Extractors | None:
-    """Before torch is imported (a second or more on one core): a single input's features
-    begin in an extraction process (dlib only: FAN would import torch there too), or else
-    dlib's models start loading in a thread (unless extraction processes will track the
-    faces)."""
+    """Before torch is imported (a second or more on one core), where the console entry runs
+    with dlib: a single input's features begin in an extraction process (FAN would import torch
+    there too), and so do a fed folder's first files (``AnnotateOptions.feeds``), in the
+    processes that will feed the model; else dlib's models start loading in a thread (unless
+    extraction processes will track the faces)."""
     begun = None
     backend = options.settings.faces_backend
-    if options.early and len(todo) == 1 and backend == "dlib":
+    device = options.settings.device or "auto"
+    fed = options.feeds(device, len(todo))
+    if options.early and backend == "dlib" and len(todo) == 1:
         from .extractors import begin_file
 
         begun = begin_file(todo[0].source, request)
+    elif options.early and backend == "dlib" and fed:
+        from .extractors import begin_files
+
+        processes = options.extraction_processes(len(todo))
+        begun = begin_files([job.source for job in todo[:processes + 1]], request, processes)
     tracked = begun is not None and begun.tracking_faces()
-    if backend == "dlib" and not tracked and not options.feeds(options.settings.device or "auto"):
+    if backend == "dlib" and not tracked and not fed:
         from .faces import preload
 
         preload("dlib")

@@ -11,7 +11,9 @@ features begun for the same file and request (once) and hands them to the model'
 - one input: ``begin_file`` starts its extraction *before torch is imported*, so decoding,
   openSMILE and tracking run on the second core while this process imports torch and loads the
   model on the first;
-- ``--jobs N --one-model``: N processes keep the files ahead of the model's one extracted.
+- a folder fed to one model (``schedule.feeding``: ``--jobs 1`` from the console, ``--one-model``,
+  CUDA): its processes keep the files ahead of the model's one extracted; from the console the
+  first files are begun before torch is imported too (``begin_files``).
 
 Nothing here imports torch.
 """
@@ -39,6 +41,11 @@ class Extractors:
         job = self.pool.submit(_extract, info, request, faces_device)
         self.started[Path(info.path).resolve()] = (request, job)
         return job
+
+    def begun(self, path: str | Path, request: FeatureSettings) -> Future | None:
+        """The extraction begun for this file with this request (not yet claimed), if any."""
+        started = self.started.get(Path(path).resolve())
+        return started[1] if started is not None and started[0] == request else None
 
     def claim(self, path: str | Path, request: FeatureSettings) -> Extracted | None:
         """The features begun for this file with this request, taken once (waiting for them);
@@ -71,6 +78,20 @@ def begin_file(path: str | Path, request: FeatureSettings) -> Extractors | None:
     extractors = Extractors(1)
     job = extractors.begin(info, request)
     job.add_done_callback(lambda _: extractors.pool.shutdown(wait=False))
+    return extractors
+
+
+def begin_files(paths: list[Path], request: FeatureSettings,
+                processes: int) -> Extractors:
+    """``processes`` extraction processes, the first files of a folder begun in them (those
+    that can be probed; the others are left to the normal path, which reports them)."""
+    extractors = Extractors(processes)
+    for path in paths:
+        try:
+            info = demux.probe(path)
+        except Exception:
+            continue
+        extractors.begin(info, request)
     return extractors
 
 

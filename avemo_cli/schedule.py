@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .settings import AnnotatorSettings
 
     Runner = Callable[..., Outcome]  # batch.run_job
+    BatchRunner = Callable[..., list[Outcome]]  # batch.run_jobs
 
 
 class Run(Protocol):
@@ -26,6 +27,7 @@ class Run(Protocol):
 
     progress: Progress
     runner: Runner  # annotates one job: (annotator, job, progress, extractors) -> Outcome
+    batch_runner: BatchRunner  # several at once: (annotator, jobs, progress, extractors)
 
     def finish(self, job: Job, outcome: Outcome) -> None: ...
 
@@ -52,42 +54,86 @@ def one_by_one(todo: list[Job], annotator: Annotator, run: Run,
         run.finish(job, run.runner(annotator, job, run.progress, begun))
 
 
-def feeding(todo: list[Job], annotator: Annotator, jobs: int, run: Run) -> None:
-    """``todo`` with ``jobs`` extraction processes (``extractors.Extractors``: decoding,
-    openSMILE, face tracking; no torch, no model) feeding this process's one model, which
-    predicts and writes each file as its features arrive (on a GPU: N CPU processes feed one
-    model). A file's extraction is begun ``jobs + 1`` files ahead, so every process has the
-    next file waiting. A process that dies (killed, out of memory) takes the files it held with
-    it: the processes are restarted and each of those files is tried once more before it is
-    reported as failed."""
+EXTRACTOR_MIB = 400  # an extraction process's peak resident memory, with room (a 30 s 512x512
+# video: 230-260 MiB measured by benchmarks/bench_jobs.py; dlib's models are most of it)
+
+
+def available_mib() -> float | None:
+    """Memory the system can give without swapping (Linux's MemAvailable), MiB; None where it
+    is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def extraction_processes(jobs: int, cores: int | None = None,
+                         memory_mib: float | None = None) -> int:
+    """How many extraction processes feed the one model: ``jobs``, but no more than the cores
+    leave beside the model's process (one process per core, one core kept for the model and
+    the writing) and than the memory holds (``EXTRACTOR_MIB`` each, in 80% of what is
+    available); at least one."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    memory_mib = memory_mib if memory_mib is not None else available_mib()
+    by_memory = int(0.8 * memory_mib // EXTRACTOR_MIB) if memory_mib is not None else jobs
+    return max(1, min(jobs, cores - 1, by_memory))
+
+
+def feeding(todo: list[Job], annotator: Annotator, processes: int, run: Run,
+            begun: Extractors | None = None) -> None:
+    """``todo`` with ``processes`` extraction processes (``extractors.Extractors``: decoding,
+    openSMILE, face tracking; no torch, no model) feeding this process's one model: while the
+    model predicts and writes a file, the next ones are being extracted (a folder pipelined on
+    the CPU; on a GPU, the cores feed one model). Files whose features are ready together go
+    through the model together (``batch.run_jobs``: the batch grows with what is queued). A
+    file's extraction is begun ``processes + 1`` files ahead, so every process has the next
+    file waiting; ``begun``: a pool whose first files were begun already (before the model
+    loaded). A process that dies (killed, out of memory) takes the files it held with it: the
+    processes are restarted and each of those files is tried once more before it is reported
+    as failed."""
     import torch
 
     queue = list(enumerate(todo))
-    begun: dict[Future, tuple[int, Job, Extractors]] = {}
+    started: dict[Future, tuple[int, Job, Extractors]] = {}
     retried: set[int] = set()
     own_threads = torch.get_num_threads()
-    torch.set_num_threads(model_threads(jobs))
-    feeder = _Feeder(annotator, jobs)
+    torch.set_num_threads(model_threads(processes))
+    feeder = _Feeder(annotator, processes, begun)
 
-    def process(i: int, job: Job, pool: Extractors | None) -> None:
-        run.progress.start(job, i, len(todo))
-        run.finish(job, run.runner(annotator, job, run.progress, pool))
+    def process(ready: list[tuple[int, Job, Extractors | None]]) -> None:
+        for i, job, _ in ready:
+            run.progress.start(job, i, len(todo))
+        pools = {id(pool): pool for _, _, pool in ready}
+        if len(pools) > 1:  # (files of a pool since restarted: each alone)
+            for item in ready:
+                process([item])
+            return
+        jobs = [job for _, job, _ in ready]
+        for job, outcome in zip(jobs, run.batch_runner(annotator, jobs, run.progress,
+                                                       ready[0][2])):
+            run.finish(job, outcome)
 
     try:
-        while queue or begun:
-            while queue and len(begun) < jobs + 1:
+        while queue or started:
+            while queue and len(started) < processes + 1:
                 i, job = queue.pop(0)
                 future = feeder.begin(job)
                 if future is None:  # unreadable: annotate says why (at once)
-                    process(i, job, None)
+                    process([(i, job, None)])
                     continue
-                begun[future] = (i, job, feeder.pool)
-            if not begun:
+                started[future] = (i, job, feeder.pool)
+            if not started:
                 continue
-            for future in wait(begun, return_when=FIRST_COMPLETED)[0]:
-                i, job, pool = begun.pop(future)
+            wait(started, return_when=FIRST_COMPLETED)
+            ready: list[tuple[int, Job, Extractors | None]] = []
+            for future in [f for f in started if f.done()]:  # (in the order begun)
+                i, job, pool = started.pop(future)
                 if not feeder.died(future, pool):
-                    process(i, job, pool)  # its features are claimed from the extraction
+                    ready.append((i, job, pool))  # its features are claimed from the pool
                 elif i not in retried:
                     retried.add(i)
                     queue.insert(0, (i, job))
@@ -95,6 +141,8 @@ def feeding(todo: list[Job], annotator: Annotator, jobs: int, run: Run) -> None:
                     run.progress.start(job, i, len(todo))
                     run.fail(job, f"{job.source}: the extraction process died (killed, or out "
                                   f"of memory)")
+            if ready:
+                process(ready)
     finally:
         feeder.pool.stop()
         torch.set_num_threads(own_threads)
@@ -104,11 +152,11 @@ class _Feeder:
     """The extraction processes of ``feeding``, restarted when one of them dies (the pool is
     then broken for good)."""
 
-    def __init__(self, annotator: Annotator, processes: int):
+    def __init__(self, annotator: Annotator, processes: int, pool: Extractors | None = None):
         from .extractors import Extractors
 
         self.annotator, self.processes = annotator, processes
-        self.pool = Extractors(processes)
+        self.pool = pool if pool is not None else Extractors(processes)
 
     def restart(self) -> None:
         from .extractors import Extractors
@@ -117,16 +165,20 @@ class _Feeder:
         self.pool = Extractors(self.processes)
 
     def begin(self, job: Job) -> Future | None:
-        """The future of ``job``'s extraction; None if the file cannot even be probed."""
+        """The future of ``job``'s extraction (begun already, or now); None if the file cannot
+        even be probed."""
         from concurrent.futures.process import BrokenProcessPool
 
         from .demux import probe
 
+        a = self.annotator
+        earlier = self.pool.begun(job.source, a.request)
+        if earlier is not None:
+            return earlier
         try:
             info = probe(job.source)
         except Exception:
             return None
-        a = self.annotator
         try:
             return self.pool.begin(info, a.request, a.faces_device)
         except BrokenProcessPool:  # a process died since the last file was begun
