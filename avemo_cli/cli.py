@@ -162,13 +162,16 @@ def main():
               help="Also write <stem>.avemo.mp4: the input with face box, visual attention heat "
                    "map, audio attention and valence/arousal gauges.")
 @click.option("--jobs", "jobs", default="1", show_default=True, metavar="N|auto",
-              help="Files annotated at once (auto: one per core). On the CPU each by a worker "
-                   "process with its own model, torch threads split between them; on CUDA "
-                   "that many processes extract features for the one model on the GPU.")
+              help="Files at once (auto: one per core). A folder with one model (--jobs 1, "
+                   "and always on CUDA) is fed by that many extraction processes (at most one "
+                   "per core but one, and what memory holds): the next files are extracted "
+                   "while the model works. Above 1 on the CPU each file goes to a worker "
+                   "process with its own model.")
 @click.option("--one-model/--model-per-job", "one_model", default=None,
-              help="With --jobs: one model fed by that many extraction processes (the default "
-                   "on CUDA; less memory), or a model in every worker (the default on the CPU, "
-                   "where the model's work then spreads over the cores too).")
+              help="One model fed by extraction processes (the default on CUDA and with "
+                   "--jobs 1; less memory), or a model in every worker (the default on the "
+                   "CPU with --jobs above 1; --model-per-job with --jobs 1: one file after "
+                   "the other in one process).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Annotate only shard I of N (0 <= I < N) of the inputs, chosen by a hash of "
                    "each input's path; default: from a SLURM, Kubernetes or AWS Batch job array.")

@@ -323,6 +323,9 @@ def _bad_inputs(tmp: Path, tiny: Path) -> list[tuple[list, int]]:
         (["annotate", tmp / "missing.mp4", "-o", out, "--weights", tiny], 1),
         (["annotate", a_file, "-o", out, "--weights", tiny], 1),
         (["annotate", video, "-o", out, "--weights", tiny, "--device", "tpu"], 2),
+        (["annotate", video, "-o", out, "--weights", tiny, "--device", "cuda"], 2),
+        (["annotate", tmp, "-o", out, "--weights", tiny, "--device", "cuda", "--jobs", "auto"],
+         2),  # (a folder on CUDA: one model fed by every core but one)
         (["annotate", video, "-o", a_file, "--weights", tiny], 2),
         (["annotate", video, "-o", out, "--weights", tmp / "nope.safetensors"], 2),
         (["annotate", video, "-o", out, "--weights", text_ckpt], 2),
