@@ -19,6 +19,7 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -39,18 +40,18 @@ class Extractors:
         """Submit ``info``'s extraction for ``request``; the face backend runs on
         ``faces_device``."""
         job = self.pool.submit(_extract, info, request, faces_device)
-        self.started[Path(info.path).resolve()] = (request, job)
+        self.started[_key(info.path)] = (request, job)
         return job
 
     def begun(self, path: str | Path, request: FeatureSettings) -> Future | None:
         """The extraction begun for this file with this request (not yet claimed), if any."""
-        started = self.started.get(Path(path).resolve())
+        started = self.started.get(_key(path))
         return started[1] if started is not None and started[0] == request else None
 
     def claim(self, path: str | Path, request: FeatureSettings) -> Extracted | None:
         """The features begun for this file with this request, taken once (waiting for them);
         None if none were. An error of the extraction is raised."""
-        key = Path(path).resolve()
+        key = _key(path)
         started = self.started.get(key)
         if started is None or started[0] != request:
             return None
@@ -66,6 +67,12 @@ class Extractors:
         """End the processes now (work in them, and features never claimed, are dropped)."""
         workers.end_pool(self.pool)
         self.started.clear()
+
+
+def _key(path: str | Path) -> Path:
+    """A file's key among the work begun: its absolute path as given (links are not followed:
+    two links to one file are two inputs, each with outputs of its own name)."""
+    return Path(os.path.abspath(path))
 
 
 def begin_file(path: str | Path, request: FeatureSettings) -> Extractors | None:

@@ -8,10 +8,12 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from avemo_cli.batch import AnnotateOptions, annotate_files
+from avemo_cli.pipeline import Annotator
 from avemo_cli.settings import AnnotatorSettings
 
 
@@ -23,8 +25,17 @@ def main() -> None:
           f"device {device}")
 
     jobs = os.cpu_count() or 1  # --jobs auto
-    options = AnnotateOptions(output_dir=out, jobs=jobs,
-                              settings=AnnotatorSettings(device=device))
+    options = AnnotateOptions(output_dir=out, jobs=jobs, one_model=True,  # (CUDA's default;
+                              settings=AnnotatorSettings(device=device))  # the CPU's path too)
+    processes = options.extraction_processes(len(list(Path(folder).glob("*.mp4"))))
+    batches_seen: list[int] = []
+    many = Annotator.predict_many
+
+    def counted(self, files):
+        batches_seen.append(len(files))
+        return many(self, files)
+
+    Annotator.predict_many = counted  # (how many files share each model call)
     t0 = time.perf_counter()
     report = annotate_files([folder], options)
     wall = time.perf_counter() - t0
@@ -35,7 +46,8 @@ def main() -> None:
     print(f"| annotate --device {device} --jobs auto ({jobs}) | {len(report.written)} videos, "
           f"{media:.0f} s of media | {media / wall:.1f}x real time for the box (start-up "
           f"included) | the model's share of the busy time: {model / busy:.0%} ({model:.1f} of "
-          f"{busy:.1f} s, all processes) |")
+          f"{busy:.1f} s, all processes) | {processes} extraction processes; files per "
+          f"model call: {', '.join(map(str, batches_seen))} |")
     for modality in ("video", "av"):
         proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--device", device,
                                "--modalities", modality, "--windows", "16", "--repeats", "1",

@@ -1,5 +1,7 @@
 """Work begun in extraction processes (extractors.py), e.g. before the model loads: the same
 features as the normal path, claimed once and only for the request they were begun for."""
+from pathlib import Path
+
 import numpy as np
 
 from avemo_cli import demux, extractors, workers
@@ -66,3 +68,18 @@ def test_in_process_commands_do_not_begin_early(tiny_ckpt, tmp_path, monkeypatch
     assert r.exit_code == 0, r.stderr
     assert begun == []
     assert workers.live() == []
+
+
+def test_two_links_to_one_file_are_two_inputs(tmp_path):
+    """Work begun is keyed by the path as given: two links to one video each have their own
+    extraction, claimed once each (a folder of links, e.g. a dataset's takes)."""
+    video = make_synthetic_video(tmp_path / "tone.mp4", seconds=2.0)
+    links = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for link in links:
+        link.symlink_to(video)
+    request = FeatureSettings(visual=False)
+    pool = extractors.begin_files(links, request, 1)
+    assert pool.begun(links[0], request) is not pool.begun(links[1], request)
+    got = [pool.claim(link, request) for link in links]
+    pool.stop()
+    assert [Path(g.features.info.path) for g in got] == links
