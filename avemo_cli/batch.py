@@ -65,13 +65,14 @@ class AnnotateOptions:
     def feeds(self, device: str, files: int = 2) -> bool:
         """Whether ``files`` inputs are annotated by one model on ``device`` fed by extraction
         processes (``schedule.feeding``): with ``--one-model``; by default on CUDA, and for a
-        folder with ``--jobs 1`` from the console (a pipeline: the next files are extracted
-        while the model predicts and writes one; the Python API spawns no processes unless
-        asked). Never for a single input, nor with ``--model-per-job``."""
+        folder with ``--jobs 1`` from the console with dlib's faces (a pipeline: the next
+        files are extracted while the model predicts and writes one; the Python API spawns no
+        processes unless asked, and FAN, a torch model itself, stays in the model's process).
+        Never for a single input, nor with ``--model-per-job``."""
         if files < 2 or self.one_model is False:
             return False
         return bool(self.one_model) or device.startswith("cuda") or \
-            (self.jobs == 1 and self.early)
+            (self.jobs == 1 and self.early and self.settings.faces_backend == "dlib")
 
     def extraction_processes(self, files: int) -> int:
         """The extraction processes feeding the model for ``files`` inputs (the cores and the

@@ -74,6 +74,7 @@ def run() -> None:
     interpreter's teardown of torch and the other libraries, ~0.3-0.7 s per command."""
     global _CONSOLE
     _CONSOLE = True
+    _hold_standard_fds()
     code: int = 0
     from . import workers
 
@@ -96,6 +97,21 @@ def run() -> None:
         except (OSError, ValueError):  # (a stdout closed under us: said already)
             pass
     os._exit(code)
+
+
+def _hold_standard_fds() -> None:
+    """A standard stream started closed (``avemo ... >&-``): /dev/null takes its descriptor, so
+    that no pipe of a process pool is given that number (stdout's later silencing would
+    replace the pipe, and the pool would wait for ever). Python's ``sys.stdout`` stays None:
+    the names are still said to be unprinted."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # (the lowest free number: fd itself)
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _silence_stdout() -> None:

@@ -54,8 +54,9 @@ def one_by_one(todo: list[Job], annotator: Annotator, run: Run,
         run.finish(job, run.runner(annotator, job, run.progress, begun))
 
 
-EXTRACTOR_MIB = 400  # an extraction process's peak resident memory, with room (a 30 s 512x512
-# video: 230-260 MiB measured by benchmarks/bench_jobs.py; dlib's models are most of it)
+EXTRACTOR_MIB = 400  # an extraction process's peak resident memory, with room: 148-154 MiB
+# measured over 30 s 512x512 videos, one and seven in a row (dlib's models are most of it);
+# longer, larger and several-face videos keep more per step
 
 
 def available_mib() -> float | None:

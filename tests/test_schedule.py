@@ -158,10 +158,13 @@ def test_schedule_chosen_for_the_device_the_count_and_the_caller():
     """A folder from the console with --jobs 1 is fed to one model (the pipeline), as is any
     folder on CUDA; the Python API's --jobs 1 spawns nothing; one file never feeds."""
     from avemo_cli.batch import AnnotateOptions
+    from avemo_cli.settings import AnnotatorSettings
 
     console = AnnotateOptions(early=True)
     assert console.feeds("cpu", 7) and console.feeds("cuda", 7) and console.feeds("auto", 2)
     assert not console.feeds("cpu", 1), "one input: begun early, no pool"
+    fan = AnnotateOptions(early=True, settings=AnnotatorSettings(faces_backend="fan"))
+    assert not fan.feeds("cpu", 7), "FAN (torch) stays in the model's process"
     api = AnnotateOptions()
     assert not api.feeds("cpu", 7) and api.feeds("cuda", 7) and api.feeds("cuda:1", 7)
     assert not AnnotateOptions(jobs=2, early=True).feeds("cpu", 7), "a model per job"
