@@ -248,14 +248,14 @@ class Annotator:
         if info.audio_tracks > 1 and use_audio:
             notices.append(f"{info.path}: it has {info.audio_tracks} audio tracks; the first is "
                            f"annotated")
-            warnings.warn(notices[-1], UserWarning, stacklevel=3)
+            warnings.warn(notices[-1], UserWarning, stacklevel=4)
         if info.unused_video:
             notices.append(f"{info.path}: {info.unused_video}: annotated from its audio alone")
-            warnings.warn(notices[-1], UserWarning, stacklevel=3)
+            warnings.warn(notices[-1], UserWarning, stacklevel=4)
         shortfall = _shortfall(feats)
         if shortfall:
             notices.append(shortfall)
-            warnings.warn(notices[-1], ShortfallWarning, stacklevel=3)
+            warnings.warn(notices[-1], ShortfallWarning, stacklevel=4)
         if use_visual and tracking.upside_down(feats.track):
             tag = f" (its rotation tag says {info.rotation} degrees: the tag may be wrong)" \
                 if info.rotation else ""
@@ -271,12 +271,12 @@ class Annotator:
             if turned:
                 notices.append(f"{info.path}: no face found as the video is displayed, so its "
                                f"valence and arousal come from the voice alone; {turned}")
-                warnings.warn(notices[-1], OrientationWarning, stacklevel=3)
+                warnings.warn(notices[-1], OrientationWarning, stacklevel=4)
             else:
                 smallest = _smallest(info, self.settings.max_side)
                 notices.append(f"{info.path}: no face found in its picture ({smallest}), so its "
                                f"valence and arousal come from the voice alone")
-                warnings.warn(notices[-1], NoFaceWarning, stacklevel=3)
+                warnings.warn(notices[-1], NoFaceWarning, stacklevel=4)
         return feats, notices
 
     def predict(self, feats: Features, timings: dict[str, float] | None = None,

@@ -106,13 +106,12 @@ def feeding(todo: list[Job], annotator: Annotator, processes: int, run: Run,
     feeder = _Feeder(annotator, processes, begun)
 
     def process(ready: list[tuple[int, Job, Extractors | None]]) -> None:
-        for i, job, _ in ready:
-            run.progress.start(job, i, len(todo))
-        pools = {id(pool): pool for _, _, pool in ready}
-        if len(pools) > 1:  # (files of a pool since restarted: each alone)
-            for item in ready:
+        if len({id(pool) for _, _, pool in ready}) > 1:  # (files of a pool since restarted:
+            for item in ready:  # each alone)
                 process([item])
             return
+        for i, job, _ in ready:
+            run.progress.start(job, i, len(todo))
         jobs = [job for _, job, _ in ready]
         for job, outcome in zip(jobs, run.batch_runner(annotator, jobs, run.progress,
                                                        ready[0][2])):

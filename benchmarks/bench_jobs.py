@@ -115,7 +115,7 @@ def main(argv=None) -> None:
             [("one file", files[0], "1", 1)]
         walls: dict[tuple[str, str], list[float]] = {}
         peaks: dict[tuple[str, str], list[float]] = {}
-        decodes = {"folder": [], "one file": []}
+        decodes: dict[str, list[float]] = {"folder": [], "one file": []}
         for _ in range(args.repeats):
             decodes["folder"].append(decode_seconds(files))
             decodes["one file"].append(decode_seconds(files[:1]))
