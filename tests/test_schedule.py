@@ -219,3 +219,32 @@ def test_files_ready_together_go_through_the_model_together(tmp_path, tiny_ckpt)
     for csv in one.written:
         pd.testing.assert_frame_equal(pd.read_csv(out / csv.name), pd.read_csv(csv),
                                       atol=1e-4)
+
+
+def test_device_resolution_where_cuda_is_absent_or_short(monkeypatch):
+    """``--device``: auto is the CPU without CUDA and CUDA with it; cuda where there is none,
+    a device number past the machine's, or no device at all is a one-line error naming it."""
+    import pytest
+    import torch
+
+    from avemo_cli.errors import DeviceError
+    from avemo_cli.inference import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"^--device cuda: CUDA is not available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(DeviceError, match=r"^--device cuda:3: this machine has 1 CUDA"):
+        resolve_device("cuda:3")
+    with pytest.raises(DeviceError, match=r"^--device gpu: not a device"):
+        resolve_device("gpu")
+    for err in ("cuda", "cuda:3", "gpu"):
+        try:
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: err != "cuda")
+            resolve_device(err)
+        except DeviceError as exc:
+            assert "\n" not in str(exc)
