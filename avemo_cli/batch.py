@@ -229,7 +229,8 @@ def run_jobs(annotator: Annotator, jobs: list[Job], progress: Progress | None = 
         warnings.simplefilter("always")  # worker's warnings reach the user that way too)
         states = [_State(annotator, job, time.perf_counter()) for job in jobs]
         for state in states:
-            state.attempt(caught, partial(_pending, annotator, state.job, stage, extractors))
+            state.made = state.attempt(caught, partial(_pending, annotator, state.job, stage,
+                                                       extractors))
         waiting = [s for s in states if s.outcome is None]
         told = len(caught)
         made = annotator.predict_many([s.made for s in waiting]) if waiting else []
@@ -276,14 +277,15 @@ class _State:
     told: list[str] = field(default_factory=list)  # warnings for the user
     outcome: Outcome | None = None
 
-    def attempt(self, caught: list, step: Callable[[], Any]) -> None:
-        """``step()`` (its result kept as ``made``), its warnings kept; a failure is the
-        job's outcome (KeyboardInterrupt is raised)."""
+    def attempt(self, caught: list, step: Callable[[], Any]) -> Any:
+        """``step()``'s result, its warnings kept; a failure is the job's outcome (None is
+        returned; KeyboardInterrupt is raised)."""
         before = len(caught)
         try:
-            self.made = step()
+            return step()
         except Exception as err:
             self.outcome = self.failure(err)
+            return None
         finally:
             self.told.extend(str(w.message) for w in caught[before:])
 
@@ -492,17 +494,16 @@ def _begin(todo: list[Job], options: AnnotateOptions,
     extraction processes will track the faces)."""
     begun = None
     backend = options.settings.faces_backend
-    device = options.settings.device or "auto"
-    fed = options.feeds(device, len(todo))
-    if options.early and backend == "dlib" and len(todo) == 1:
-        from .extractors import begin_file
+    fed = options.feeds(options.settings.device or "auto", len(todo))
+    if options.early and backend == "dlib":
+        from .extractors import begin_file, begin_files
 
-        begun = begin_file(todo[0].source, request)
-    elif options.early and backend == "dlib" and fed:
-        from .extractors import begin_files
-
-        processes = options.extraction_processes(len(todo))
-        begun = begin_files([job.source for job in todo[:processes + 1]], request, processes)
+        if len(todo) == 1:
+            begun = begin_file(todo[0].source, request)
+        elif fed:
+            processes = options.extraction_processes(len(todo))
+            begun = begin_files([job.source for job in todo[:processes + 1]], request,
+                                processes)
     tracked = begun is not None and begun.tracking_faces()
     if backend == "dlib" and not tracked and not fed:
         from .faces import preload

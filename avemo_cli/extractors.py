@@ -51,12 +51,11 @@ class Extractors:
     def claim(self, path: str | Path, request: FeatureSettings) -> Extracted | None:
         """The features begun for this file with this request, taken once (waiting for them);
         None if none were. An error of the extraction is raised."""
-        key = _key(path)
-        started = self.started.get(key)
-        if started is None or started[0] != request:
+        future = self.begun(path, request)
+        if future is None:
             return None
-        del self.started[key]
-        return started[1].result()
+        del self.started[_key(path)]
+        return future.result()
 
     def tracking_faces(self) -> bool:
         """Whether some file's faces are being tracked here (so the model's process need not
@@ -75,12 +74,19 @@ def _key(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+def probed(path: str | Path) -> demux.MediaInfo | None:
+    """``path`` probed, or None when it cannot be (the normal path then says why)."""
+    try:
+        return demux.probe(path)
+    except Exception:
+        return None
+
+
 def begin_file(path: str | Path, request: FeatureSettings) -> Extractors | None:
     """Start extracting ``path``'s features for ``request`` in a process of its own (no torch).
     None when nothing was started (an unreadable file: the normal path reports it)."""
-    try:
-        info = demux.probe(path)
-    except Exception:
+    info = probed(path)
+    if info is None:
         return None
     extractors = Extractors(1)
     job = extractors.begin(info, request)
@@ -94,11 +100,9 @@ def begin_files(paths: list[Path], request: FeatureSettings,
     that can be probed; the others are left to the normal path, which reports them)."""
     extractors = Extractors(processes)
     for path in paths:
-        try:
-            info = demux.probe(path)
-        except Exception:
-            continue
-        extractors.begin(info, request)
+        info = probed(path)
+        if info is not None:
+            extractors.begin(info, request)
     return extractors
 
 

@@ -297,7 +297,6 @@ class Annotator:
         model call is every file's."""
         plans: list[_Plan | Exception] = []
         for pending in files:
-            (pending.say or (lambda stage: None))("model")
             try:
                 plans.append(self._plan(pending))
             except Exception as err:  # (KeyboardInterrupt is raised)
@@ -327,6 +326,8 @@ class Annotator:
     def _plan(self, pending: Pending) -> _Plan:
         """One file's inputs to the model: who speaks when, and each tracked face's inputs."""
         feats = pending.feats
+        say = pending.say or (lambda stage: None)
+        say("model")
         timings = pending.timings if pending.timings is not None else \
             dict.fromkeys(STAGES, 0.0)
         cfg, info = self.cfg, feats.info
@@ -343,8 +344,8 @@ class Annotator:
             speaking = talk[i] if tracks else feats.voice
             faces_in.append(_Face(one, speaking, inference.plan(cfg, one, said_steps)))
         timings["model"] += time.perf_counter() - t1
-        return _Plan(feats, timings, pending.say or (lambda stage: None),
-                     pending.notices or [], said, faces_in, len(tracks) > 1)
+        return _Plan(feats, timings, say, pending.notices or [], said, faces_in,
+                     len(tracks) > 1)
 
     def _finish(self, p: _Plan, steps_of: list[StepPredictions]) -> Annotation:
         """A planned file's annotation from its faces' step predictions."""

@@ -266,10 +266,9 @@ class Predictor:
         visual_runs = _Batches(visual_batch, batch_size * len(inputs) if shared else 0)
         for i, (x, ends) in enumerate(zip(inputs, ends_of)):
             if x.audio is not None:
-                branch = model.audio
-                if branch is None:
+                if heard is None:
                     raise ValueError("this model has no audio branch")
-                feats = torch.from_numpy(branch.adapt(x.audio, x.audio_valid)).to(device)
+                feats = torch.from_numpy(heard.adapt(x.audio, x.audio_valid)).to(device)
                 if threads is not None:
                     threads.apply()
                 audio_ends = ends if x.audio_from is None else x.audio_from[ends]

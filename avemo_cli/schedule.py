@@ -169,15 +169,14 @@ class _Feeder:
         even be probed."""
         from concurrent.futures.process import BrokenProcessPool
 
-        from .demux import probe
+        from .extractors import probed
 
         a = self.annotator
         earlier = self.pool.begun(job.source, a.request)
         if earlier is not None:
             return earlier
-        try:
-            info = probe(job.source)
-        except Exception:
+        info = probed(job.source)
+        if info is None:
             return None
         try:
             return self.pool.begin(info, a.request, a.faces_device)
